@@ -1,0 +1,94 @@
+"""Shared benchmark plumbing: dataset + cached embeddings, experts, and result tables."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from labelflow.data import Dataset, load_dataset
+from labelflow.embedding import Embedder, VectorStore
+from labelflow.metrics import markdown_table
+
+DEFAULT_CACHE = Path("data/bench_cache/lancedb")
+
+
+@dataclass
+class BenchData:
+    ds: Dataset
+    embedder: Embedder
+    seeds_X: np.ndarray
+    pool_X: np.ndarray
+    gold_X: np.ndarray
+    embed_seconds: float
+    reused: int
+
+
+def infer_task(folder: Path) -> str:
+    """multilabel when the train table has a ``labels`` column, else multiclass."""
+    from labelflow.data import find_table, read_table
+
+    path = find_table(Path(folder), "train")
+    if path is None:
+        return "multiclass"
+    if path.suffix == ".csv":
+        cols = pd.read_csv(path, nrows=0).columns
+    else:
+        cols = read_table(path).columns
+    return "multilabel" if "labels" in cols else "multiclass"
+
+
+def load_bench(dataset: str | Path, seed_per_class: int | None, seed: int = 0, task: str | None = None,
+               max_pool: int | None = None, max_gold: int | None = None, cache: Path | None = None,
+               embedding_model: str = "minilm", max_text_chars: int = 100_000) -> BenchData:
+    """Load a dataset folder in benchmark mode and embed seeds, pool and gold through the vector cache
+    (so a second benchmark run re-embeds nothing)."""
+    folder = Path(dataset)
+    task = task or infer_task(folder)
+    ds = load_dataset(folder, task=task, seed_per_class=seed_per_class, seed=seed,
+                      max_text_chars=max_text_chars, max_pool=max_pool)
+    if max_gold is not None and len(ds.gold) > max_gold:
+        ds.gold = ds.gold.sample(n=max_gold, random_state=seed).reset_index(drop=True)
+    embedder = Embedder(embedding_model)
+    store = VectorStore((cache or DEFAULT_CACHE) / folder.resolve().name)  # one cache per dataset
+    t0 = time.perf_counter()
+    texts = list(ds.seeds["text"]) + list(ds.pool["text"]) + list(ds.gold["text"])
+    X, reused = store.embed_cached(texts, embedder, progress=_progress("embedding"))
+    a, b = len(ds.seeds), len(ds.seeds) + len(ds.pool)
+    return BenchData(ds, embedder, X[:a], X[a:b], X[b:], time.perf_counter() - t0, reused)
+
+
+def _progress(what: str):
+    from tqdm import tqdm
+
+    bar = {"bar": None}
+
+    def update(done: int, total: int):
+        if bar["bar"] is None:
+            bar["bar"] = tqdm(total=total, desc=what, unit="text", leave=False)
+        bar["bar"].n = done
+        bar["bar"].refresh()
+        if done >= total:
+            bar["bar"].close()
+
+    return update
+
+
+def pool_truth_aligned(data: BenchData) -> pd.Series:
+    """Hidden gold labels of the pool, aligned with ``ds.pool`` (benchmark scoring only)."""
+    truth = data.ds.pool_truth.set_index("id")["label"]
+    return data.ds.pool["id"].map(truth)
+
+
+def emit(df: pd.DataFrame, out_dir: str | Path, name: str, title: str, note: str = "") -> str:
+    """Print a result table and write it as ``<out>/<name>.csv`` and ``.md``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = f"### {title}\n\n{markdown_table(df)}\n" + (f"\n{note}\n" if note else "")
+    df.to_csv(out / f"{name}.csv", index=False)
+    (out / f"{name}.md").write_text(md)
+    print("\n" + md, flush=True)
+    return md

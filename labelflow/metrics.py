@@ -1,0 +1,109 @@
+"""Metrics used everywhere (definitions in the README, "How we measure"). No Dagster here.
+
+* coverage = labelled / all texts asked; precision = accuracy on the labelled ones;
+* micro- and macro-F1 on the full gold set with an abstention counted as wrong (an abstention is a
+  missed true label: it lowers recall and never counts as a false positive for a real label).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score, hamming_loss, precision_recall_fscore_support, precision_score, recall_score
+
+ABSTAIN = ""
+
+
+def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str]) -> dict:
+    """Multi-class figures; ``y_pred`` may contain ``None`` or ``""`` for an abstention."""
+    y_true = np.asarray([str(v) for v in y_true], dtype=object)
+    y_pred = np.asarray([ABSTAIN if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in y_pred], dtype=object)
+    labels = list(labels)
+    n = len(y_true)
+    covered = y_pred != ABSTAIN
+    correct = (y_true == y_pred) & covered
+    out = {
+        "n": int(n),
+        "coverage": float(covered.mean()) if n else 0.0,
+        "precision": float(correct.sum() / covered.sum()) if covered.any() else 0.0,
+        "accuracy": float(correct.mean()) if n else 0.0,
+    }
+    if n:
+        out["micro_f1"] = float(f1_score(y_true, y_pred, labels=labels, average="micro", zero_division=0))
+        present = sorted(set(y_true) & set(labels))
+        out["macro_f1"] = float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
+    else:
+        out["micro_f1"] = out["macro_f1"] = 0.0
+    return out
+
+
+def per_class_table(y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str]) -> pd.DataFrame:
+    y_true = [str(v) for v in y_true]
+    y_pred = [ABSTAIN if v is None else str(v) for v in y_pred]
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=list(labels), zero_division=0)
+    return pd.DataFrame({"label": list(labels), "precision": p, "recall": r, "f1": f, "support": s}).sort_values("f1")
+
+
+def multilabel_metrics(Y_true: np.ndarray, Y_pred: np.ndarray) -> dict:
+    """Figures for binary indicator matrices (n, n_labels). Macro-F1 over labels present in gold."""
+    Y_true = np.asarray(Y_true, dtype=int)
+    Y_pred = np.asarray(Y_pred, dtype=int)
+    present = np.flatnonzero(Y_true.sum(axis=0) > 0)
+    return {
+        "n": int(Y_true.shape[0]),
+        "micro_f1": float(f1_score(Y_true, Y_pred, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(Y_true[:, present], Y_pred[:, present], average="macro", zero_division=0)),
+        "micro_precision": float(precision_score(Y_true, Y_pred, average="micro", zero_division=0)),
+        "micro_recall": float(recall_score(Y_true, Y_pred, average="micro", zero_division=0)),
+        "hamming_loss": float(hamming_loss(Y_true, Y_pred)),
+        "mean_labels_predicted": float(Y_pred.sum(axis=1).mean()) if len(Y_pred) else 0.0,
+    }
+
+
+def confusion_figure(y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str], max_labels: int = 30):
+    """A confusion-matrix figure; with many labels, the ``max_labels`` with the most errors."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    y_true = [str(v) for v in y_true]
+    y_pred = [ABSTAIN if v is None else str(v) for v in y_pred]
+    labels = list(labels)
+    if len(labels) > max_labels:
+        errors = pd.Series([t for t, p in zip(y_true, y_pred) if t != p]).value_counts()
+        labels = sorted(errors.index[:max_labels].tolist() or labels[:max_labels])
+    shown = labels + ([ABSTAIN] if ABSTAIN in y_pred else [])
+    cm = confusion_matrix(y_true, y_pred, labels=shown)
+    size = max(5, 0.35 * len(shown) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    names = [lab if lab else "(abstain)" for lab in shown]
+    ax.set_xticks(range(len(shown)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(shown)), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_title("confusion matrix" + (f" (top {max_labels} most-confused labels)" if len(labels) < len(set(y_true)) else ""))
+    fig.tight_layout()
+    return fig
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A GitHub Markdown table (no extra dependency)."""
+    cols = list(df.columns)
+    def fmt(v):
+        if isinstance(v, (float, np.floating)):
+            return format(float(v), floatfmt)
+        return str(v)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(fmt(row[c]) for c in cols) + " |")
+    return "\n".join(lines)

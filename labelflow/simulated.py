@@ -1,0 +1,97 @@
+"""SimulatedExpert: a stand-in LLM validator for benchmarks and tests ONLY.
+
+It answers yes/no questions from hidden gold labels with a set accuracy ``p``. Its errors are realistic:
+a false "yes" is far more likely for a label that is confusable with the true one (among the true
+label's ``confusable_k`` nearest labels by description/centroid embedding) than for an unrelated one,
+and a false "no" happens with probability ``1 - p`` on true pairs. Answers are deterministic given
+``seed``: asking the same question twice gives the same answer (like a cached LLM). Its name,
+``simulated(p=...)``, is written into every result it produces; the product's defaults never use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from labelflow.data import text_id
+from labelflow.expert import ACCEPT, REJECT, Usage, ValidationItem, Verdict
+
+
+class SimulatedExpert:
+    def __init__(
+        self,
+        truth: Mapping[str, Sequence[str] | str],
+        p: float = 0.9,
+        label_vectors: Mapping[str, np.ndarray] | None = None,
+        confusable_k: int = 5,
+        unrelated_error_share: float = 0.1,
+        seed: int = 0,
+        tokens_per_call: int = 0,
+    ):
+        """``truth`` maps a text id (or the text itself) to its gold label(s). ``label_vectors`` (unit
+        vectors per label) define which labels are confusable; without them every wrong label is
+        equally confusable."""
+        self.truth = {k: ({v} if isinstance(v, str) else set(v)) for k, v in truth.items()}
+        self.p = float(p)
+        self.seed = seed
+        self.unrelated_error_share = unrelated_error_share
+        self.tokens_per_call = tokens_per_call
+        self.name = f"simulated(p={self.p:g})"
+        self._usage = Usage()
+        self._confusable: dict[str, set[str]] = {}
+        if label_vectors:
+            labels = list(label_vectors)
+            M = np.vstack([np.asarray(label_vectors[lab], dtype=np.float32) for lab in labels])
+            M = M / np.linalg.norm(M, axis=1, keepdims=True).clip(1e-9)
+            sims = M @ M.T
+            np.fill_diagonal(sims, -np.inf)
+            k = min(confusable_k, len(labels) - 1)
+            for i, lab in enumerate(labels):
+                self._confusable[lab] = {labels[j] for j in np.argsort(-sims[i])[:k]}
+
+    @property
+    def usage(self) -> Usage:
+        return self._usage
+
+    def _uniform(self, key: str, label: str) -> float:
+        h = hashlib.sha256(f"{self.seed}\x1f{key}\x1f{label}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2**64
+
+    def _gold(self, item: ValidationItem) -> set[str]:
+        key = item.text_id if item.text_id in self.truth else text_id(item.text)
+        if key not in self.truth and item.text in self.truth:
+            key = item.text
+        if key not in self.truth:
+            raise KeyError(f"SimulatedExpert has no hidden gold for text id {item.text_id!r}")
+        return self.truth[key]
+
+    def error_rate(self, label: str, gold: set[str]) -> float:
+        """Probability of a wrong answer to 'is this text a <label>?' for a text with gold labels."""
+        if label in gold:
+            return 1.0 - self.p
+        if not self._confusable:
+            return 1.0 - self.p
+        confusable = any(label in self._confusable.get(g, ()) for g in gold)
+        return (1.0 - self.p) * (1.0 if confusable else self.unrelated_error_share)
+
+    def validate(self, items: Sequence[ValidationItem]) -> list[Verdict]:
+        out = []
+        for item in items:
+            gold = self._gold(item)
+            correct_yes = item.label in gold
+            wrong = self._uniform(item.text_id or item.text, item.label) < self.error_rate(item.label, gold)
+            says_yes = correct_yes != wrong
+            usage = Usage(calls=1, prompt_tokens=self.tokens_per_call)
+            self._usage += usage
+            out.append(Verdict(ACCEPT if says_yes else REJECT, 1.0 if says_yes else -1.0, usage, self.name))
+        return out
+
+    def describe(self, label: str, examples: Sequence[str], neighbours: Sequence[str] = ()) -> str:
+        self._usage += Usage(calls=1)
+        shown = "; ".join(f'"{e}"' for e in list(examples)[:3])
+        text = f"Texts about {label.replace('_', ' ')}, for example {shown}."
+        if neighbours:
+            text += f" Not {', '.join(n.replace('_', ' ') for n in neighbours[:3])}."
+        return text

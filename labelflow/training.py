@@ -1,0 +1,116 @@
+"""The fast classifiers trained on merged labels. No Dagster here.
+
+:class:`EmbeddingSVM` — multi-class LinearSVC with balanced class weights on embeddings, with
+calibrated probabilities (sigmoid calibration by cross-validation when every class has at least two
+examples; a softmax over the decision function otherwise, said in ``calibration_``).
+:class:`MultiLabelSVM` — one-vs-rest calibrated LinearSVCs giving a score per label.
+Both follow scikit-learn conventions (hyper-parameters in ``__init__``, learned state ending in ``_``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import MultiLabelBinarizer
+from sklearn.svm import LinearSVC
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class EmbeddingSVM(BaseEstimator, ClassifierMixin):
+    def __init__(self, C: float = 1.0, calibration_folds: int = 3, random_state: int = 0, max_iter: int = 5000):
+        self.C = C
+        self.calibration_folds = calibration_folds
+        self.random_state = random_state
+        self.max_iter = max_iter
+
+    def _svc(self):
+        return LinearSVC(C=self.C, class_weight="balanced", random_state=self.random_state, max_iter=self.max_iter)
+
+    def fit(self, X, y, sample_weight=None):
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y)
+        self.classes_, counts = np.unique(y, return_counts=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"need at least two classes to train, got {list(self.classes_)}")
+        folds = min(self.calibration_folds, int(counts.min()))
+        if folds >= 2:
+            cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.random_state)
+            self.model_ = CalibratedClassifierCV(self._svc(), method="sigmoid", cv=cv)
+            self.calibration_ = f"sigmoid, {folds}-fold"
+        else:
+            self.model_ = self._svc()
+            self.calibration_ = "softmax of decision function (a class has a single example)"
+        self.model_.fit(X, y, sample_weight=sample_weight)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if isinstance(self.model_, CalibratedClassifierCV):
+            p = self.model_.predict_proba(X)
+        else:
+            p = _softmax(self.model_.decision_function(X) * 5.0)
+        return p
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+class MultiLabelSVM(BaseEstimator, ClassifierMixin):
+    """One calibrated LinearSVC per label. ``fit(X, label_sets)`` with label_sets a list of lists;
+    ``predict_proba`` returns (n, n_labels) independent per-label scores in ``classes_`` order."""
+
+    def __init__(self, C: float = 1.0, calibration_folds: int = 3, random_state: int = 0, max_iter: int = 5000):
+        self.C = C
+        self.calibration_folds = calibration_folds
+        self.random_state = random_state
+        self.max_iter = max_iter
+
+    def fit(self, X, label_sets, classes=None):
+        X = np.asarray(X, dtype=np.float32)
+        self.binarizer_ = MultiLabelBinarizer(classes=classes)
+        Y = self.binarizer_.fit_transform(label_sets)
+        self.classes_ = self.binarizer_.classes_
+        self.models_ = []
+        for j in range(Y.shape[1]):
+            y = Y[:, j]
+            pos = int(y.sum())
+            neg = len(y) - pos
+            if pos == 0 or neg == 0:
+                self.models_.append(float(pos > 0))  # constant score
+                continue
+            svc = LinearSVC(C=self.C, class_weight="balanced", random_state=self.random_state, max_iter=self.max_iter)
+            folds = min(self.calibration_folds, pos, neg)
+            if folds >= 2:
+                cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.random_state)
+                model = CalibratedClassifierCV(svc, method="sigmoid", cv=cv).fit(X, y)
+            else:
+                model = svc.fit(X, y)
+            self.models_.append(model)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        out = np.empty((X.shape[0], len(self.models_)), dtype=np.float64)
+        for j, m in enumerate(self.models_):
+            if isinstance(m, float):
+                out[:, j] = m
+            elif isinstance(m, CalibratedClassifierCV):
+                out[:, j] = m.predict_proba(X)[:, 1]
+            else:
+                out[:, j] = 1.0 / (1.0 + np.exp(-m.decision_function(X)))
+        return out
+
+    def predict(self, X, threshold: float = 0.5) -> np.ndarray:
+        """Binary (n, n_labels) indicator matrix at a global threshold, at least one label per text."""
+        p = self.predict_proba(X)
+        Y = (p >= threshold).astype(int)
+        empty = Y.sum(axis=1) == 0
+        Y[empty, p[empty].argmax(axis=1)] = 1
+        return Y
