@@ -308,7 +308,9 @@ def load_dataset(
     labels_path = folder / "labels.csv"
     if labels_path.exists():
         desc = read_table(labels_path)
-        _require(desc, labels_path, ["label", "description"])
+        _require(desc, labels_path, ["label"])
+        if "description" not in desc.columns:  # a bare list of labels declares the label set only
+            desc["description"] = ""
         desc["label"] = desc["label"].astype(str).str.strip()
         desc["description"] = desc["description"].astype(str).str.strip()
         for i, r in desc.iterrows():
