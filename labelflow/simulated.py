@@ -95,3 +95,34 @@ class SimulatedExpert:
         if neighbours:
             text += f" Not {', '.join(n.replace('_', ' ') for n in neighbours[:3])}."
         return text
+
+    def choose(self, text_id: str, candidates: Sequence[str], absent_abstain: float = 0.5,
+               prompt_tokens: int = 0) -> str:
+        """Simulate a list prompt ("which one of these labels fits the text?"); returns one of
+        ``candidates`` or ``""`` (abstain). Used only by the list-prompt baselines of the RAC benchmark.
+
+        ASSUMPTION, not a measurement: when a gold label is among the candidates the answer is correct
+        with probability ``p`` however long the list is; otherwise (probability ``1 - p``) it is a wrong
+        candidate, a confusable one (see ``confusable_k``) when the list has one. When no gold label is
+        among the candidates it abstains with probability ``absent_abstain``, else picks a wrong
+        candidate the same way. Real LLMs degrade with long lists (the RAC paper reports F1 4.0 on
+        BANKING77 with all 77 labels in one prompt), which this simulation does not model.
+        Deterministic given ``seed``; counts one call and ``prompt_tokens`` (estimated by the caller).
+        """
+        candidates = list(candidates)
+        gold = self._gold(ValidationItem(text=text_id, label="", text_id=text_id))
+        key = "\x1echoose\x1e" + "\x1f".join(candidates)
+        u = self._uniform(text_id, key)
+        usage = Usage(calls=1, prompt_tokens=int(prompt_tokens))
+        self._usage += usage
+        present = [c for c in candidates if c in gold]
+        if present and u < self.p:
+            return present[0]
+        if not present and u < absent_abstain:
+            return ""
+        wrong = [c for c in candidates if c not in gold]
+        if not wrong:
+            return ""
+        confusable = [c for c in wrong if any(c in self._confusable.get(g, ()) for g in gold)]
+        pick_from = confusable or wrong
+        return pick_from[int(self._uniform(text_id, key + "\x1epick") * len(pick_from))]

@@ -1,0 +1,337 @@
+"""RAC: retrieval-augmented classification with iterative yes/no validation and truncation.
+
+Method of "Automatic Labelling with Open-source LLMs using Dynamic Label Schema Integration"
+(arXiv 2501.12332): asking an LLM to pick one of many labels at once collapses, so
+
+1. :class:`LabelRetriever` ranks the labels for each text by cosine similarity to the label
+   description embeddings, optionally fused with the similarity to each label's seed examples;
+2. :class:`RAC` asks the expert one yes/no question per candidate label, in rank order
+   (description + the seed examples of that label nearest to the text as evidence), and stops at the
+   first "yes" (multi-class) or collects every "yes" among the top ``k`` (multi-label). Truncation:
+   if none of the top ``k`` candidates is accepted the text is left unlabelled (abstain).
+
+Work is ordered so that the label block of the prompt is a shared prefix: RAC runs in rounds, round
+``r`` asks the ``r``-th candidate of every still-unlabelled text, and within a round the questions are
+grouped by label (labels sorted) and sent as one ``expert.validate`` call per label.
+
+Because answers are deterministic (SimulatedExpert, or an LLM at temperature 0 behind a cache), a run
+with a large ``k`` contains every smaller truncation: :func:`truncate` derives the result for any
+smaller ``k`` from the per-question log (``RAC.questions_``) exactly, without asking again.
+
+No Dagster here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from labelflow.data import join_labels
+from labelflow.expert import ACCEPT, UNPARSEABLE, BudgetExceeded, Usage, ValidationItem
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ["id", "label", "rank", "confidence", "questions", "calls", "prompt_tokens",
+                  "completion_tokens", "unparseable", "status", "expert"]
+
+
+def _unit(M: np.ndarray) -> np.ndarray:
+    M = np.asarray(M, dtype=np.float32)
+    if M.ndim == 1:
+        M = M[None, :]
+    return M / np.linalg.norm(M, axis=1, keepdims=True).clip(1e-9)
+
+
+def estimate_tokens(text: str) -> int:
+    """Token estimate used where an expert reports none (the SimulatedExpert): one token per 4
+    characters, rounded up. Real token counts come from the LLM provider's usage."""
+    return int(math.ceil(len(text) / 4))
+
+
+class LabelRetriever:
+    """Ranks labels for texts: fused score = (desc_weight * cos(text, description) + seed_weight *
+    seed similarity) / (desc_weight + seed_weight).
+
+    The seed similarity of a label is the max (``seed_agg="max"``) or the mean of the ``seed_top``
+    highest cosines (``seed_agg="mean_top"``) between the text and that label's seed examples. Without
+    seeds (or with ``seed_weight=0``) only the descriptions count. Inputs are embeddings; they are
+    L2-normalised here, so any embedding scale works.
+    """
+
+    def __init__(self, desc_weight: float = 1.0, seed_weight: float = 1.0, seed_agg: str = "mean_top",
+                 seed_top: int = 3, chunk: int = 4096):
+        self.desc_weight = desc_weight
+        self.seed_weight = seed_weight
+        self.seed_agg = seed_agg
+        self.seed_top = seed_top
+        self.chunk = chunk
+
+    def fit(self, label_names: Sequence[str], label_vectors: np.ndarray | None,
+            seed_vectors: np.ndarray | None = None, seed_labels: Sequence[str | Sequence[str]] | None = None):
+        """``label_vectors``: (L, d) description embeddings in the order of ``label_names`` (None = use
+        seeds only). ``seed_labels``: one label (str) or a list of labels (multi-label) per seed row."""
+        if self.seed_agg not in ("max", "mean_top"):
+            raise ValueError(f"seed_agg must be 'max' or 'mean_top', got {self.seed_agg!r}")
+        self.labels_ = [str(x) for x in label_names]
+        if len(set(self.labels_)) != len(self.labels_):
+            raise ValueError("label_names must be unique")
+        index = {lab: i for i, lab in enumerate(self.labels_)}
+        self.label_vectors_ = None if label_vectors is None else _unit(label_vectors)
+        if self.label_vectors_ is not None and self.label_vectors_.shape[0] != len(self.labels_):
+            raise ValueError(f"{self.label_vectors_.shape[0]} label vectors for {len(self.labels_)} labels")
+        self.seed_vectors_ = None
+        self.seed_slices_: list[np.ndarray] = []
+        if seed_vectors is not None and len(seed_vectors) and self.seed_weight > 0:
+            if seed_labels is None or len(seed_labels) != len(seed_vectors):
+                raise ValueError("seed_labels must give one label (or label list) per seed vector")
+            S = _unit(seed_vectors)
+            cols: list[list[int]] = [[] for _ in self.labels_]
+            for row, labs in enumerate(seed_labels):
+                for lab in ([labs] if isinstance(labs, str) else labs):
+                    if lab not in index:
+                        raise ValueError(f"seed label {lab!r} is not among label_names")
+                    cols[index[lab]].append(row)
+            self.seed_vectors_ = S
+            self.seed_slices_ = [np.asarray(c, dtype=np.int64) for c in cols]
+        if self.label_vectors_ is None and self.seed_vectors_ is None:
+            raise ValueError("need label_vectors or seed vectors")
+        return self
+
+    def _seed_scores(self, Xc: np.ndarray) -> np.ndarray:
+        sims = Xc @ self.seed_vectors_.T
+        out = np.full((Xc.shape[0], len(self.labels_)), np.nan, dtype=np.float32)
+        for j, cols in enumerate(self.seed_slices_):
+            if len(cols) == 0:
+                continue
+            s = sims[:, cols]
+            if self.seed_agg == "max" or s.shape[1] == 1:
+                out[:, j] = s.max(axis=1)
+            else:
+                m = min(self.seed_top, s.shape[1])
+                out[:, j] = np.partition(s, s.shape[1] - m, axis=1)[:, -m:].mean(axis=1)
+        return out
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        """Fused (n, L) label scores."""
+        X = _unit(X)
+        out = np.empty((X.shape[0], len(self.labels_)), dtype=np.float32)
+        for start in range(0, X.shape[0], self.chunk):
+            Xc = X[start : start + self.chunk]
+            num = np.zeros((Xc.shape[0], len(self.labels_)), dtype=np.float32)
+            den = np.zeros_like(num)
+            if self.label_vectors_ is not None and self.desc_weight > 0:
+                num += self.desc_weight * (Xc @ self.label_vectors_.T)
+                den += self.desc_weight
+            if self.seed_vectors_ is not None:
+                s = self._seed_scores(Xc)
+                have = ~np.isnan(s)  # a label without seeds keeps its description score
+                num += np.where(have, self.seed_weight * np.nan_to_num(s), 0.0)
+                den += np.where(have, self.seed_weight, 0.0)
+            out[start : start + self.chunk] = np.where(den > 0, num / np.maximum(den, 1e-9), -np.inf)
+        return out
+
+    def rank(self, X: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(label index matrix (n, k), fused scores (n, k)), best first; ``k=None`` ranks all labels.
+        Ties are broken by label order (stable sort)."""
+        S = self.scores(X)
+        k = S.shape[1] if k is None else min(int(k), S.shape[1])
+        order = np.argsort(-S, axis=1, kind="stable")[:, :k]
+        return order, np.take_along_axis(S, order, axis=1)
+
+    def rank_labels(self, X: np.ndarray, k: int | None = None) -> list[list[str]]:
+        order, _ = self.rank(X, k)
+        return [[self.labels_[j] for j in row] for row in order]
+
+    def recall_at_k(self, X: np.ndarray, true_labels: Sequence[str | Sequence[str]],
+                    ks: Sequence[int] = (1, 3, 5, 10)) -> dict[int, float]:
+        """Share of texts with a gold label among the top k (multi-label: any of its gold labels)."""
+        order, _ = self.rank(X, max(ks))
+        index = {lab: i for i, lab in enumerate(self.labels_)}
+        gold_rank = np.full(len(order), np.inf)
+        for i, labs in enumerate(true_labels):
+            labs = [labs] if isinstance(labs, str) else list(labs)
+            pos = [np.flatnonzero(order[i] == index[lab]) for lab in labs if lab in index]
+            hits = [int(p[0]) for p in pos if len(p)]
+            if hits:
+                gold_rank[i] = min(hits)
+        return {int(k): float((gold_rank < k).mean()) if len(gold_rank) else 0.0 for k in ks}
+
+
+def validation_prompt_text(item: ValidationItem) -> str:
+    """The text of a yes/no validation prompt (label block first, text last), used to estimate the
+    prompt tokens of a question where the expert does not report them."""
+    lines = [
+        "You check labels for a text classifier. Answer with one word: yes or no.",
+        f"Label: {item.label}",
+        f"Description: {item.description or item.label}",
+    ]
+    if item.examples:
+        lines.append("Examples of texts with this label:")
+        lines += [f"- {e}" for e in item.examples]
+    lines += ["Text:", "<<<", item.text, ">>>", f"Does the text belong to the label '{item.label}'? Answer yes or no."]
+    return "\n".join(lines)
+
+
+def nearest_examples(x: np.ndarray, seed_texts: Sequence[str], seed_vectors: np.ndarray | None, n: int) -> list[str]:
+    """The ``n`` seed texts nearest (cosine) to the vector ``x``; the first ``n`` without vectors."""
+    if n <= 0 or not len(seed_texts):
+        return []
+    if seed_vectors is None or len(seed_vectors) == 0:
+        return list(seed_texts[:n])
+    sims = _unit(seed_vectors) @ _unit(x)[0]
+    return [seed_texts[j] for j in np.argsort(-sims, kind="stable")[:n]]
+
+
+class RAC:
+    """Iterative yes/no classification over retrieved candidates.
+
+    ``k``: truncation (ask at most the top-k candidates; None = every label). ``multilabel``: collect
+    every accept among the top k instead of stopping at the first. ``n_examples``: seed examples of the
+    label shown as evidence (the nearest to the text). ``rank_decay``: confidence = P(yes) x
+    rank_decay^(rank-1), with P(yes) = sigmoid(verdict score) (the yes/no logit margin for an LLM,
+    +-1 for answers without log-probabilities).
+
+    After :meth:`label`: ``questions_`` (one row per yes/no question: id, round, label, outcome, score,
+    calls, cache_hits, prompt_tokens, completion_tokens), ``usage_`` (total :class:`Usage`),
+    ``seconds_`` (wall time).
+    """
+
+    def __init__(self, expert, k: int | None = 5, multilabel: bool = False, n_examples: int = 3,
+                 rank_decay: float = 0.9, estimate_missing_tokens: bool = True):
+        self.expert = expert
+        self.k = k
+        self.multilabel = multilabel
+        self.n_examples = n_examples
+        self.rank_decay = rank_decay
+        self.estimate_missing_tokens = estimate_missing_tokens
+
+    def label(self, ids: Sequence[str], texts: Sequence[str], X: np.ndarray, retriever: LabelRetriever,
+              descriptions: Mapping[str, str], seed_texts_by_label: Mapping[str, Sequence[str]],
+              seed_vectors_by_label: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
+        """Label (or abstain on) each text. Returns a DataFrame with :data:`RESULT_COLUMNS`:
+        ``label`` ('' = abstain; '|'-joined set for multi-label), ``rank`` (1-based rank of the
+        first accepted candidate, 0 if none), ``confidence`` (multi-label: the lowest over the
+        accepted labels), ``questions`` (yes/no questions asked), ``calls`` (requests sent, cache hits
+        excluded), tokens, ``status`` (labelled / abstained / unanswered when a budget stopped the
+        run) and the expert's name."""
+        t0 = time.perf_counter()
+        ids = [str(i) for i in ids]
+        texts = list(texts)
+        n = len(ids)
+        if len(texts) != n or len(X) != n:
+            raise ValueError("ids, texts and X must have the same length")
+        seed_vectors_by_label = seed_vectors_by_label or {}
+        depth = len(retriever.labels_) if self.k is None else min(int(self.k), len(retriever.labels_))
+        order, _ = retriever.rank(X, depth) if n else (np.zeros((0, depth), dtype=np.int64), None)
+        labels = retriever.labels_
+        Xu = _unit(X) if n else X
+        name = getattr(self.expert, "name", type(self.expert).__name__)
+
+        accepted: list[list[tuple[int, str, float]]] = [[] for _ in range(n)]  # (rank, label, conf)
+        done = np.zeros(n, dtype=bool)
+        asked = np.zeros(n, dtype=np.int64)
+        per_text = {f: np.zeros(n, dtype=np.int64) for f in ("calls", "prompt_tokens", "completion_tokens", "unparseable")}
+        rows: list[dict] = []
+        self.usage_ = Usage()
+        stopped = False
+        for r in range(depth):
+            active = np.flatnonzero(~done) if not self.multilabel else np.arange(n)
+            if len(active) == 0:
+                break
+            cand = order[active, r]
+            n_accept = 0
+            for j in sorted(np.unique(cand), key=lambda j: labels[j]):  # one call per label, sorted
+                group = active[cand == j]
+                lab = labels[j]
+                s_texts = list(seed_texts_by_label.get(lab, ()))
+                s_vecs = seed_vectors_by_label.get(lab)
+                items = [ValidationItem(text=texts[i], label=lab, description=descriptions.get(lab, "") or lab,
+                                        examples=nearest_examples(Xu[i], s_texts, s_vecs, self.n_examples),
+                                        text_id=ids[i]) for i in group]
+                try:
+                    verdicts = self.expert.validate(items)
+                except BudgetExceeded as exc:
+                    log.warning("RAC stopped by the budget in round %d at label %r: %s", r + 1, lab, exc)
+                    stopped = True
+                    break
+                for i, item, v in zip(group, items, verdicts):
+                    u = v.usage
+                    pt = u.prompt_tokens
+                    if pt == 0 and u.cache_hits == 0 and self.estimate_missing_tokens:
+                        pt = estimate_tokens(validation_prompt_text(item))
+                    asked[i] += 1
+                    per_text["calls"][i] += u.calls
+                    per_text["prompt_tokens"][i] += pt
+                    per_text["completion_tokens"][i] += u.completion_tokens
+                    per_text["unparseable"][i] += int(v.outcome == UNPARSEABLE)
+                    self.usage_ += u
+                    rows.append({"id": ids[i], "round": r + 1, "label": lab, "outcome": v.outcome,
+                                 "score": float(v.score), "calls": u.calls, "cache_hits": u.cache_hits,
+                                 "prompt_tokens": pt, "completion_tokens": u.completion_tokens})
+                    if v.outcome == ACCEPT:
+                        conf = float(1.0 / (1.0 + math.exp(-float(v.score)))) * self.rank_decay ** r
+                        accepted[i].append((r + 1, lab, conf))
+                        n_accept += 1
+                        if not self.multilabel:
+                            done[i] = True
+            if stopped:
+                break
+            log.info("RAC round %d/%d: asked %d texts, %d accepted; %d/%d texts labelled so far",
+                     r + 1, depth, len(active), n_accept, sum(bool(a) for a in accepted), n)
+        self.questions_ = pd.DataFrame(rows, columns=["id", "round", "label", "outcome", "score", "calls",
+                                                      "cache_hits", "prompt_tokens", "completion_tokens"])
+        out = []
+        for i in range(n):
+            acc = accepted[i]
+            complete = not stopped or done[i] or asked[i] >= depth
+            status = "labelled" if acc else ("abstained" if complete else "unanswered")
+            out.append({
+                "id": ids[i],
+                "label": (join_labels(a[1] for a in acc) if self.multilabel else acc[0][1]) if acc else "",
+                "rank": acc[0][0] if acc else 0,
+                "confidence": min(a[2] for a in acc) if acc else 0.0,
+                "questions": int(asked[i]),
+                **{f: int(per_text[f][i]) for f in per_text},
+                "status": status,
+                "expert": name,
+            })
+        self.seconds_ = time.perf_counter() - t0
+        res = pd.DataFrame(out, columns=RESULT_COLUMNS)
+        log.info("RAC done: %d/%d labelled, %d questions, %d calls, %d prompt tokens, %.1f s",
+                 int((res["label"] != "").sum()), n, int(res["questions"].sum()), self.usage_.calls,
+                 int(res["prompt_tokens"].sum()), self.seconds_)
+        return res
+
+
+def truncate(result: pd.DataFrame, questions: pd.DataFrame, k: int, multilabel: bool = False,
+             rank_decay: float = 0.9) -> pd.DataFrame:
+    """The result RAC would have given with truncation ``k``, derived exactly from a run with a larger
+    (or no) truncation and its per-question log (``RAC.questions_``): the same questions in the same
+    order, cut after round ``k``. Requires deterministic answers (SimulatedExpert, cached LLM)."""
+    q = questions[questions["round"] <= k]
+    agg = q.groupby("id").agg(questions=("round", "size"), calls=("calls", "sum"),
+                              prompt_tokens=("prompt_tokens", "sum"),
+                              completion_tokens=("completion_tokens", "sum"),
+                              unparseable=("outcome", lambda s: int((s == UNPARSEABLE).sum())))
+    acc = q[q["outcome"] == ACCEPT].sort_values(["id", "round"])
+    out = result[["id", "status", "expert"]].copy()
+    for col in ("questions", "calls", "prompt_tokens", "completion_tokens", "unparseable"):
+        out[col] = out["id"].map(agg[col]).fillna(0).astype(int)
+    first = acc.groupby("id").first()
+    out["rank"] = out["id"].map(first["round"]).fillna(0).astype(int)
+    if multilabel:
+        labs = acc.groupby("id")["label"].apply(join_labels)
+        out["label"] = out["id"].map(labs).fillna("")
+        conf = acc.assign(c=1 / (1 + np.exp(-acc["score"])) * rank_decay ** (acc["round"] - 1)).groupby("id")["c"].min()
+    else:
+        out["label"] = out["id"].map(first["label"]).fillna("")
+        conf = 1 / (1 + np.exp(-first["score"])) * rank_decay ** (first["round"] - 1)
+    out["confidence"] = out["id"].map(conf).fillna(0.0).astype(float)
+    out.loc[(out["label"] == "") & (out["status"] == "labelled"), "status"] = "abstained"
+    return out[RESULT_COLUMNS].reset_index(drop=True)
+
