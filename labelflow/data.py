@@ -181,7 +181,7 @@ def _check_conflicts(df: pd.DataFrame, path: Path, other: pd.DataFrame | None = 
     if other is not None:
         frames.append(other.assign(_file=str(other_path)))
     both = pd.concat(frames, ignore_index=True)
-    for key in ("id", "text"):
+    for key in ("text", "id"):
         n_labels = both.groupby(key)["label"].transform("nunique")
         bad = both[n_labels > 1]
         if len(bad):

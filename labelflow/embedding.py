@@ -112,6 +112,18 @@ class VectorStore:
         if self.has(name):
             self.db.open_table(name).delete(where)
 
+    def vectors_for(self, name: str, ids) -> np.ndarray:
+        """Vectors of table ``name`` aligned with ``ids`` (KeyError naming the first missing id)."""
+        df = self.read(name)
+        pos = pd.Series(np.arange(len(df)), index=df["id"].astype(str))
+        pos = pos[~pos.index.duplicated(keep="last")]
+        ids = [str(i) for i in ids]
+        missing = [i for i in ids if i not in pos.index]
+        if missing:
+            raise KeyError(f"{len(missing)} ids have no vector in LanceDB table {name!r}, e.g. {missing[0]!r}")
+        M = np.vstack(df["vector"].to_numpy()) if len(df) else np.zeros((0, 1), np.float32)
+        return M[pos[ids].to_numpy()].astype(np.float32)
+
     def search(self, name: str, vector: np.ndarray, k: int = 10, where: str | None = None) -> pd.DataFrame:
         q = self.db.open_table(name).search(np.asarray(vector, dtype=np.float32)).distance_type("cosine").limit(k)
         if where:

@@ -114,3 +114,29 @@ class MultiLabelSVM(BaseEstimator, ClassifierMixin):
         empty = Y.sum(axis=1) == 0
         Y[empty, p[empty].argmax(axis=1)] = 1
         return Y
+
+
+def fit_classifier(label_values, X, multilabel: bool, sample_weight=None, classes=None):
+    """Train the product's classifier on a training set: ``label_values`` are labels (multi-class) or
+    '|'-joined label sets (multi-label) aligned with the rows of ``X``."""
+    from labelflow.data import split_labels
+
+    if multilabel:
+        return MultiLabelSVM().fit(X, [split_labels(v) for v in label_values], classes=classes)
+    return EmbeddingSVM().fit(X, list(label_values), sample_weight=sample_weight)
+
+
+def predict_labels(model, X, multilabel: bool, threshold: float = 0.5):
+    """(labels, confidence) for each row: the arg-max label and its probability (multi-class) or the
+    '|'-joined set of labels scoring >= threshold, at least one, with the mean score of the set."""
+    import numpy as np
+
+    P = model.predict_proba(X)
+    classes = np.asarray(model.classes_)
+    if not multilabel:
+        idx = P.argmax(axis=1)
+        return classes[idx].tolist(), P[np.arange(len(idx)), idx].tolist()
+    Y = model.predict(X, threshold=threshold)
+    labels = ["|".join(sorted(classes[row.astype(bool)])) for row in Y]
+    conf = [float(P[i, Y[i].astype(bool)].mean()) for i in range(len(Y))]
+    return labels, conf

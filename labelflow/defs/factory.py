@@ -1,0 +1,52 @@
+"""Builds the Dagster Definitions: one asset graph per dataset in labelflow.yaml (key prefix and group =
+dataset name), plus the shared resources."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from dagster_duckdb_pandas import DuckDBPandasIOManager
+
+from labelflow.config import DatasetConfig, ProjectConfig
+from labelflow.defs.ingest import ingest_assets
+from labelflow.defs.model import model_assets
+from labelflow.defs.resources import EmbedderResource, ExpertResource, MLflowResource, StoresResource
+
+
+def dataset_graph(ds: DatasetConfig) -> list:
+    """Every asset and check of one dataset."""
+    items = ingest_assets(ds)
+    sources = ["seed_labels"]
+    items += model_assets(ds, sources)
+    return items
+
+
+def resources(cfg: ProjectConfig) -> dict:
+    cfg.warehouse.parent.mkdir(parents=True, exist_ok=True)
+    llm = cfg.llm
+    return {
+        "io_manager": DuckDBPandasIOManager(database=str(cfg.warehouse)),
+        "stores": StoresResource(lancedb_uri=str(cfg.lancedb), models_dir=str(cfg.models_dir)),
+        "embedder": EmbedderResource(model=cfg.embedding_model),
+        "mlflow": MLflowResource(tracking_uri=cfg.mlflow_tracking_uri, artifact_root=str(cfg.mlflow_artifacts)),
+        "expert": ExpertResource(
+            model=llm.model, api_base=llm.api_base, api_key_env=llm.api_key_env,
+            cache_path=str(cfg.root / "data" / "llm_cache.duckdb"), local_model_dir=str(cfg.root / "data" / "llm"),
+            batch_size=llm.batch_size, concurrency=llm.concurrency, rpm=llm.rpm, tpm=llm.tpm, timeout_s=llm.timeout_s,
+            max_retries=llm.max_retries, threshold=llm.threshold, temperature=llm.temperature,
+            local_ctx=llm.local_ctx, local_threads=llm.local_threads),
+    }
+
+
+def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
+    assets, checks, jobs = [], [], []
+    for ds in cfg.datasets:
+        for item in dataset_graph(ds):
+            (checks if isinstance(item, dg.AssetChecksDefinition) else assets).append(item)
+        jobs.append(dg.define_asset_job(f"{ds.name}__all", selection=dg.AssetSelection.groups(ds.name),
+                                        description=f"Materialise the whole {ds.name} graph."))
+    # One process runs a whole job by default: the local LLM server and the embedding model are loaded
+    # once per run. Set LABELFLOW_EXECUTOR=multiprocess to run steps (and partitions) in parallel.
+    executor = dg.multiprocess_executor if os.environ.get("LABELFLOW_EXECUTOR") == "multiprocess" else dg.in_process_executor
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, resources=resources(cfg), executor=executor)
