@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labelflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _bench_parser(sub)
-    for name in ("llm", "runs", "export"):
+    for name in ("demo", "llm", "runs", "export"):
         try:
             mod = importlib.import_module(f"labelflow.commands.{name}")
         except ModuleNotFoundError:

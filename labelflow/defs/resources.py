@@ -80,8 +80,9 @@ class ExpertResource(dg.ConfigurableResource):
             if self._server is None:
                 from labelflow.llm.local import LocalLLMServer, ensure_model
 
-                server = LocalLLMServer(ensure_model(Path(self.local_model_dir)), n_ctx=self.local_ctx,
-                                        n_threads=self.local_threads)
+                model_dir = Path(self.local_model_dir)
+                server = LocalLLMServer(ensure_model(model_dir), n_ctx=self.local_ctx, threads=self.local_threads,
+                                        log_dir=model_dir, model_dir=model_dir)
                 server.start()
                 self._server = server
             model, api_base = self._server.model, self._server.api_base
