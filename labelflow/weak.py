@@ -1,0 +1,386 @@
+"""Labelling functions (LFs): user Python LFs, declarative ``lfs.yaml`` LFs, built-in embedding LFs,
+applying them to a text collection, and a Snorkel-style LF analysis. No Dagster here.
+
+An LF votes one label, several labels (multi-label), or abstains (``None``) per text:
+
+    @labeling_function(name="asks_refund")
+    def asks_refund(text):
+        return "refund_request" if "refund" in text.lower() else None
+
+Declarative LFs live in ``lfs.yaml`` next to a dataset (see :func:`load_lf_file`); the built-in
+embedding LFs (:func:`centroid_lf`, :func:`knn_lf`, :func:`description_lf`) work on unit vectors from
+:mod:`labelflow.embedding` and need no hand work. :func:`apply_lfs` runs them all and returns the long
+vote table ``(id, lf, label)`` plus the errors of LFs that raised (such an LF is left out of the run).
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from labelflow.embedding import cosine_top_k
+
+VOTE_COLUMNS = ["id", "lf", "label"]
+ERROR_COLUMNS = ["lf", "id", "error"]
+
+
+class LFFileError(ValueError):
+    """A bad ``lfs.yaml``. ``file``, ``index`` (0-based position in ``lfs``) and ``field`` say where."""
+
+    def __init__(self, file, index: int | None, field_name: str | None, message: str, name: str | None = None):
+        self.file, self.index, self.field = str(file), index, field_name
+        where = str(file)
+        if index is not None:
+            where += f", lfs[{index}]" + (f" ({name!r})" if name else "")
+        if field_name:
+            where += f", field '{field_name}'"
+        super().__init__(f"{where}: {message}")
+
+
+class LFError(RuntimeError):
+    """Raised inside a batch LF run to say which text failed."""
+
+
+@dataclass
+class LabelingFunction:
+    """A named labelling function.
+
+    ``kind="text"``: ``fn(text) -> label | list[label] | None``, called per text.
+    ``kind="batch"``: ``fn(texts, X) -> (rows, labels)``, arrays of text positions and the labels voted
+    for them (vectorised LFs; ``X`` is the ``(n, d)`` unit-vector matrix or ``None``).
+    ``needs_vectors`` says the LF needs ``X``; ``label`` names the single label a declarative LF votes for.
+    """
+
+    name: str
+    fn: Callable
+    kind: str = "text"
+    needs_vectors: bool = False
+    label: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError("a labelling function needs a non-empty name")
+        if self.kind not in ("text", "batch"):
+            raise ValueError(f"LF {self.name!r}: kind must be 'text' or 'batch', got {self.kind!r}")
+
+    def __call__(self, text: str):
+        if self.kind == "text":
+            return self.fn(text)
+        rows, labels = self.fn([text], None)
+        return list(labels) or None
+
+    def apply(self, texts: Sequence[str], X: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, labels) voted on ``texts``. Per-text LFs raise :class:`LFError` naming the failing row."""
+        if self.needs_vectors and X is None:
+            raise ValueError(f"LF {self.name!r} needs text vectors (X) and none were given")
+        if self.kind == "batch":
+            rows, labels = self.fn(texts, X)
+            return np.asarray(rows, dtype=np.int64), np.asarray(labels, dtype=object)
+        rows: list[int] = []
+        labels: list[str] = []
+        for i, t in enumerate(texts):
+            try:
+                out = self.fn(t)
+            except Exception as exc:
+                raise LFError(i, f"{type(exc).__name__}: {exc}") from exc
+            if out is None:
+                continue
+            if isinstance(out, str):
+                if out:
+                    rows.append(i)
+                    labels.append(out)
+                continue
+            try:
+                seq = list(out)
+            except TypeError:
+                raise LFError(i, f"returned {out!r}; an LF returns a label, a list of labels or None") from None
+            for lab in dict.fromkeys(seq):
+                if not isinstance(lab, str):
+                    raise LFError(i, f"returned {out!r}; an LF returns a label, a list of labels or None")
+                if lab:
+                    rows.append(i)
+                    labels.append(lab)
+        return np.asarray(rows, dtype=np.int64), np.asarray(labels, dtype=object)
+
+
+def labeling_function(name: str | None = None) -> Callable[[Callable], LabelingFunction]:
+    """Decorator: ``@labeling_function(name="x")`` over ``fn(text) -> label | list[label] | None``."""
+
+    def wrap(fn: Callable) -> LabelingFunction:
+        return LabelingFunction(name or fn.__name__, fn, kind="text")
+
+    return wrap
+
+
+# --- declarative LFs -----------------------------------------------------------------------------------
+
+_LF_KEYS = {"name", "label", "keywords", "regex", "case_sensitive"}
+
+
+def keyword_pattern(keywords: Sequence[str]) -> str:
+    """One regex matching any keyword as a phrase: a word boundary is required on each side where the
+    keyword starts or ends with a word character (so ``"refund"`` does not match ``"refunded"`` but
+    ``"?"`` matches ``"dinner?"``); inner whitespace matches any run of whitespace."""
+    parts = []
+    for kw in sorted(set(keywords), key=len, reverse=True):
+        body = r"\s+".join(re.escape(w) for w in kw.split())
+        left = r"(?<!\w)" if re.match(r"\w", kw) else ""
+        right = r"(?!\w)" if re.search(r"\w$", kw) else ""
+        parts.append(left + body + right)
+    return "|".join(parts)
+
+
+def pattern_lf(name: str, label: str, pattern: str, case_sensitive: bool = False) -> LabelingFunction:
+    """An LF voting ``label`` on every text where the regex ``pattern`` is found (vectorised)."""
+    regex = re.compile(pattern, 0 if case_sensitive else re.IGNORECASE)
+
+    def fn(texts, X=None):
+        hits = np.fromiter((regex.search(t) is not None for t in texts), dtype=bool, count=len(texts))
+        rows = np.flatnonzero(hits)
+        return rows, np.full(len(rows), label, dtype=object)
+
+    return LabelingFunction(name, fn, kind="batch", label=label)
+
+
+def keyword_lf(name: str, label: str, keywords: Sequence[str], case_sensitive: bool = False) -> LabelingFunction:
+    return pattern_lf(name, label, keyword_pattern(keywords), case_sensitive)
+
+
+def load_lf_file(path: str | Path, labels: Sequence[str]) -> list[LabelingFunction]:
+    """Read and validate an ``lfs.yaml`` (format: a top-level ``lfs:`` list; each item has ``name``,
+    ``label``, exactly one of ``keywords`` (list of phrases) or ``regex``, optional ``case_sensitive``).
+    Raises :class:`LFFileError` naming the file, the LF index and the field; nothing is returned on error."""
+    path = Path(path)
+    known = set(labels)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LFFileError(path, None, None, "file not found") from None
+    except yaml.YAMLError as exc:
+        raise LFFileError(path, None, None, f"not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise LFFileError(path, None, None, f"not valid UTF-8: {exc.reason}") from exc
+    if not isinstance(raw, dict) or "lfs" not in raw:
+        raise LFFileError(path, None, "lfs", "expected a mapping with a top-level 'lfs:' list")
+    items = raw["lfs"]
+    if not isinstance(items, list) or not items:
+        raise LFFileError(path, None, "lfs", "'lfs' must be a non-empty list")
+    out: list[LabelingFunction] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise LFFileError(path, i, None, f"each LF must be a mapping, got {type(item).__name__}")
+        name = item.get("name")
+        unknown = set(item) - _LF_KEYS
+        if unknown:
+            raise LFFileError(path, i, sorted(unknown)[0], f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_LF_KEYS)}", name)
+        if not isinstance(name, str) or not name.strip():
+            raise LFFileError(path, i, "name", "missing or empty name", None)
+        if name in seen:
+            raise LFFileError(path, i, "name", f"duplicate name (also lfs[{seen[name]}])", name)
+        seen[name] = i
+        label = item.get("label")
+        if not isinstance(label, str) or not label:
+            raise LFFileError(path, i, "label", "missing or empty label", name)
+        if label not in known:
+            raise LFFileError(path, i, "label", f"unknown label {label!r} (not among the dataset's {len(known)} labels)", name)
+        case = item.get("case_sensitive", False)
+        if not isinstance(case, bool):
+            raise LFFileError(path, i, "case_sensitive", f"must be true or false, got {case!r}", name)
+        has_kw, has_re = "keywords" in item, "regex" in item
+        if has_kw == has_re:
+            raise LFFileError(path, i, "keywords" if has_kw else "keywords/regex",
+                              "an LF needs exactly one of 'keywords' or 'regex'" + (" (both given)" if has_kw else " (neither given)"), name)
+        if has_kw:
+            kws = item["keywords"]
+            if isinstance(kws, str) or not isinstance(kws, list) or not kws:
+                raise LFFileError(path, i, "keywords", "must be a non-empty list of phrases", name)
+            for n, kw in enumerate(kws):
+                if not isinstance(kw, str) or not kw.strip():
+                    raise LFFileError(path, i, "keywords", f"keyword {n} is empty or not a string: {kw!r}", name)
+            lf = keyword_lf(name, label, [k.strip() for k in kws], case)
+        else:
+            rx = item["regex"]
+            if not isinstance(rx, str) or not rx:
+                raise LFFileError(path, i, "regex", "must be a non-empty string", name)
+            try:
+                re.compile(rx)
+            except re.error as exc:
+                raise LFFileError(path, i, "regex", f"invalid regular expression {rx!r}: {exc}", name) from exc
+            lf = pattern_lf(name, label, rx, case)
+        out.append(lf)
+    return out
+
+
+# --- built-in embedding LFs ------------------------------------------------------------------------------
+
+def _explode(seed_labels: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """(seed position, label) pairs; a seed label may be a list (multi-label)."""
+    pos, labs = [], []
+    for i, v in enumerate(seed_labels):
+        for lab in ([v] if isinstance(v, str) else list(v)):
+            pos.append(i)
+            labs.append(lab)
+    return np.asarray(pos, dtype=np.int64), np.asarray(labs, dtype=object)
+
+
+def _unit(M: np.ndarray) -> np.ndarray:
+    M = np.asarray(M, dtype=np.float32)
+    norms = np.linalg.norm(M, axis=1, keepdims=True)
+    return M / np.where(norms == 0, 1, norms)
+
+
+def _margin_lf(name: str, keys: np.ndarray, key_labels: np.ndarray, margin: float, min_similarity: float | None) -> LabelingFunction:
+    keys = _unit(keys)
+
+    def fn(texts, X):
+        idx, sims = cosine_top_k(np.asarray(X, dtype=np.float32), keys, 2)
+        best = sims[:, 0]
+        gap = sims[:, 0] - sims[:, 1] if keys.shape[0] > 1 else np.full(len(best), np.inf)
+        ok = gap >= margin
+        if min_similarity is not None:
+            ok &= best >= min_similarity
+        rows = np.flatnonzero(ok)
+        return rows, key_labels[idx[rows, 0]]
+
+    return LabelingFunction(name, fn, kind="batch", needs_vectors=True)
+
+
+def centroid_lf(seed_X: np.ndarray, seed_labels: Sequence, margin: float = 0.03,
+                min_similarity: float | None = None, name: str = "emb_centroid") -> LabelingFunction:
+    """Vote the label whose seed centroid is nearest (cosine) when it beats the runner-up by ``margin``."""
+    pos, labs = _explode(seed_labels)
+    names = np.asarray(sorted(set(labs)), dtype=object)
+    code = pd.Index(names).get_indexer(labs)
+    X = np.asarray(seed_X, dtype=np.float32)
+    sums = np.zeros((len(names), X.shape[1]), dtype=np.float64)
+    np.add.at(sums, code, X[pos])
+    return _margin_lf(name, sums, names, margin, min_similarity)
+
+
+def description_lf(label_X: np.ndarray, labels: Sequence[str], margin: float = 0.03,
+                   min_similarity: float | None = None, name: str = "emb_description") -> LabelingFunction:
+    """Vote the label whose description vector is nearest when it beats the runner-up by ``margin``."""
+    if len(labels) != len(label_X):
+        raise ValueError("label_X and labels must have the same length")
+    return _margin_lf(name, np.asarray(label_X), np.asarray(list(labels), dtype=object), margin, min_similarity)
+
+
+def knn_lf(seed_X: np.ndarray, seed_labels: Sequence, k: int = 5, min_agreement: float = 0.6,
+           name: str = "emb_knn") -> LabelingFunction:
+    """The ``k`` nearest seed examples vote; vote their majority label when its share of the ``k``
+    reaches ``min_agreement`` (ties go to the label of the nearer neighbour). Multi-label seeds vote for
+    each of their labels (the neighbours are then (seed, label) entries)."""
+    pos, labs = _explode(seed_labels)
+    keys = _unit(np.asarray(seed_X)[pos])
+    names = np.asarray(sorted(set(labs)), dtype=object)
+    code = pd.Index(names).get_indexer(labs)
+
+    def fn(texts, X):
+        kk = min(k, keys.shape[0])
+        idx, _ = cosine_top_k(np.asarray(X, dtype=np.float32), keys, kk)
+        nb = code[idx]                                            # (n, kk) label codes
+        same = nb[:, :, None] == nb[:, None, :]
+        counts = same.sum(axis=2)                                 # neighbours sharing each position's label
+        best = counts.argmax(axis=1)                              # first (nearest) position with the top count
+        share = counts[np.arange(len(idx)), best] / kk
+        rows = np.flatnonzero(share >= min_agreement)
+        return rows, names[nb[rows, best[rows]]]
+
+    return LabelingFunction(name, fn, kind="batch", needs_vectors=True)
+
+
+# --- applying LFs ------------------------------------------------------------------------------------------
+
+def apply_lfs(lfs: Sequence[LabelingFunction], ids: Sequence[str], texts: Sequence[str],
+              X: np.ndarray | None = None, labels: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every LF over the texts. Returns ``(votes, errors)``: votes ``(id, lf, label)``, one row per
+    vote, and errors ``(lf, id, error)``. An LF that raises is reported with the failing text's id (None
+    when a batch LF fails as a whole) and its votes from this run are dropped; the others still run.
+    With ``labels`` given, a vote for a label outside it is an error of that LF too."""
+    names = [lf.name for lf in lfs]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ValueError(f"LF names must be unique; repeated: {sorted(dup)}")
+    ids = np.asarray(list(ids), dtype=object)
+    texts = list(texts)
+    if len(ids) != len(texts):
+        raise ValueError("ids and texts must have the same length")
+    if X is not None and len(X) != len(texts):
+        raise ValueError(f"X has {len(X)} rows for {len(texts)} texts")
+    need = [lf.name for lf in lfs if lf.needs_vectors]
+    if need and X is None:
+        raise ValueError(f"LF(s) {need} need text vectors (X) and none were given")
+    known = set(labels) if labels is not None else None
+    frames, errors = [], []
+    for lf in lfs:
+        try:
+            rows, labs = lf.apply(texts, X)
+            if len(rows) and (rows.min() < 0 or rows.max() >= len(texts)):
+                raise LFError(None, "returned a row outside the batch")
+            if known is not None and len(labs):
+                bad = ~pd.Series(labs, dtype=object).isin(known).to_numpy()
+                if bad.any():
+                    raise LFError(int(rows[bad][0]), f"voted unknown label {labs[bad][0]!r}")
+        except LFError as exc:
+            row, msg = exc.args
+            errors.append((lf.name, None if row is None else ids[row], msg))
+            continue
+        except Exception as exc:
+            errors.append((lf.name, None, f"{type(exc).__name__}: {exc}"))
+            continue
+        frames.append(pd.DataFrame({"id": ids[rows], "lf": lf.name, "label": labs}))
+    votes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=VOTE_COLUMNS)
+    votes = votes.astype({"id": object, "lf": object, "label": object})
+    return votes[VOTE_COLUMNS], pd.DataFrame(errors, columns=ERROR_COLUMNS)
+
+
+def lf_analysis(votes: pd.DataFrame, lf_names: Sequence[str], n_texts: int, gold: pd.Series | None = None,
+                multilabel: bool = False) -> pd.DataFrame:
+    """Snorkel-style LF analysis, one row per LF (in ``lf_names`` order):
+
+    ``polarity`` (labels voted), ``n_votes``, ``coverage`` (share of texts it voted on), ``overlaps``
+    (share of texts where it and another LF both voted), ``conflicts`` (share where another LF voted a
+    label it did not). With ``gold`` (Series id -> label, e.g. the seeds; multi-label: ``|``-joined
+    sets): ``n_gold`` (gold texts it voted on), ``correct``, ``incorrect``, ``emp_acc``.
+    """
+    cols = ["lf", "polarity", "n_votes", "coverage", "overlaps", "conflicts"]
+    if gold is not None:
+        cols += ["n_gold", "correct", "incorrect", "emp_acc"]
+    v = votes[votes["lf"].isin(list(lf_names))].drop_duplicates(["id", "lf", "label"])
+    n = max(int(n_texts), 1)
+    per_id_lfs = v.groupby("id")["lf"].nunique()
+    per_id_labels = v.groupby("id")["label"].nunique()
+    pl = v.groupby(["id", "lf"])["label"].nunique().rename("own").reset_index()
+    pl["others"] = pl["id"].map(per_id_lfs).to_numpy() > 1
+    pl["conflict"] = pl["id"].map(per_id_labels).to_numpy() > pl["own"].to_numpy()
+    g = pl.groupby("lf")
+    out = pd.DataFrame({"lf": list(lf_names)})
+    out["polarity"] = out["lf"].map(v.groupby("lf")["label"].apply(lambda s: ",".join(sorted(set(s))[:5]) + (",..." if s.nunique() > 5 else "")))
+    out["polarity"] = out["polarity"].fillna("")
+    out["n_votes"] = out["lf"].map(v.groupby("lf").size()).fillna(0).astype(int)
+    out["coverage"] = out["lf"].map(g.size()).fillna(0).to_numpy() / n
+    out["overlaps"] = out["lf"].map(g["others"].sum()).fillna(0).to_numpy() / n
+    out["conflicts"] = out["lf"].map(g["conflict"].sum()).fillna(0).to_numpy() / n
+    if gold is not None:
+        gv = v[v["id"].isin(gold.index)]
+        truth = gv["id"].map(gold)
+        if multilabel:
+            ok = np.array([lab in str(t).split("|") for lab, t in zip(gv["label"], truth)], dtype=bool)
+        else:
+            ok = (gv["label"].to_numpy() == truth.to_numpy())
+        gv = gv.assign(ok=ok)
+        gg = gv.groupby("lf")
+        out["n_gold"] = out["lf"].map(gg["id"].nunique()).fillna(0).astype(int)
+        out["correct"] = out["lf"].map(gg["ok"].sum()).fillna(0).astype(int)
+        out["incorrect"] = out["lf"].map(gg.size()).fillna(0).astype(int) - out["correct"]
+        tot = out["correct"] + out["incorrect"]
+        out["emp_acc"] = np.where(tot > 0, out["correct"] / tot.where(tot > 0, 1), np.nan)
+    return out[cols]
