@@ -1,0 +1,132 @@
+"""Pilot validation: stratified pairs with confusable wrong labels, metrics, calibration, the gate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labelflow.expert import ACCEPT, REJECT, UNPARSEABLE, Usage, Verdict
+from labelflow.pilot import (calibrate_threshold, cross_validated_accuracy, label_centroids, pilot_pairs,
+                             run_pilot)
+from labelflow.simulated import SimulatedExpert
+
+LABELS = ["a", "b", "c", "d"]
+# a and b are close, c and d are close
+VECS = {"a": np.array([1.0, 0.1, 0, 0]), "b": np.array([1.0, -0.1, 0, 0]),
+        "c": np.array([0, 0, 1.0, 0.1]), "d": np.array([0, 0, 1.0, -0.1])}
+
+
+def seeds(per_label=5):
+    rows = [(f"{lab}{i}", f"text {i} about {lab}", lab) for lab in LABELS for i in range(per_label)]
+    return pd.DataFrame(rows, columns=["id", "text", "label"])
+
+
+def test_pairs_are_stratified_confusable_and_leak_free():
+    df = seeds()
+    items, truth = pilot_pairs(df, VECS, n=16, seed=1, descriptions={"a": "about a"})
+    assert len(items) == 16 and truth.sum() == 8 and len(truth) == 16
+    texts = {it.text_id for it in items}
+    assert len(texts) == 8
+    gold = dict(zip(df["id"], df["label"]))
+    firsts = [gold[t] for t in texts]
+    assert all(firsts.count(lab) == 2 for lab in LABELS)  # 8 texts over 4 labels: 2 each
+    pair = {"a": "b", "b": "a", "c": "d", "d": "c"}
+    for it, t in zip(items, truth):
+        assert (it.label == gold[it.text_id]) == t
+        if not t:
+            assert it.label == pair[gold[it.text_id]]  # the nearest wrong label
+        assert it.text not in it.examples and len(it.examples) == 3
+        assert all(ex.endswith(it.label) for ex in it.examples)  # evidence = seeds of the asked label
+        assert it.description == ("about a" if it.label == "a" else "")
+    assert [it.label for it in items] == sorted(it.label for it in items)  # grouped by asked label
+    again, truth2 = pilot_pairs(df, VECS, n=16, seed=1)
+    assert [(i.text_id, i.label) for i in again] == [(i.text_id, i.label) for i in items]
+    other, _ = pilot_pairs(df, VECS, n=16, seed=2)
+    assert {i.text_id for i in other} != texts
+
+
+def test_odd_n_and_multilabel_and_no_vectors():
+    items, truth = pilot_pairs(seeds(), None, n=5, seed=0)
+    assert len(items) == 5 and truth.sum() == 3
+    ml = pd.DataFrame({"id": ["1", "2", "3", "4"], "text": ["w", "x", "y", "z"], "label": ["a|b", "a", "b|c", "c"]})
+    items, truth = pilot_pairs(ml, {k: VECS[k] for k in "abc"}, n=8, seed=0, multilabel=True)
+    sets = {"1": {"a", "b"}, "2": {"a"}, "3": {"b", "c"}, "4": {"c"}}
+    for it, t in zip(items, truth):
+        assert (it.label in sets[it.text_id]) == t
+
+
+def test_run_pilot_with_simulated_expert_measures_and_gates():
+    df = seeds(10)
+    items, truth = pilot_pairs(df, VECS, n=40, seed=0)
+    gold = dict(zip(df["id"], df["label"]))
+    perfect = run_pilot(SimulatedExpert(gold, p=1.0, label_vectors=VECS), items, truth, min_accuracy=0.8)
+    assert perfect.accuracy == 1.0 and perfect.precision_yes == 1.0 and perfect.recall_yes == 1.0
+    assert perfect.passed and perfect.calls == 40 and perfect.n == 40 and perfect.expert == "simulated(p=1)"
+    assert perfect.confusions.empty and perfect.seconds_per_validation >= 0
+    poor = run_pilot(SimulatedExpert(gold, p=0.6, label_vectors=VECS, seed=3), items, truth, min_accuracy=0.8)
+    expected = np.mean([(v.outcome == ACCEPT) == t for v, t in
+                        zip(SimulatedExpert(gold, p=0.6, label_vectors=VECS, seed=3).validate(items), truth)])
+    assert poor.accuracy == pytest.approx(expected) and poor.accuracy < 0.8 and not poor.passed
+    assert len(poor.confusions) == round((1 - poor.accuracy) * 40)
+    assert set(poor.confusions["error"]) <= {"false_yes", "false_no"}
+    fy = poor.confusions[poor.confusions["error"] == "false_yes"]
+    assert (fy["asked_label"] != fy["true_label"]).all() and (fy["true_label"] != "").all()
+    assert poor.as_dict()["accuracy"] == poor.accuracy and "confusions" not in poor.as_dict()
+
+
+class ScoreExpert:
+    """Answers with given scores: accept when score > 0, some unparseable."""
+
+    name = "scores"
+    threshold = 0.0
+
+    def __init__(self, scores, unparseable=()):
+        self.scores, self.unparseable = scores, set(unparseable)
+        self._usage = Usage()
+
+    @property
+    def usage(self):
+        return self._usage
+
+    def validate(self, items):
+        out = []
+        for i, _ in enumerate(items):
+            self._usage += Usage(calls=1, prompt_tokens=10)
+            if i in self.unparseable:
+                out.append(Verdict(UNPARSEABLE, 0.0, Usage(calls=1), self.name))
+            else:
+                s = self.scores[i]
+                out.append(Verdict(ACCEPT if s > 0 else REJECT, s, Usage(calls=1), self.name))
+        return out
+
+    def describe(self, label, examples, neighbours=()):
+        return label
+
+
+def test_calibrated_threshold_beats_default_and_unparseable_counts_wrong():
+    # the model is biased: true pairs score -1..1, false pairs -4..-2; best threshold is between -2 and -1
+    truth = np.array([True] * 6 + [False] * 6)
+    scores = [-1.0, -0.5, 0.2, 0.5, 0.8, 1.0, -4.0, -3.5, -3.0, -2.5, -2.2, -2.0]
+    items, _ = pilot_pairs(seeds(), VECS, n=12, seed=0)
+    res = run_pilot(ScoreExpert(scores, unparseable=[5]), items, truth, min_accuracy=0.8)
+    assert res.accuracy == pytest.approx(9 / 12)  # 0.2, 0.5, 0.8 say yes; 1.0 unparseable; all no right
+    assert -2.0 < res.threshold < -1.0
+    assert res.accuracy_calibrated == pytest.approx(11 / 12) and res.unparseable == 1
+    assert res.prompt_tokens == 120 and res.calls == 12
+    assert "unparseable" in set(res.confusions["error"])
+
+
+def test_calibration_helpers():
+    t, acc = calibrate_threshold([1, 2, 3, 4], [False, False, True, True], default=0.0)
+    assert 2 < t < 3 and acc == 1.0
+    t, acc = calibrate_threshold([1.0, 1.0], [True, False], default=0.0)
+    assert acc == 0.5
+    assert cross_validated_accuracy(np.r_[np.linspace(-3, -1, 20), np.linspace(1, 3, 20)], [False] * 20 + [True] * 20) == 1.0
+
+
+def test_label_centroids_unit_length():
+    df = pd.DataFrame({"label": ["a", "a|b", "b"], "text": ["x", "y", "z"]})
+    X = np.array([[1.0, 0], [1.0, 1.0], [0, 2.0]])
+    c = label_centroids(df, X, multilabel=True)
+    assert set(c) == {"a", "b"} and all(abs(np.linalg.norm(v) - 1) < 1e-6 for v in c.values())
