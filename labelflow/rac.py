@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from labelflow.data import join_labels
-from labelflow.expert import ACCEPT, UNPARSEABLE, BudgetExceeded, Usage, ValidationItem
+from labelflow.expert import ACCEPT, REJECT, UNPARSEABLE, BudgetExceeded, Usage, ValidationItem
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class RAC:
         first accepted candidate, 0 if none), ``confidence`` (multi-label: the lowest over the
         accepted labels), ``questions`` (yes/no questions asked), ``calls`` (requests sent, cache hits
         excluded), tokens, ``status`` (labelled / abstained / unanswered when a budget stopped the
-        run) and the expert's name."""
+        run or a request failed before an accept) and the expert's name."""
         t0 = time.perf_counter()
         ids = [str(i) for i in ids]
         texts = list(texts)
@@ -234,13 +234,14 @@ class RAC:
 
         accepted: list[list[tuple[int, str, float]]] = [[] for _ in range(n)]  # (rank, label, conf)
         done = np.zeros(n, dtype=bool)
+        lost = np.zeros(n, dtype=bool)  # a question failed or went unanswered (budget)
         asked = np.zeros(n, dtype=np.int64)
         per_text = {f: np.zeros(n, dtype=np.int64) for f in ("calls", "prompt_tokens", "completion_tokens", "unparseable")}
         rows: list[dict] = []
         self.usage_ = Usage()
         stopped = False
         for r in range(depth):
-            active = np.flatnonzero(~done) if not self.multilabel else np.arange(n)
+            active = np.flatnonzero(~done) if not self.multilabel else np.flatnonzero(~lost)
             if len(active) == 0:
                 break
             cand = order[active, r]
@@ -258,8 +259,12 @@ class RAC:
                 except BudgetExceeded as exc:
                     log.warning("RAC stopped by the budget in round %d at label %r: %s", r + 1, lab, exc)
                     stopped = True
-                    break
+                    verdicts = list(getattr(exc, "verdicts", None) or [])  # the answers obtained so far
                 for i, item, v in zip(group, items, verdicts):
+                    if v.outcome not in (ACCEPT, REJECT, UNPARSEABLE):  # failed / unanswered: not asked
+                        lost[i] = True
+                        done[i] = True
+                        continue
                     u = v.usage
                     pt = u.prompt_tokens
                     if pt == 0 and u.cache_hits == 0 and self.estimate_missing_tokens:
@@ -279,6 +284,8 @@ class RAC:
                         n_accept += 1
                         if not self.multilabel:
                             done[i] = True
+                if stopped:
+                    break
             if stopped:
                 break
             log.info("RAC round %d/%d: asked %d texts, %d accepted; %d/%d texts labelled so far",
@@ -288,7 +295,7 @@ class RAC:
         out = []
         for i in range(n):
             acc = accepted[i]
-            complete = not stopped or done[i] or asked[i] >= depth
+            complete = not lost[i] and (not stopped or done[i] or asked[i] >= depth)
             status = "labelled" if acc else ("abstained" if complete else "unanswered")
             out.append({
                 "id": ids[i],

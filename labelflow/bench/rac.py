@@ -45,6 +45,8 @@ def add_arguments(p) -> None:
                    help="pool texts RAC labels (SimulatedExpert) before retraining the SVM; 0 = skip")
     g.add_argument("--pool-ks", default="3,10", help="RAC truncations used to label the pool for retraining")
     g.add_argument("--skip-baselines", action="store_true", help="run RAC only")
+    g.add_argument("--describe", action="store_true",
+                   help="with an LLM expert: have it write the missing label descriptions first (else label names)")
 
 
 def _label_text(lab: str) -> str:
@@ -58,6 +60,11 @@ def _descriptions(data, args) -> tuple[dict, str]:
     missing = [lab for lab in data.ds.labels if not given.get(lab)]
     if not missing:
         return given, "labels.csv"
+    if getattr(args, "_describer", None) is not None:
+        from labelflow.descriptions import describe_labels
+
+        df = describe_labels(data.ds.labels, data.ds.seeds, data.ds.descriptions, args._describer)
+        return dict(zip(df["label"], df["description"])), f"written by {args._describer.name} (labelflow.descriptions)"
     return {**{lab: _label_text(lab) for lab in missing}, **given}, (
         "label names as text (labels.csv has no descriptions)" if len(missing) == len(data.ds.labels)
         else f"labels.csv, label names for {len(missing)} labels")
@@ -72,6 +79,12 @@ def _by_label(frame: pd.DataFrame, X: np.ndarray) -> tuple[dict, dict]:
 
 
 def _row(name, truth, pred_df, labels, seconds, all_labels_tokens=None, note=""):
+    row = _row_values(name, truth, pred_df, labels, seconds, all_labels_tokens, note)
+    log.info("result: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+    return row
+
+
+def _row_values(name, truth, pred_df, labels, seconds, all_labels_tokens=None, note=""):
     m = classification_metrics(list(truth), list(pred_df["label"]), labels)
     n = len(pred_df)
     nl = int((pred_df["label"] != "").sum())
@@ -97,7 +110,8 @@ def _make_expert(args, data, truth: dict, label_vectors: dict):
         return SimulatedExpert(truth, p=args.p, label_vectors=label_vectors, seed=0), None
     from labelflow.llm import LLMExpert  # the LLM engineer's module; imported only for LLM runs
 
-    cache = Path(args.out) / "rac_llm_cache.sqlite"
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    cache = Path(args.out) / "rac_llm_cache.duckdb"
     if args.expert == "local":
         from labelflow.llm.local import LocalLLMServer, ensure_model
 
@@ -119,9 +133,24 @@ def run(args) -> list[pd.DataFrame]:
     ds = data.ds
     out = Path(args.out)
     labels = ds.labels
+    seed_texts, seed_vecs = _by_label(ds.seeds, data.seeds_X)
+    centroids = {lab: seed_vecs[lab].mean(axis=0) for lab in labels}
+    truth_map = dict(zip(ds.gold["id"], ds.gold["label"]))
+    expert, server = _make_expert(args, data, truth_map, centroids)
+    try:
+        return _run(args, data, expert, seed_texts, seed_vecs, centroids)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run(args, data, expert, seed_texts, seed_vecs, centroids) -> list[pd.DataFrame]:
+    ds = data.ds
+    out = Path(args.out)
+    labels = ds.labels
+    args._describer = expert if (args.describe and args.expert != "simulated") else None
     descriptions, desc_source = _descriptions(data, args)
     label_X = data.embedder.encode([descriptions[lab] for lab in labels])
-    seed_texts, seed_vecs = _by_label(ds.seeds, data.seeds_X)
     retr_kw = dict(desc_weight=args.desc_weight, seed_weight=args.seed_weight, seed_agg=args.seed_agg)
     retriever = LabelRetriever(**retr_kw).fit(labels, label_X, data.seeds_X, list(ds.seeds["label"]))
     truth = list(ds.gold["label"])
@@ -136,14 +165,7 @@ def run(args) -> list[pd.DataFrame]:
     emit(tables[0], out, f"rac_recall_{ds.name}", f"RAC label retrieval on {ds.name} test (n={len(truth)})",
          f"Descriptions: {desc_source}; embeddings: {data.embedder.name}; {args.seed_per_class} seeds per class.")
 
-    centroids = {lab: seed_vecs[lab].mean(axis=0) for lab in labels}
-    truth_map = dict(zip(ds.gold["id"], ds.gold["label"]))
-    expert, server = _make_expert(args, data, truth_map, centroids)
-    try:
-        rows = _compare(args, data, expert, retriever, descriptions, seed_texts, seed_vecs, truth)
-    finally:
-        if server is not None:
-            server.stop()
+    rows = _compare(args, data, expert, retriever, descriptions, seed_texts, seed_vecs, truth)
     tables.append(pd.DataFrame(rows))
     simulated = args.expert == "simulated"
     note = (f"Expert: {expert.name}. Descriptions: {desc_source}. Abstain counts as wrong in F1. "
