@@ -333,10 +333,14 @@ class DawidSkene(_Base):
             P = sp.csr_matrix((n, k))
             return self._dense(P, sparse)
         tr = _triples(V, k)
-        pos = np.searchsorted(self.off_keys_, tr.off_key)
-        pos_c = np.minimum(pos, len(self.off_keys_) - 1) if len(self.off_keys_) else pos
-        found = (pos < len(self.off_keys_)) & (self.off_keys_[pos_c] == tr.off_key) if len(self.off_keys_) else np.zeros(len(pos), bool)
-        off_cnt_t = np.where(found, self.off_counts_[pos_c] if len(self.off_keys_) else 0.0, 0.0)
+        # look the (lf, class, voted label) pairs up among the fitted ones (sorted queries: fast searchsorted)
+        q, inv = np.unique(tr.off_key, return_inverse=True)
+        off_q = np.zeros(len(q))
+        if len(self.off_keys_) and len(q):
+            pos = np.minimum(np.searchsorted(self.off_keys_, q), len(self.off_keys_) - 1)
+            hit = self.off_keys_[pos] == q
+            off_q[hit] = self.off_counts_[pos[hit]]
+        off_cnt_t = off_q[inv]
         lp = self._log_pi(tr, off_cnt_t, self.diag_.ravel(), self.row_total_.ravel())
         post, post_rest, _ = self._e_step(tr, lp, self.class_prior_, self.lf_error_)
         P = sp.csr_matrix((post, (tr.cand_row, tr.cand_cls)), shape=(n, k))
