@@ -16,8 +16,9 @@ class ScriptedExpert:
 
     name = "scripted"
 
-    def __init__(self, yes, unparseable=(), tokens=10, budget=None):
+    def __init__(self, yes, unparseable=(), tokens=10, budget=None, failed=()):
         self.yes, self.unparseable, self.tokens, self.budget = set(yes), set(unparseable), tokens, budget
+        self.failed = set(failed)
         self.batches = []
         self._usage = Usage()
 
@@ -34,7 +35,9 @@ class ScriptedExpert:
             u = Usage(calls=1, prompt_tokens=self.tokens)
             self._usage += u
             key = (it.text_id, it.label)
-            if key in self.unparseable:
+            if key in self.failed:
+                out.append(Verdict("failed", 0.0, Usage(failures=1), self.name))
+            elif key in self.unparseable:
                 out.append(Verdict(UNPARSEABLE, 0.0, u, self.name))
             else:
                 ok = key in self.yes
@@ -201,3 +204,11 @@ def test_simulated_choose_and_list_baselines():
     cands = r.rank_labels(Xs, 2)
     assert all(lab in (c + [""]) for lab, c in zip(b["label"], cands))
     assert ex.choose("x0", ["l1", "l2"]) == ex.choose("x0", ["l1", "l2"])
+
+
+def test_failed_question_leaves_the_text_unanswered():
+    ex = ScriptedExpert({("t0", "b"), ("t1", "b"), ("t2", "d")}, failed={("t0", "a")})
+    _, res = _run(ex, k=None)
+    assert res.loc["t0", "status"] == "unanswered" and res.loc["t0", "label"] == "" and res.loc["t0", "questions"] == 0
+    assert ("t0", "b") not in {(t, lab) for b in ex.batches for t, lab, _ in b}
+    assert res.loc["t2", "label"] == "d" and res.loc["t2", "status"] == "labelled"
