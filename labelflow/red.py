@@ -1,0 +1,587 @@
+"""R.E.D. — recursive expert delegation. No Dagster here.
+
+Source: "R.E.D.: Scaling Text Classification with Expert Delegation" (Towards Data Science, 2025).
+
+1. :func:`form_subsets` splits the label space into subsets of at most ``n`` mutually dissimilar labels
+   (greedy least-similar rule on label vectors, optionally PCA-reduced).
+2. :class:`SubsetClassifier` is one fast linear model per subset with ``n + 1`` classes: the subset's
+   labels plus a "noise" class sampled from the other subsets' examples, oversampled to twice the
+   subset's average class size. Probabilities come from a multinomial logistic regression (fitted by
+   log-loss, i.e. calibrated by construction) or, with ``model="svm"``, a sigmoid-calibrated LinearSVC.
+3. :class:`REDLabeler` predicts the pool with every subset model; a text's verdict is the in-scope class
+   with the highest probability across subsets (noise everywhere = no candidate), its uncertainty the
+   entropy of the winning subset's distribution. Each round the ``top_k_uncertain`` most uncertain
+   in-scope predictions go to the expert with the label's description and the ``n_evidence`` closest
+   verified examples of that label; on a "no" the next most probable label may be tried (correction,
+   at most ``max_tries_per_text`` questions per text). Accepted texts join their label's subset and only
+   the subsets that gained examples are retrained. The loop stops at saturation (the number of
+   uncertain predictions stops falling, or fewer than ``min_added_fraction * top_k_uncertain`` labels
+   were added in a round), when the call budget ends, or after ``max_rounds``.
+
+Output keeps *expert-verified* labels (``source="llm-red"``) apart from *model-predicted* ones
+(:meth:`REDLabeler.label_rest`, ``source="red-model"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import LinearSVC
+from threadpoolctl import threadpool_limits
+
+from labelflow.expert import BudgetExceeded, Usage, ValidationItem
+
+log = logging.getLogger("labelflow.red")
+
+
+def _limited_threads(method):
+    """Run a REDLabeler method with BLAS limited to ``self.blas_threads`` threads: the many small
+    per-subset fits are 10-30x slower when BLAS threads compete for a few busy cores (measured)."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self.blas_threads is None:
+            return method(self, *args, **kwargs)
+        with threadpool_limits(limits=self.blas_threads):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+NOISE = -1  # class index of the noise class inside a subset model
+SOURCE_VERIFIED = "llm-red"
+SOURCE_MODEL = "red-model"
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. subsets
+
+
+def _unit(M: np.ndarray) -> np.ndarray:
+    M = np.asarray(M, dtype=np.float64)
+    return M / np.linalg.norm(M, axis=1, keepdims=True).clip(1e-12)
+
+
+def form_subsets(label_vectors: np.ndarray, max_size: int, reduce: str | None = "pca",
+                 n_components: int = 32, random_state: int = 0) -> list[list[int]]:
+    """Split labels (rows of ``label_vectors``, shape (n_labels, d)) into subsets of at most
+    ``max_size`` mutually dissimilar labels. Returns lists of row indices; every label is in exactly
+    one subset.
+
+    ``reduce="pca"`` first projects the vectors on ``n_components`` principal components (skipped when
+    there are too few labels for that); ``None`` uses them as given. Similarity is cosine.
+
+    Seeding rule: a new subset starts from the remaining label least similar to the mean of all
+    remaining labels (the most atypical one; lowest index on ties). Then, while the subset has fewer
+    than ``max_size`` labels, the remaining label with the lowest cosine similarity to the subset's
+    *current* mean vector is added (lowest index on ties).
+    """
+    V = np.asarray(label_vectors, dtype=np.float64)
+    if V.ndim != 2 or len(V) == 0:
+        raise ValueError("label_vectors must be a non-empty (n_labels, d) array")
+    if max_size < 1:
+        raise ValueError("max_size must be >= 1")
+    if reduce == "pca":
+        k = min(n_components, V.shape[0] - 1, V.shape[1])
+        if k >= 2:
+            V = PCA(n_components=k, random_state=random_state).fit_transform(V)
+    elif reduce is not None:
+        raise ValueError(f"reduce must be 'pca' or None, got {reduce!r}")
+    U = _unit(V)
+    remaining = np.ones(len(U), dtype=bool)
+    subsets: list[list[int]] = []
+    while remaining.any():
+        idx = np.flatnonzero(remaining)
+        centre = U[idx].mean(axis=0)
+        start = int(idx[np.argmin(U[idx] @ centre)])
+        subset = [start]
+        remaining[start] = False
+        total = U[start].copy()
+        while len(subset) < max_size and remaining.any():
+            idx = np.flatnonzero(remaining)
+            mean = total / len(subset)
+            sims = U[idx] @ (mean / max(np.linalg.norm(mean), 1e-12))
+            nxt = int(idx[np.argmin(sims)])
+            subset.append(nxt)
+            remaining[nxt] = False
+            total += U[nxt]
+        subsets.append(subset)
+    return subsets
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. per-subset classifiers
+
+
+def noise_indices(y: np.ndarray, subset: Sequence[int], ratio: float = 2.0, seed: int = 0) -> np.ndarray:
+    """Rows of ``y`` (label indices) drawn as the noise class of ``subset``: from rows whose label is
+    outside the subset, ``round(ratio * average class size in the subset)`` rows, sampled without
+    replacement when there are enough and with replacement (oversampling) otherwise. Seeded."""
+    y = np.asarray(y)
+    inside = np.isin(y, np.asarray(subset))
+    n_in = int(inside.sum())
+    want = int(round(ratio * n_in / max(len(subset), 1)))
+    outside = np.flatnonzero(~inside)
+    if want == 0 or len(outside) == 0:
+        return np.empty(0, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return rng.choice(outside, size=want, replace=len(outside) < want)
+
+
+class SubsetClassifier:
+    """A linear model over one label subset plus a noise class (class index :data:`NOISE`).
+
+    ``fit(X, y, subset)`` takes all training rows (``y`` = label indices over the whole label space),
+    keeps the subset's rows, adds noise rows from the others (see :func:`noise_indices`) and fits.
+    ``predict_proba(X)`` returns (n, len(classes_)) with ``classes_`` = subset labels + ``NOISE``.
+    """
+
+    def __init__(self, model: str = "logreg", C: float = 10.0, noise_ratio: float = 2.0, seed: int = 0,
+                 max_iter: int = 1000):
+        self.model = model
+        self.C = C
+        self.noise_ratio = noise_ratio
+        self.seed = seed
+        self.max_iter = max_iter
+
+    def _estimator(self, min_count: int):
+        if self.model == "logreg":
+            return LogisticRegression(C=self.C, max_iter=self.max_iter)
+        if self.model == "svm":
+            svc = LinearSVC(C=self.C / 10.0, max_iter=self.max_iter * 5)
+            folds = min(3, min_count)
+            return CalibratedClassifierCV(svc, method="sigmoid", cv=folds) if folds >= 2 else svc
+        raise ValueError(f"model must be 'logreg' or 'svm', got {self.model!r}")
+
+    def fit(self, X: np.ndarray, y: np.ndarray, subset: Sequence[int]):
+        y = np.asarray(y)
+        self.subset_ = list(subset)
+        inside = np.flatnonzero(np.isin(y, np.asarray(self.subset_)))
+        self.noise_rows_ = noise_indices(y, self.subset_, self.noise_ratio, self.seed)
+        rows = np.concatenate([inside, self.noise_rows_])
+        yy = np.concatenate([y[inside], np.full(len(self.noise_rows_), NOISE)])
+        self.n_train_ = len(rows)
+        _, counts = np.unique(yy, return_counts=True)
+        if len(counts) < 2:
+            raise ValueError(f"subset {self.subset_} has a single class to train on")
+        self.estimator_ = self._estimator(int(counts.min())).fit(X[rows], yy)
+        self.classes_ = np.asarray(self.estimator_.classes_)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        est = self.estimator_
+        if hasattr(est, "predict_proba"):
+            return est.predict_proba(X)
+        z = est.decision_function(X)
+        if z.ndim == 1:
+            z = np.stack([-z, z], axis=1)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. uncertainty and stopping
+
+
+def entropy(P: np.ndarray) -> np.ndarray:
+    """Shannon entropy (nats) of each row of a probability matrix."""
+    P = np.asarray(P, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.where(P > 0, P * np.log(P), 0.0).sum(axis=1)
+
+
+def most_uncertain(uncertainty: np.ndarray, eligible: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` eligible rows with the highest uncertainty, most uncertain first (stable:
+    lower index first on ties)."""
+    idx = np.flatnonzero(eligible)
+    if k <= 0 or len(idx) == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.argsort(-uncertainty[idx], kind="stable")
+    return idx[order[:k]]
+
+
+def stop_reason(uncertain: Sequence[int], added: Sequence[int], top_k: int, min_added_fraction: float,
+                calls: int = 0, budget_calls: int | None = None, rounds: int = 0,
+                max_rounds: int | None = None) -> str | None:
+    """Why the loop should stop now, or ``None`` to go on.
+
+    ``uncertain``: uncertain-prediction counts measured at the start of each round so far;
+    ``added``: labels accepted in each finished round. In order of checking: ``budget`` (calls spent
+    reached ``budget_calls``), ``no_uncertain`` (no uncertain prediction is left), ``inflection`` (the latest uncertain count did not fall below the one
+    before), ``few_added`` (the last round added fewer than ``min_added_fraction * top_k``),
+    ``max_rounds``.
+    """
+    if budget_calls is not None and calls >= budget_calls:
+        return "budget"
+    if len(uncertain) and uncertain[-1] == 0:
+        return "no_uncertain"
+    if len(uncertain) >= 2 and uncertain[-1] >= uncertain[-2]:
+        return "inflection"
+    if len(added) and added[-1] < min_added_fraction * top_k:
+        return "few_added"
+    if max_rounds is not None and rounds >= max_rounds:
+        return "max_rounds"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. the labeler
+
+
+@dataclass
+class REDResult:
+    """``labels``: expert-verified pool labels (id, label, confidence, round, tries, source="llm-red");
+    ``rounds``: one row per round; ``usage``: what the expert cost; ``stop_reason``."""
+
+    labels: pd.DataFrame
+    rounds: pd.DataFrame
+    usage: Usage
+    stop_reason: str
+    expert: str = ""
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class REDLabeler:
+    """Recursive expert delegation over a pool of embedded texts (see the module docstring).
+
+    ``fit(seed_X, seed_labels, label_vectors=None, seed_texts=None)`` forms the subsets and trains one
+    :class:`SubsetClassifier` each; ``run(pool_ids, pool_texts, pool_X, descriptions, ...)`` runs the
+    loop and returns a :class:`REDResult`; ``label_rest`` labels the remaining pool with the final
+    models; ``add_label`` adds a label later and retrains only the subset it joins.
+    """
+
+    def __init__(self, expert, subset_size: int = 8, top_k_uncertain: int = 500, n_evidence: int = 3,
+                 max_rounds: int = 30, min_added_fraction: float = 0.05, correction: bool = True,
+                 max_tries_per_text: int = 2, budget_calls: int | None = None, confidence_threshold: float = 0.8,
+                 reduce: str | None = "pca", n_components: int = 32, model: str = "logreg", C: float = 10.0,
+                 noise_ratio: float = 2.0, seed: int = 0, chunk_size: int = 8192, blas_threads: int | None = 1):
+        self.expert = expert
+        self.subset_size = subset_size
+        self.top_k_uncertain = top_k_uncertain
+        self.n_evidence = n_evidence
+        self.max_rounds = max_rounds
+        self.min_added_fraction = min_added_fraction
+        self.correction = correction
+        self.max_tries_per_text = max_tries_per_text
+        self.budget_calls = budget_calls
+        self.confidence_threshold = confidence_threshold
+        self.reduce = reduce
+        self.n_components = n_components
+        self.model = model
+        self.C = C
+        self.noise_ratio = noise_ratio
+        self.seed = seed
+        self.chunk_size = chunk_size
+        self.blas_threads = blas_threads
+
+    # ---- training ---------------------------------------------------------------------------------
+
+    def _new_model(self, s: int) -> SubsetClassifier:
+        return SubsetClassifier(model=self.model, C=self.C, noise_ratio=self.noise_ratio,
+                                seed=self.seed * 1_000_003 + s)
+
+    def _train_subset(self, s: int) -> None:
+        self.models_[s] = self._new_model(s).fit(self.train_X_, self.train_y_, self.subsets_[s])
+
+    @_limited_threads
+    def fit(self, seed_X: np.ndarray, seed_labels: Sequence[str], label_vectors=None,
+            seed_texts: Sequence[str] | None = None):
+        """``label_vectors``: a mapping label -> vector, an array aligned with the sorted labels, or
+        ``None`` (mean of each label's seed embeddings)."""
+        seed_X = np.asarray(seed_X, dtype=np.float32)
+        seed_labels = np.asarray([str(v) for v in seed_labels], dtype=object)
+        self.labels_ = sorted(set(seed_labels))
+        if len(self.labels_) < 2:
+            raise ValueError("R.E.D. needs at least two labels")
+        self.label_index_ = {lab: i for i, lab in enumerate(self.labels_)}
+        y = np.array([self.label_index_[v] for v in seed_labels], dtype=np.int64)
+        if label_vectors is None:
+            V = np.vstack([seed_X[y == i].mean(axis=0) for i in range(len(self.labels_))])
+        elif isinstance(label_vectors, Mapping):
+            V = np.vstack([np.asarray(label_vectors[lab], dtype=np.float64) for lab in self.labels_])
+        else:
+            V = np.asarray(label_vectors, dtype=np.float64)
+            if len(V) != len(self.labels_):
+                raise ValueError(f"label_vectors has {len(V)} rows for {len(self.labels_)} labels")
+        self.label_vectors_ = _unit(V)
+        self.subsets_ = form_subsets(self.label_vectors_, self.subset_size, self.reduce, self.n_components, self.seed)
+        self.subset_of_ = np.empty(len(self.labels_), dtype=np.int64)
+        for s, members in enumerate(self.subsets_):
+            self.subset_of_[members] = s
+        self.train_X_ = seed_X
+        self.train_y_ = y
+        self.train_text_ = list(seed_texts) if seed_texts is not None else [None] * len(y)
+        if len(self.train_text_) != len(y):
+            raise ValueError("seed_texts must align with seed_X")
+        self.models_: list[SubsetClassifier | None] = [None] * len(self.subsets_)
+        for s in range(len(self.subsets_)):
+            self._train_subset(s)
+        log.info("R.E.D.: %d labels in %d subsets of <= %d; %d seed examples", len(self.labels_),
+                 len(self.subsets_), self.subset_size, len(y))
+        return self
+
+    @_limited_threads
+    def add_label(self, name: str, vector: np.ndarray, X: np.ndarray, texts: Sequence[str] | None = None) -> int:
+        """Add a new label with its vector and example embeddings ``X``. It joins the non-full subset
+        whose mean is least similar to ``vector`` (a new subset when all are full); only that subset's
+        model is retrained. Returns the subset index."""
+        if name in self.label_index_:
+            raise ValueError(f"label {name!r} already exists")
+        X = np.atleast_2d(np.asarray(X, dtype=np.float32))
+        v = _unit(np.atleast_2d(vector))[0]
+        i = len(self.labels_)
+        self.labels_.append(name)
+        self.label_index_[name] = i
+        self.label_vectors_ = np.vstack([self.label_vectors_, v])
+        open_ = [s for s, m in enumerate(self.subsets_) if len(m) < self.subset_size]
+        if open_:
+            means = _unit(np.vstack([self.label_vectors_[self.subsets_[s]].mean(axis=0) for s in open_]))
+            s = open_[int(np.argmin(means @ v))]
+            self.subsets_[s].append(i)
+        else:
+            s = len(self.subsets_)
+            self.subsets_.append([i])
+            self.models_.append(None)
+        self.subset_of_ = np.append(self.subset_of_, s)
+        self.train_X_ = np.vstack([self.train_X_, X])
+        self.train_y_ = np.concatenate([self.train_y_, np.full(len(X), i, dtype=np.int64)])
+        self.train_text_ += list(texts) if texts is not None else [None] * len(X)
+        self._train_subset(s)
+        log.info("R.E.D.: label %r joined subset %d; retrained that subset only", name, s)
+        return s
+
+    # ---- prediction -------------------------------------------------------------------------------
+
+    @_limited_threads
+    def predict_scores(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """For each row: ``label`` (index, -1 = no candidate), ``confidence`` (the winning in-scope
+        probability, 0 without candidate) and ``entropy`` (of the winning subset's distribution)."""
+        X = np.asarray(X, dtype=np.float32)
+        n = len(X)
+        best_p = np.zeros(n, dtype=np.float32)
+        best_l = np.full(n, -1, dtype=np.int64)
+        best_h = np.zeros(n, dtype=np.float32)
+        for start in range(0, n, self.chunk_size):
+            Xc = X[start : start + self.chunk_size]
+            bp, bl, bh = best_p[start : start + len(Xc)], best_l[start : start + len(Xc)], best_h[start : start + len(Xc)]
+            for m in self.models_:
+                P = m.predict_proba(Xc)
+                j = P.argmax(axis=1)
+                cls = m.classes_[j]
+                pj = P[np.arange(len(P)), j]
+                win = (cls != NOISE) & (pj > bp)
+                if win.any():
+                    bp[win] = pj[win]
+                    bl[win] = cls[win]
+                    bh[win] = entropy(P[win])
+        return {"label": best_l, "confidence": best_p, "entropy": best_h}
+
+    @_limited_threads
+    def label_probabilities(self, X: np.ndarray) -> np.ndarray:
+        """(n, n_labels): each label's probability from its own subset's model (used to rank
+        correction candidates; rows do not sum to one)."""
+        X = np.asarray(X, dtype=np.float32)
+        out = np.zeros((len(X), len(self.labels_)), dtype=np.float32)
+        for m in self.models_:
+            P = m.predict_proba(X)
+            for j, c in enumerate(m.classes_):
+                if c != NOISE:
+                    out[:, c] = P[:, j]
+        return out
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels as strings, "" = no candidate; confidence)."""
+        sc = self.predict_scores(X)
+        names = np.array(self.labels_ + [""], dtype=object)
+        return names[sc["label"]], sc["confidence"]
+
+    # ---- the loop ---------------------------------------------------------------------------------
+
+    def _evidence(self, label: int, x: np.ndarray) -> list[str]:
+        rows = np.flatnonzero(self.train_y_ == label)
+        rows = [r for r in rows if self.train_text_[r] is not None]
+        if not rows or self.n_evidence <= 0:
+            return []
+        rows = np.asarray(rows)
+        sims = self.train_X_[rows] @ x
+        top = rows[np.argsort(-sims, kind="stable")[: self.n_evidence]]
+        return [self.train_text_[r] for r in top]
+
+    @_limited_threads
+    def run(self, pool_ids: Sequence[str], pool_texts: Sequence[str], pool_X: np.ndarray,
+            descriptions: Mapping[str, str] | None = None,
+            seed_texts_by_label: Mapping[str, Sequence[str]] | None = None) -> REDResult:
+        """Run rounds to saturation. ``descriptions``: label -> description (a missing one falls back
+        to the label name). ``seed_texts_by_label``: label -> seed texts in the order of that label's
+        rows in ``fit``'s ``seed_X`` (only needed when ``fit`` got no ``seed_texts``)."""
+        t_start = time.perf_counter()
+        pool_ids = [str(i) for i in pool_ids]
+        pool_texts = list(pool_texts)
+        pool_X = np.asarray(pool_X, dtype=np.float32)
+        n = len(pool_ids)
+        if seed_texts_by_label:
+            for lab, texts in seed_texts_by_label.items():
+                rows = np.flatnonzero(self.train_y_ == self.label_index_[lab])
+                for r, t in zip(rows, texts):
+                    if self.train_text_[r] is None:
+                        self.train_text_[r] = t
+        descriptions = dict(descriptions or {})
+        desc = {lab: (descriptions.get(lab) or lab.replace("_", " ")) for lab in self.labels_}
+        verified = np.zeros(n, dtype=bool)
+        tries = np.zeros(n, dtype=np.int64)
+        tried: set[tuple[int, int]] = set()
+        usage = Usage()
+        calls = 0
+        accepted_rows: list[dict] = []
+        rounds: list[dict] = []
+        uncertain_hist: list[int] = []
+        added_hist: list[int] = []
+        reason = None
+        rnd = 0
+        while True:
+            t0 = time.perf_counter()
+            rnd += 1
+            sc = self.predict_scores(pool_X)
+            open_ = ~verified
+            has = sc["label"] >= 0
+            uncertain = open_ & has & (sc["confidence"] < self.confidence_threshold)
+            uncertain_hist.append(int(uncertain.sum()))
+            reason = stop_reason(uncertain_hist, added_hist, self.top_k_uncertain, self.min_added_fraction,
+                                 calls, self.budget_calls, rnd - 1, self.max_rounds)
+            if reason:
+                break
+            eligible = open_ & has & (tries < self.max_tries_per_text)
+            picked = most_uncertain(sc["entropy"], eligible, self.top_k_uncertain)
+            if len(picked) == 0:
+                reason = "pool_exhausted"
+                break
+            # first question: the predicted label; then, on "no", the next most probable untried one
+            probs = self.label_probabilities(pool_X[picked]) if self.correction else None
+            current = {int(i): int(sc["label"][i]) for i in picked}
+            pos = {int(i): p for p, i in enumerate(picked)}
+            conf = {int(i): float(sc["confidence"][i]) for i in picked}
+            accepted = rejected = corrected = round_calls = unparseable = 0
+            gained: set[int] = set()
+            new_X, new_y, new_t = [], [], []
+            pending = list(current.items())
+            attempt = 0
+            budget_hit = False
+            while pending:
+                attempt += 1
+                if self.budget_calls is not None:
+                    left = self.budget_calls - calls
+                    if left <= 0:
+                        budget_hit = True
+                        break
+                    pending = pending[:left]
+                items = [ValidationItem(text=pool_texts[i], label=self.labels_[lab], description=desc[self.labels_[lab]],
+                                        examples=self._evidence(lab, pool_X[i]), text_id=pool_ids[i])
+                         for i, lab in pending]
+                try:
+                    verdicts = self.expert.validate(items)
+                except BudgetExceeded:
+                    budget_hit = True
+                    break
+                retry = []
+                for (i, lab), v in zip(pending, verdicts):
+                    usage += v.usage
+                    calls += v.usage.calls
+                    round_calls += v.usage.calls
+                    tries[i] += 1
+                    tried.add((i, lab))
+                    if v.accept:
+                        accepted += 1
+                        corrected += attempt > 1
+                        verified[i] = True
+                        gained.add(int(self.subset_of_[lab]))
+                        new_X.append(pool_X[i])
+                        new_y.append(lab)
+                        new_t.append(pool_texts[i])
+                        accepted_rows.append({"id": pool_ids[i], "label": self.labels_[lab], "confidence": conf[i],
+                                              "round": rnd, "tries": int(tries[i]), "score": float(v.score),
+                                              "source": SOURCE_VERIFIED})
+                        continue
+                    rejected += 1
+                    unparseable += v.outcome == "unparseable"
+                    if self.correction and tries[i] < self.max_tries_per_text:
+                        order = np.argsort(-probs[pos[i]], kind="stable")
+                        nxt = next((int(c) for c in order if (i, int(c)) not in tried), None)
+                        if nxt is not None:
+                            conf[i] = float(probs[pos[i]][nxt])
+                            retry.append((i, nxt))
+                pending = retry
+            if new_X:
+                self.train_X_ = np.vstack([self.train_X_, np.asarray(new_X, dtype=np.float32)])
+                self.train_y_ = np.concatenate([self.train_y_, np.asarray(new_y, dtype=np.int64)])
+                self.train_text_ += new_t
+            for s in sorted(gained):
+                self._train_subset(s)
+            added_hist.append(accepted)
+            row = {"round": rnd, "uncertain": uncertain_hist[-1], "no_candidate": int((open_ & ~has).sum()),
+                   "confident": int((open_ & has & ~uncertain).sum()), "asked": int(len(picked)),
+                   "calls": round_calls, "accepted": accepted, "rejected": rejected, "corrected": corrected,
+                   "unparseable": unparseable, "retrained_subsets": len(gained), "total_calls": calls,
+                   "total_accepted": int(verified.sum()), "seconds": time.perf_counter() - t0}
+            rounds.append(row)
+            log.info("R.E.D. round %d: uncertain %d, asked %d, accepted %d, rejected %d, calls %d (total %d), "
+                     "retrained %d subsets", rnd, row["uncertain"], row["asked"], accepted, rejected, round_calls,
+                     calls, len(gained))
+            if budget_hit:
+                reason = "budget"
+                break
+        log.info("R.E.D. stopped after %d rounds: %s; %d verified labels, %d calls", len(rounds), reason,
+                 int(verified.sum()), calls)
+        labels = pd.DataFrame(accepted_rows, columns=["id", "label", "confidence", "round", "tries", "score", "source"])
+        rounds_df = pd.DataFrame(rounds, columns=["round", "uncertain", "no_candidate", "confident", "asked", "calls",
+                                                  "accepted", "rejected", "corrected", "unparseable",
+                                                  "retrained_subsets", "total_calls", "total_accepted", "seconds"])
+        return REDResult(labels, rounds_df, usage, reason, getattr(self.expert, "name", ""),
+                         time.perf_counter() - t_start, {"uncertain_history": uncertain_hist})
+
+    @_limited_threads
+    def label_rest(self, result: REDResult, pool_ids: Sequence[str], pool_X: np.ndarray,
+                   min_confidence: float | None = None) -> pd.DataFrame:
+        """All pool labels: the expert-verified ones from ``result`` (source ``llm-red``) plus the final
+        models' confident predictions for the other texts (source ``red-model``, confidence >=
+        ``min_confidence``, default ``confidence_threshold``). Columns id, label, confidence, round, source."""
+        thr = self.confidence_threshold if min_confidence is None else min_confidence
+        pool_ids = [str(i) for i in pool_ids]
+        done = set(result.labels["id"])
+        names, conf = self.predict(pool_X)
+        keep = np.array([(i not in done) and lab != "" and c >= thr for i, lab, c in zip(pool_ids, names, conf)], dtype=bool)
+        model = pd.DataFrame({"id": np.asarray(pool_ids, dtype=object)[keep], "label": names[keep],
+                              "confidence": conf[keep].astype(float), "round": pd.NA, "source": SOURCE_MODEL})
+        verified = result.labels[["id", "label", "confidence", "round", "source"]]
+        return pd.concat([verified, model], ignore_index=True)
+
+
+def rounds_figure(rounds: pd.DataFrame):
+    """Per-round progress: uncertain predictions (line) and accepted / rejected answers (bars)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    r = rounds["round"].to_numpy()
+    ax.bar(r - 0.2, rounds["accepted"], width=0.4, label="accepted", color="tab:green")
+    ax.bar(r + 0.2, rounds["rejected"], width=0.4, label="rejected", color="tab:red")
+    ax.set_xlabel("round")
+    ax.set_ylabel("expert answers")
+    ax2 = ax.twinx()
+    ax2.plot(r, rounds["uncertain"], "o-", color="tab:blue", label="uncertain predictions")
+    ax2.set_ylabel("uncertain predictions")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="upper right", fontsize=8)
+    ax.set_title("R.E.D. rounds")
+    fig.tight_layout()
+    return fig
