@@ -240,6 +240,35 @@ def test_budget_stops_cleanly_and_resumes_from_cache(server, tmp_path):
     with pytest.raises(BudgetExceeded, match="budget_tokens=30"):
         tokens.validate(items("refund x"))
     assert server.count == 4
+    # cost: a model litellm has prices for (served by the fake); the first call sets the cost per call
+    priced = LLMExpert("openai/gpt-4o-mini", api_base=server.api_base, api_key_env=KEY_ENV, budget_cost=5e-5)
+    v = priced.validate(items(*[f"priced refund {i}" for i in range(6)]), on_budget="stop")
+    spent = priced.usage
+    assert 0 < spent.cost <= 5e-5 and spent.calls == outcomes(v).count(ACCEPT) >= 1
+    assert outcomes(v).count(UNANSWERED) == 6 - spent.calls and server.count == 4 + spent.calls
+
+
+def test_rate_limiters_with_a_fake_clock():
+    from labelflow.llm.limits import RequestRateLimiter, TokenRateLimiter
+
+    now, slept = [0.0], []
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    rpm = RequestRateLimiter(120, clock=lambda: now[0], sleep=sleep)
+    waits = [rpm.acquire() for _ in range(3)]
+    assert waits == [0.0, 0.5, 0.5]
+    tpm = TokenRateLimiter(1000, clock=lambda: now[0], sleep=sleep)
+    h = tpm.acquire(600)
+    tpm.settle(h, 900)  # the real count replaces the estimate
+    t0 = now[0]
+    tpm.acquire(200)  # 900 + 200 > 1000: waits for the window to slide past the first request
+    assert now[0] - t0 == pytest.approx(60.0)
+    t1 = now[0]
+    assert tpm.acquire(5000) is not None  # larger than the whole limit: waits for an empty window, goes alone
+    assert now[0] - t1 == pytest.approx(60.0)
 
 
 def test_api_key_never_in_logs_cache_or_exceptions(server, tmp_path, caplog):

@@ -273,7 +273,7 @@ class LLMExpert:
             elif self.budget_cost is not None and u.calls:
                 per_call = u.cost / u.calls
                 if u.cost + per_call * (self._inflight_calls + 1) > self.budget_cost:
-                    why = f"{u.cost:.4f} of budget_cost={self.budget_cost} spent ({per_call:.5f} per call)"
+                    why = f"{u.cost:.6g} of budget_cost={self.budget_cost:g} spent ({per_call:.3g} per call)"
             if why:
                 raise BudgetExceeded(f"LLM budget reached for {self.name}: {why}. Answers obtained so far are "
                                      "cached; re-run with a larger budget to continue where this run stopped.")
