@@ -33,10 +33,11 @@ def test_rejected_input_writes_nothing(tmp_path):
     cfg = temp_project(tmp_path, [{"name": "bad", "path": str(folder)}])
     defs = build_definitions(cfg)
     job = defs.resolve_implicit_global_asset_job_def()
-    result = job.execute_in_process(asset_selection=[dg.AssetKey(["bad", "seed_labels"])], raise_on_error=False)
+    keys = [dg.AssetKey(["bad", n]) for n in ("seed_labels", "text_pool", "gold_eval", "hidden_pool_labels")]
+    result = job.execute_in_process(asset_selection=keys, raise_on_error=False)
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
-    assert "train.csv, row 2, field 'text'" in str(failure.event_specific_data.error.message)
+    assert "train.csv, row 2, field 'text'" in failure.event_specific_data.error.to_string()
     if cfg.warehouse.exists():
         con = duckdb.connect(str(cfg.warehouse), read_only=True)
         tables = con.execute("select table_schema, table_name from information_schema.tables").fetchall()

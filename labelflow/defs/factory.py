@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 
 import dagster as dg
-from dagster_duckdb_pandas import DuckDBPandasIOManager
 
 from labelflow.config import DatasetConfig, ProjectConfig
 from labelflow.defs.ingest import ingest_assets
+from labelflow.defs.io import WarehouseIOManager
 from labelflow.defs.model import model_assets
 from labelflow.defs.resources import EmbedderResource, ExpertResource, MLflowResource, StoresResource
 
@@ -26,7 +26,7 @@ def resources(cfg: ProjectConfig) -> dict:
     cfg.warehouse.parent.mkdir(parents=True, exist_ok=True)
     llm = cfg.llm
     return {
-        "io_manager": DuckDBPandasIOManager(database=str(cfg.warehouse)),
+        "io_manager": WarehouseIOManager(database=str(cfg.warehouse)),
         "stores": StoresResource(lancedb_uri=str(cfg.lancedb), models_dir=str(cfg.models_dir)),
         "embedder": EmbedderResource(model=cfg.embedding_model),
         "mlflow": MLflowResource(tracking_uri=cfg.mlflow_tracking_uri, artifact_root=str(cfg.mlflow_artifacts)),

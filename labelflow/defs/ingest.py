@@ -1,6 +1,5 @@
 """Ingestion and embedding assets: seed_labels, text_pool, gold_eval, hidden_pool_labels, text_embeddings."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

@@ -1,6 +1,5 @@
 """Model assets: training_set, svm_model, pool_predictions, evaluation, and the data checks."""
 
-from __future__ import annotations
 
 import joblib
 import dagster as dg
@@ -66,7 +65,10 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
                       "git_commit": git_commit(), "config_hash": config_hash(ds)}
             params.update({f"rows_{k}": v for k, v in training_set.groupby("source").size().items()})
             mlf.log_params(params)
-            mlflow.sklearn.log_model(model, name="model")
+            # cloudpickle: the model is a labelflow estimator (skops would refuse its types); pip
+            # requirements are given so MLflow does not try to infer them from a package index.
+            mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle",
+                                     pip_requirements=["labelflow", "scikit-learn==1.9.1"])
         context.log.info(f"trained on {len(training_set)} rows, {len(model.classes_)} classes; MLflow run {run.info.run_id}")
         return dg.MaterializeResult(metadata={"model_path": str(path), "mlflow_run_id": run.info.run_id,
                                               "rows": len(training_set), "classes": len(model.classes_),
