@@ -107,21 +107,33 @@ def binarize(label_sets: Sequence[Sequence[str]], classes: Sequence[str]) -> np.
 
 
 def out_of_fold_scores(X, label_sets: Sequence[Sequence[str]], classes: Sequence[str], folds: int = 5,
-                       seed: int = 0, make_model: Callable[[], object] | None = None) -> np.ndarray:
+                       seed: int = 0, make_model: Callable[[], object] | None = None, n_jobs: int = 1) -> np.ndarray:
     """Scores (n, n_labels) for a case base, each row from a model trained on the other ``folds − 1``
     folds (shuffled K-fold, ``seed``), so no case is scored by a model that saw it (see the module
     docstring for why). ``make_model()`` returns an unfitted model with ``fit(X, label_sets,
     classes=...)`` and ``predict_proba`` (default :class:`MultiLabelSVM`); a label absent from a
-    training fold gets that model's constant score (0 for MultiLabelSVM)."""
+    training fold gets that model's constant score (0 for MultiLabelSVM). ``n_jobs`` folds are fitted
+    in parallel (joblib processes)."""
     X = np.asarray(X, dtype=np.float32)
     label_sets = list(label_sets)
     if folds < 2:
         raise ValueError("out_of_fold_scores needs folds >= 2")
     make_model = make_model or MultiLabelSVM
     out = np.full((X.shape[0], len(classes)), np.nan, dtype=np.float64)
-    for train_idx, held_idx in KFold(n_splits=folds, shuffle=True, random_state=seed).split(X):
+    splits = list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(X))
+
+    def one(train_idx, held_idx):
         model = make_model().fit(X[train_idx], [label_sets[i] for i in train_idx], classes=list(classes))
-        out[held_idx] = model.predict_proba(X[held_idx])
+        return model.predict_proba(X[held_idx])
+
+    if n_jobs == 1:
+        parts = [one(tr, he) for tr, he in splits]
+    else:
+        from joblib import Parallel, delayed
+
+        parts = Parallel(n_jobs=n_jobs)(delayed(one)(tr, he) for tr, he in splits)
+    for (_, held_idx), part in zip(splits, parts):
+        out[held_idx] = part
     return out
 
 

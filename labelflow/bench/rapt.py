@@ -4,7 +4,9 @@ Setting (the paper's): the backbone (calibrated one-vs-rest LinearSVC on MiniLM 
 on the whole ``train`` table (``--seed-per-class 0``; with K > 0 on the K-per-label benchmark seeds
 instead); the static thresholds are tuned on the folder's ``val`` table; the RAPT case base is train
 (out-of-fold scores) + val (scores of the final model, which never saw val); everything is scored on
-``test`` (``--sample N``: a seeded sample of N test texts).
+``test`` (``--sample N``: a seeded sample of N test texts; ``--rapt-max-train N``: train on a seeded
+random sample of N train texts, keeping the natural label distribution, when the full train is too
+costly for the machine).
 
 Tables are read with :func:`labelflow.data.read_table` and the loader's per-row rules (non-empty text,
 parseable '|'-joined label sets). One difference from :func:`labelflow.data.load_dataset`, which
@@ -32,6 +34,9 @@ def add_arguments(p) -> None:
     p.add_argument("--rapt-k", type=int, default=10, help="RAPT: cases retrieved per text (default 10)")
     p.add_argument("--rapt-n", type=int, default=3, help="RAPT: distinct cases aggregated among them (default 3)")
     p.add_argument("--rapt-folds", type=int, default=5, help="RAPT: folds for the case base's out-of-fold scores")
+    p.add_argument("--rapt-jobs", type=int, default=1, help="RAPT: out-of-fold folds fitted in parallel")
+    p.add_argument("--rapt-max-train", type=int, default=None,
+                   help="RAPT: train on a seeded random sample of N train texts (natural label distribution)")
     p.add_argument("--rapt-objective", default="macro_f1", choices=["macro_f1", "micro_f1"],
                    help="what Base* / Base*_l thresholds are tuned for on val")
     p.add_argument("--rapt-rounding", default="floor", choices=["floor", "round"], help="AvgCount: ⌊k*⌋ or round(k*)")
@@ -65,12 +70,18 @@ def run(args) -> list[pd.DataFrame]:
     train, m_tr = load_split(folder, "train")
     val, m_va = load_split(folder, "val")
     test, m_te = load_split(folder, "test")
+    full_train = len(train)
     if args.seed_per_class:
         train, _ = benchmark_split(train, args.seed_per_class, seed, multilabel=True)
+    if args.rapt_max_train and len(train) > args.rapt_max_train:
+        train = train.sample(n=args.rapt_max_train, random_state=seed).reset_index(drop=True)
     classes = sorted({lab for s in label_lists(train["label"], True) for lab in s})
     if args.sample and len(test) > args.sample:
         test = test.sample(n=args.sample, random_state=seed).reset_index(drop=True)
-    print(f"{folder.name}: train {len(train)} ({'full' if not args.seed_per_class else f'{args.seed_per_class} per label'}), "
+    how = "full" if len(train) == full_train else (f"{args.seed_per_class} per label" if args.seed_per_class else "")
+    if args.rapt_max_train and len(train) == args.rapt_max_train:
+        how = (how + ", " if how else "") + f"random sample of {args.rapt_max_train} of {full_train}"
+    print(f"{folder.name}: train {len(train)} ({how}), "
           f"val {len(val)}, test {len(test)}{' (sample)' if args.sample else ''}, {len(classes)} labels; "
           f"duplicate texts merged (label union): train {m_tr}, val {m_va}, test {m_te}", flush=True)
 
@@ -91,7 +102,7 @@ def run(args) -> list[pd.DataFrame]:
     backbone = ScoredBackbone().fit(Xtr, Str, classes)
     t_fit = time.perf_counter() - t
     t = time.perf_counter()
-    oof = out_of_fold_scores(Xtr, Str, classes, folds=args.rapt_folds, seed=seed)
+    oof = out_of_fold_scores(Xtr, Str, classes, folds=args.rapt_folds, seed=seed, n_jobs=args.rapt_jobs)
     t_oof = time.perf_counter() - t
     t = time.perf_counter()
     cb = CaseBase.build(train["id"], backbone.embed(Xtr), oof, binarize(Str, classes), classes)
@@ -132,7 +143,7 @@ def run(args) -> list[pd.DataFrame]:
     ])
     best_static = by.loc[["Base0.5", "Base*", "Base*_l"], "macro_f1"].max()
     best_rapt = by.loc[["RAPT-AvgCount", "RAPT-RankCal"], "macro_f1"].max()
-    note = (f"train {len(train)} / val {len(val)} / test {len(test)} texts, {len(classes)} labels; case base {len(cb)} "
+    note = (f"train {len(train)} ({how}) / val {len(val)} / test {len(test)} texts, {len(classes)} labels; case base {len(cb)} "
             f"(train out-of-fold + val); k={args.rapt_k}, n={args.rapt_n} distinct, rounding {args.rapt_rounding}; "
             f"Base* threshold {extra['global_threshold']:.2f} (tuned for {args.rapt_objective} on val); "
             f"best RAPT macro-F1 − best static macro-F1 = {best_rapt - best_static:+.3f}. "
