@@ -539,8 +539,8 @@ class REDLabeler:
             if budget_hit:
                 reason = "budget"
                 break
-        log.info("R.E.D. stopped after %d rounds: %s; %d verified labels, %d calls", len(rounds), reason,
-                 int(verified.sum()), calls)
+        log.info("R.E.D. stopped after %d rounds: %s; %d verified labels, %d calls; uncertain predictions at "
+                 "the start of each round: %s", len(rounds), reason, int(verified.sum()), calls, uncertain_hist)
         labels = pd.DataFrame(accepted_rows, columns=["id", "label", "confidence", "round", "tries", "score", "source"])
         rounds_df = pd.DataFrame(rounds, columns=["round", "uncertain", "no_candidate", "confident", "asked", "calls",
                                                   "accepted", "rejected", "corrected", "unparseable",

@@ -97,8 +97,9 @@ def run(args) -> list[pd.DataFrame]:
     cols = ["round", "uncertain", "no_candidate", "asked", "calls", "accepted", "rejected", "corrected",
             "accepted_acc", "total_accepted", "total_accepted_acc", "total_calls", "calls_per_pool_text",
             "retrained_subsets", "seconds"]
-    emit(rounds[cols], args.out, "red_rounds", f"R.E.D. rounds on {ds.name} ({expert.name})",
-         note=f"stop reason: {res.stop_reason}; {res.usage.calls} calls for {n_pool} pool texts; {red_s:.1f}s")
+    emit(rounds[cols].astype(object), args.out, "red_rounds", f"R.E.D. rounds on {ds.name} ({expert.name})",
+         note=f"stop reason: {res.stop_reason} (uncertain predictions at each round start, incl. the stopping check: "
+              f"{res.extra['uncertain_history']}); {res.usage.calls} calls for {n_pool} pool texts; {red_s:.1f}s")
     rounds_figure(res.rounds).savefig(f"{args.out}/red_rounds.png", dpi=100)
 
     gold_y = ds.gold["label"].to_numpy()
@@ -134,7 +135,7 @@ def run(args) -> list[pd.DataFrame]:
     else:
         print("RAC: labelflow/rac.py not present in this checkout; no RAC row", flush=True)
     table = pd.DataFrame(rows)
-    emit(table, args.out, "red", f"R.E.D. vs seed-only on {ds.name} test ({len(gold_y)} texts, {expert.name})",
+    emit(table.astype(object), args.out, "red", f"R.E.D. vs seed-only on {ds.name} test ({len(gold_y)} texts, {expert.name})",
          note=f"goal: macro-F1 >= 0.90 with <= 1 expert call per pool text; stop: {res.stop_reason}")
     return [rounds, table]
 

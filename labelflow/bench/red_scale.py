@@ -97,16 +97,17 @@ def run(args) -> list[pd.DataFrame]:
     names, _ = labeler.predict(pool_X)
     final = classification_metrics(pool_y, names, labels)
     out = args.out
-    emit(res.rounds, out, "red_scale_rounds", f"R.E.D. scale rounds ({n_classes} classes x {n_pool} texts, dim {dim}, {expert.name})")
+    emit(res.rounds.astype(object), out, "red_scale_rounds", f"R.E.D. scale rounds ({n_classes} classes x {n_pool} texts, dim {dim}, {expert.name})")
     total = time.perf_counter() - t0
     summary = pd.DataFrame([{
         "classes": n_classes, "pool": n_pool, "dim": dim, "seeds_per_class": k, "subsets": len(labeler.subsets_),
-        "rounds": len(res.rounds), "stop": res.stop_reason, "calls": res.usage.calls,
+        "rounds": len(res.rounds), "stop": res.stop_reason,
+        "uncertain_at_stop": res.extra["uncertain_history"][-1], "calls": res.usage.calls,
         "calls_per_text": res.usage.calls / n_pool, "verified": len(ver), "verified_acc": ver_acc,
         "model_labelled": len(model), "model_acc": mod_acc, "pool_acc_final_models": final["accuracy"],
         "fit_s": t_fit, "run_s": t_run, "label_rest_s": t_rest, "total_s": total, "peak_rss_mib": _maxrss_mib(),
     }])
-    emit(summary, out, "red_scale", "R.E.D. scale line (synthetic clusters, SimulatedExpert)",
+    emit(summary.astype(object), out, "red_scale", "R.E.D. scale line (synthetic clusters, SimulatedExpert)",
          note=f"peak memory = resource.getrusage(RUSAGE_SELF).ru_maxrss = {_maxrss_mib():.0f} MiB; total {total:.1f}s")
     fig = rounds_figure(res.rounds)
     fig.savefig(f"{out}/red_scale_rounds.png", dpi=100)
