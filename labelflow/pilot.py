@@ -24,7 +24,7 @@ import pandas as pd
 
 from labelflow.data import split_labels, text_id
 from labelflow.descriptions import nearest_labels, seed_examples
-from labelflow.expert import ACCEPT, UNPARSEABLE, Expert, ValidationItem
+from labelflow.expert import ACCEPT, REJECT, UNPARSEABLE, Expert, ValidationItem
 
 
 def label_centroids(seeds_df: pd.DataFrame, seeds_X: np.ndarray, multilabel: bool = False) -> dict[str, np.ndarray]:
@@ -127,7 +127,8 @@ def pilot_pairs(
 @dataclass
 class PilotResult:
     """What the pilot measured. ``accuracy`` / ``precision_yes`` / ``recall_yes`` are at the expert's
-    own decisions (``threshold_default``); an unparseable answer counts as wrong and never as a yes.
+    own decisions (``threshold_default``); an answer that is not a yes/no (``no_answer``: unparseable,
+    failed or unanswered) counts as wrong and never as a yes.
     ``threshold`` is the score threshold maximising accuracy on the pilot (``accuracy_calibrated`` is
     that in-sample accuracy, ``accuracy_calibrated_cv`` its 5-fold cross-validated estimate: the figure
     a later stage using ``threshold`` can expect). ``passed`` = ``gate_accuracy >= min_accuracy`` where
@@ -147,6 +148,7 @@ class PilotResult:
     min_accuracy: float
     passed: bool
     unparseable: int
+    no_answer: int
     calls: int
     cache_hits: int
     prompt_tokens: int
@@ -163,16 +165,17 @@ class PilotResult:
 
 
 def _accuracy_at(scores: np.ndarray, parsed: np.ndarray, truth: np.ndarray, t: float) -> float:
-    pred = (scores > t) & parsed
+    pred = (scores >= t) & parsed
     return float(((pred == truth) & parsed).mean()) if len(truth) else 0.0
 
 
 def calibrate_threshold(scores: Sequence[float], truth: Sequence[bool], parsed: Sequence[bool] | None = None,
                         default: float = 0.0) -> tuple[float, float]:
-    """The threshold ``t`` (decide yes when ``score > t``) that maximises accuracy, and that accuracy.
+    """The threshold ``t`` (decide yes when ``score >= t``, as :class:`~labelflow.llm.LLMExpert` does)
+    that maximises accuracy, and that accuracy.
     Candidates are the midpoints between consecutive distinct scores plus one below the lowest and one
-    above the highest; ties go to the candidate nearest ``default``. Unparseable answers
-    (``parsed=False``) count as wrong at every threshold."""
+    above the highest; ties go to the candidate nearest ``default``. Answers that are not a yes/no
+    (``parsed=False``: unparseable, failed, unanswered) count as wrong at every threshold."""
     scores = np.asarray(scores, dtype=float)
     truth = np.asarray(truth, dtype=bool)
     parsed = np.ones(len(scores), dtype=bool) if parsed is None else np.asarray(parsed, dtype=bool)
@@ -202,7 +205,7 @@ def cross_validated_accuracy(scores: Sequence[float], truth: Sequence[bool], par
     for f in range(folds):
         test = fold_of == f
         t, _ = calibrate_threshold(scores[~test], truth[~test], parsed[~test], default)
-        pred = (scores[test] > t) & parsed[test]
+        pred = (scores[test] >= t) & parsed[test]
         correct += int(((pred == truth[test]) & parsed[test]).sum())
     return correct / n
 
@@ -223,7 +226,7 @@ def run_pilot(expert: Expert, items: Sequence[ValidationItem], truth: Sequence[b
 
     outcomes = np.array([v.outcome for v in verdicts], dtype=object)
     scores = np.array([float(v.score) for v in verdicts], dtype=float)
-    parsed = outcomes != UNPARSEABLE
+    parsed = np.isin(outcomes, [ACCEPT, REJECT])  # unparseable / failed / unanswered: no answer
     says_yes = outcomes == ACCEPT
     n = len(items)
     correct = (says_yes == truth) & parsed
@@ -246,8 +249,8 @@ def run_pilot(expert: Expert, items: Sequence[ValidationItem], truth: Sequence[b
     true_of = answers[answers["truth"]].groupby("text_id")["asked_label"].agg(lambda v: "|".join(sorted(set(v))))
     answers["true_label"] = answers["text_id"].map(true_of).fillna("")
     wrong = answers[~answers["correct"]].copy()
-    wrong["error"] = np.where(~wrong["outcome"].eq(UNPARSEABLE),
-                              np.where(wrong["truth"], "false_no", "false_yes"), "unparseable")
+    wrong["error"] = np.where(wrong["outcome"].isin([ACCEPT, REJECT]),
+                              np.where(wrong["truth"], "false_no", "false_yes"), wrong["outcome"])
     confusions = wrong[["error", "asked_label", "true_label", "text_id", "text", "outcome", "score"]].reset_index(drop=True)
     name = getattr(expert, "name", type(expert).__name__)
     return PilotResult(
@@ -264,7 +267,8 @@ def run_pilot(expert: Expert, items: Sequence[ValidationItem], truth: Sequence[b
         gate_accuracy=float(gate),
         min_accuracy=float(min_accuracy),
         passed=bool(n > 0 and gate >= min_accuracy),
-        unparseable=int((~parsed).sum()),
+        unparseable=int((outcomes == UNPARSEABLE).sum()),
+        no_answer=int((~parsed).sum()),
         calls=int(used.get("calls", 0)),
         cache_hits=int(used.get("cache_hits", 0)),
         prompt_tokens=int(used.get("prompt_tokens", 0)),
