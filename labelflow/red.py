@@ -407,12 +407,19 @@ class REDLabeler:
 
     # ---- the loop ---------------------------------------------------------------------------------
 
-    def _evidence(self, label: int, x: np.ndarray) -> list[str]:
-        rows = np.flatnonzero(self.train_y_ == label)
-        rows = [r for r in rows if self.train_text_[r] is not None]
-        if not rows or self.n_evidence <= 0:
+    def _evidence_rows(self) -> dict[int, np.ndarray]:
+        """Training rows with a known text, grouped by label (built once per round)."""
+        has_text = np.fromiter((t is not None for t in self.train_text_), dtype=bool, count=len(self.train_text_))
+        rows = np.flatnonzero(has_text)
+        order = rows[np.argsort(self.train_y_[rows], kind="stable")]
+        labs, starts = np.unique(self.train_y_[order], return_index=True)
+        return dict(zip(labs.tolist(), np.split(order, starts[1:])))
+
+    def _evidence(self, label: int, x: np.ndarray, by_label: dict[int, np.ndarray]) -> list[str]:
+        """The ``n_evidence`` verified examples (seeds + accepted) of ``label`` closest to ``x``."""
+        rows = by_label.get(label)
+        if rows is None or len(rows) == 0 or self.n_evidence <= 0:
             return []
-        rows = np.asarray(rows)
         sims = self.train_X_[rows] @ x
         top = rows[np.argsort(-sims, kind="stable")[: self.n_evidence]]
         return [self.train_text_[r] for r in top]
@@ -452,6 +459,7 @@ class REDLabeler:
             t0 = time.perf_counter()
             rnd += 1
             sc = self.predict_scores(pool_X)
+            predict_s = time.perf_counter() - t0
             open_ = ~verified
             has = sc["label"] >= 0
             uncertain = open_ & has & (sc["confidence"] < self.confidence_threshold)
@@ -474,6 +482,7 @@ class REDLabeler:
             gained: set[int] = set()
             new_X, new_y, new_t = [], [], []
             pending = list(current.items())
+            by_label = self._evidence_rows()
             attempt = 0
             budget_hit = False
             while pending:
@@ -485,7 +494,7 @@ class REDLabeler:
                         break
                     pending = pending[:left]
                 items = [ValidationItem(text=pool_texts[i], label=self.labels_[lab], description=desc[self.labels_[lab]],
-                                        examples=self._evidence(lab, pool_X[i]), text_id=pool_ids[i])
+                                        examples=self._evidence(lab, pool_X[i], by_label), text_id=pool_ids[i])
                          for i, lab in pending]
                 try:
                     verdicts = self.expert.validate(items)
@@ -524,14 +533,17 @@ class REDLabeler:
                 self.train_X_ = np.vstack([self.train_X_, np.asarray(new_X, dtype=np.float32)])
                 self.train_y_ = np.concatenate([self.train_y_, np.asarray(new_y, dtype=np.int64)])
                 self.train_text_ += new_t
+            t_train = time.perf_counter()
             for s in sorted(gained):
                 self._train_subset(s)
+            train_s = time.perf_counter() - t_train
             added_hist.append(accepted)
             row = {"round": rnd, "uncertain": uncertain_hist[-1], "no_candidate": int((open_ & ~has).sum()),
                    "confident": int((open_ & has & ~uncertain).sum()), "asked": int(len(picked)),
                    "calls": round_calls, "accepted": accepted, "rejected": rejected, "corrected": corrected,
                    "unparseable": unparseable, "retrained_subsets": len(gained), "total_calls": calls,
-                   "total_accepted": int(verified.sum()), "seconds": time.perf_counter() - t0}
+                   "total_accepted": int(verified.sum()), "predict_s": predict_s, "train_s": train_s,
+                   "seconds": time.perf_counter() - t0}
             rounds.append(row)
             log.info("R.E.D. round %d: uncertain %d, asked %d, accepted %d, rejected %d, calls %d (total %d), "
                      "retrained %d subsets", rnd, row["uncertain"], row["asked"], accepted, rejected, round_calls,
@@ -544,7 +556,8 @@ class REDLabeler:
         labels = pd.DataFrame(accepted_rows, columns=["id", "label", "confidence", "round", "tries", "score", "source"])
         rounds_df = pd.DataFrame(rounds, columns=["round", "uncertain", "no_candidate", "confident", "asked", "calls",
                                                   "accepted", "rejected", "corrected", "unparseable",
-                                                  "retrained_subsets", "total_calls", "total_accepted", "seconds"])
+                                                  "retrained_subsets", "total_calls", "total_accepted", "predict_s",
+                                                  "train_s", "seconds"])
         return REDResult(labels, rounds_df, usage, reason, getattr(self.expert, "name", ""),
                          time.perf_counter() - t_start, {"uncertain_history": uncertain_hist})
 
