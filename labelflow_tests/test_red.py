@@ -186,3 +186,14 @@ def test_add_label_retrains_only_its_subset():
     assert lab.add_label("another", -v, -X_new) == 3
     assert lab.subsets_[3] == [lab.label_index_["another"]]
     assert all(lab.models_[t] is before[t] for t in range(len(before)))
+
+
+def test_dynamic_evidence_is_nearest_verified_examples_of_the_label():
+    labels, centres, sX, sy, pX, py, ids = _data()
+    texts = [f"seed {i}" for i in range(len(sy))]
+    lab = _labeler(SimulatedExpert({}), n_evidence=3).fit(sX, sy, seed_texts=texts)
+    rows = np.flatnonzero(sy == labels[2])
+    x = sX[rows[4]]
+    got = lab._evidence(2, x, lab._evidence_rows())
+    want = [texts[r] for r in rows[np.argsort(-(sX[rows] @ x))[:3]]]
+    assert got == want and got[0] == texts[rows[4]]
