@@ -421,7 +421,7 @@ class LLMExpert:
                 for k, margin in zip(nums, margins):
                     if result[k - 1] is None:
                         result[k - 1] = self._decide(bp.answers[k], margin)
-                if bp.ok or all(r is not None for r in result):
+                if bp.ok:
                     return [r for r in result]  # type: ignore[misc]
                 log.debug("%s: malformed batch answer (%s)%s", self.name, "; ".join(bp.problems[:5]),
                           "" if retry else "; retrying")
