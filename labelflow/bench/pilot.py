@@ -1,0 +1,131 @@
+"""Pilot validation benchmark: how good is an expert at the yes/no questions the pipeline will ask?
+
+    labelflow bench --method pilot --dataset ../shared/datasets/banking77 --expert local --sample 100
+    labelflow bench --method pilot --dataset ../shared/datasets/banking77 --expert simulated --p 0.9 --sample 100
+
+``--sample N`` = N questions (N/2 seed texts, each asked about its true label and its most confusable
+wrong label, the nearest by seed centroid); evidence = 3 other seeds of the asked label. Descriptions:
+labels.csv's where given (``--describe`` has the expert write the missing ones for the asked labels
+first; otherwise the prompt shows the label name and examples only). ``--expert local`` starts the
+bundled model on 127.0.0.1 and asks it through :class:`~labelflow.llm.LLMExpert` with a response cache
+under ``data/llm/`` (a re-run is served from it: see the ``cache_hits`` column); ``--expert config``
+uses labelflow.yaml's ``llm`` section.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from labelflow.bench.common import emit, load_bench
+from labelflow.data import split_labels
+from labelflow.pilot import label_centroids, pilot_pairs, run_pilot
+from labelflow.simulated import SimulatedExpert
+
+log = logging.getLogger(__name__)
+DEFAULT_N = 100
+
+
+def add_arguments(p) -> None:
+    g = p.add_argument_group("pilot")
+    g.add_argument("--pilot-min-accuracy", type=float, default=0.8, help="the gate (default 0.80)")
+    g.add_argument("--pilot-examples", type=int, default=3, help="evidence seeds shown per question")
+    g.add_argument("--llm-cache", default="data/llm/pilot_bench_cache.duckdb",
+                   help="response cache of the LLM expert (local/config)")
+    # --describe (have an LLM expert write the missing descriptions first) is shared with the RAC benchmark
+
+
+def _make_expert(args, truth: dict, label_vectors: dict):
+    """(expert, server or None)."""
+    if args.expert == "simulated":
+        return SimulatedExpert(truth, p=args.p, label_vectors=label_vectors, seed=0), None
+    from labelflow.llm import LLMExpert
+    from labelflow.llm.local import LocalLLMServer, ensure_model
+
+    cache = Path(args.llm_cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cfg = None
+    if args.expert == "config":
+        from labelflow.config import load_config
+
+        cfg = load_config().llm
+    if args.expert == "local" or cfg.model == "local":
+        server = LocalLLMServer(ensure_model(), n_ctx=cfg.local_ctx if cfg else 4096,
+                                threads=cfg.local_threads if cfg else None).start()
+        try:
+            kwargs = dict(cache_path=cache, name="local:qwen2.5-coder-1.5b")
+            expert = (LLMExpert.from_config(cfg, api_base=server.api_base, model=server.model, **kwargs) if cfg
+                      else LLMExpert(server.model, api_base=server.api_base, timeout_s=300, **kwargs))
+        except BaseException:
+            server.stop()
+            raise
+        return expert, server
+    return LLMExpert.from_config(cfg, cache), None
+
+
+def run(args) -> list[pd.DataFrame]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    n = args.sample or DEFAULT_N
+    rows, confusions = [], []
+    for split in range(max(1, args.seeds)):
+        # only the seeds are needed: no pool or gold embeddings
+        data = load_bench(args.dataset, args.seed_per_class or None, seed=split, task=args.task, max_pool=0, max_gold=0)
+        ds = data.ds
+        vectors = label_centroids(ds.seeds, data.seeds_X, ds.multilabel)
+        truth = {i: (split_labels(v) if ds.multilabel else v) for i, v in zip(ds.seeds["id"], ds.seeds["label"])}
+        given = {lab: d for lab, d in zip(ds.descriptions["label"], ds.descriptions["description"])
+                 if isinstance(d, str) and d.strip()}
+        expert, server = _make_expert(args, truth, vectors)
+        try:
+            items, y = pilot_pairs(ds.seeds, vectors, n, seed=split, multilabel=ds.multilabel,
+                                   descriptions=given, n_examples=args.pilot_examples)
+            desc_note = "labels.csv" if given else "none (label name + examples)"
+            if getattr(args, "describe", False) and args.expert != "simulated":
+                from labelflow.descriptions import describe_labels
+
+                asked = sorted({it.label for it in items})
+                t0 = time.perf_counter()
+                df = describe_labels(asked, ds.seeds, ds.descriptions, expert, vectors, multilabel=ds.multilabel)
+                written = dict(zip(df["label"], df["description"]))
+                for it in items:
+                    it.description = written.get(it.label, it.description)
+                desc_note = (f"{int((df['source'] == 'llm').sum())} written by {expert.name} "
+                             f"in {time.perf_counter() - t0:.0f} s, {int((df['source'] == 'user').sum())} from labels.csv")
+                log.info("descriptions: %s", desc_note)
+            log.info("pilot: %d questions on %s with %s", len(items), ds.name, expert.name)
+            res = run_pilot(expert, items, y, min_accuracy=args.pilot_min_accuracy, seed=split)
+        finally:
+            if hasattr(expert, "close"):
+                expert.close()
+            if server is not None:
+                server.stop()
+        row = {"dataset": ds.name, "split": split, "expert": res.expert, "n": res.n,
+               "accuracy": res.accuracy, "precision_yes": res.precision_yes, "recall_yes": res.recall_yes,
+               "threshold_default": res.threshold_default, "threshold_calibrated": res.threshold,
+               "accuracy_calibrated_in_sample": res.accuracy_calibrated,
+               "accuracy_calibrated_cv": res.accuracy_calibrated_cv, "passed": res.passed,
+               "no_answer": res.no_answer, "calls": res.calls, "cache_hits": res.cache_hits,
+               "prompt_tokens/validation": res.prompt_tokens / res.n if res.n else 0.0,
+               "seconds": res.seconds, "s/validation": res.seconds_per_validation, "descriptions": desc_note}
+        log.info("result: %s", row)
+        rows.append(row)
+        if len(res.confusions):
+            confusions.append(res.confusions.assign(split=split, text=res.confusions["text"].str.slice(0, 80)))
+    table = pd.DataFrame(rows)
+    name = Path(args.dataset).resolve().name
+    note = (f"{n} yes/no questions per split: {(n + 1) // 2} stratified seed texts x (true label, nearest wrong label "
+            f"by seed centroid); evidence = {args.pilot_examples} other seeds of the asked label. accuracy/precision/"
+            "recall at the expert's own decisions (no answer = wrong); threshold_calibrated maximises accuracy on the "
+            "pilot (in-sample figure optimistic; _cv = 5-fold cross-validated). passed: max(accuracy, cv) >= "
+            f"{args.pilot_min_accuracy}. Seconds are wall time of expert.validate on this machine (cache hits cost ~0).")
+    emit(table, args.out, f"pilot_{name}_{args.expert}", f"Pilot validation on {name} ({table['expert'].iloc[0]})", note)
+    out = [table]
+    if confusions:
+        conf = pd.concat(confusions, ignore_index=True)
+        emit(conf.head(30), args.out, f"pilot_confusions_{name}_{args.expert}",
+             f"Pilot confusions on {name} (first 30 of {len(conf)})")
+        out.append(conf)
+    return out
