@@ -265,8 +265,9 @@ class LocalLLMServer:
         if not Path(model).is_file():
             raise LocalModelError(f"model file {model} not found")
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        ready = Path(tempfile.mkstemp(prefix="llm-ready-", suffix=".json", dir=self.log_dir)[1])
-        ready.write_text("")
+        fd, ready_name = tempfile.mkstemp(prefix="llm-ready-", suffix=".json", dir=self.log_dir)
+        os.close(fd)
+        ready = Path(ready_name)
         self.log_path = self.log_dir / f"server-{os.getpid()}-{int(time.time())}.log"
         self._log_file = open(self.log_path, "ab")
         cmd = [sys.executable, "-P", str(Path(__file__).resolve()), "--model", str(Path(model).resolve()),
@@ -289,10 +290,11 @@ class LocalLLMServer:
                     raise TimeoutError(f"the local LLM server did not become healthy within {self.startup_timeout_s:.0f} s; "
                                        f"log {self.log_path}:\n{self.log_tail()}")
                 if self.url is None:
-                    text = ready.read_text().strip()
-                    if text:
-                        self.url = json.loads(text)["url"].rstrip("/")
+                    try:
+                        self.url = json.loads(ready.read_text())["url"].rstrip("/")
                         self.port = int(self.url.rsplit(":", 1)[1])
+                    except (ValueError, KeyError):  # not written yet (or half written)
+                        pass
                 if self.url and self._healthy():
                     return self
                 time.sleep(0.2)
@@ -308,7 +310,7 @@ class LocalLLMServer:
         except (urllib.error.URLError, OSError, ValueError):
             return False
         ids = {m.get("id") for m in data.get("data", [])} | {m.get("name") for m in data.get("models", [])}
-        return self.alias in ids or bool(ids)
+        return self.alias in ids
 
     def health(self) -> bool:
         """True when the server answers ``/v1/models``."""
