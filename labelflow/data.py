@@ -304,25 +304,9 @@ def load_dataset(
     seed_ids = set(seeds["id"])
     pool = pool[~pool["id"].isin(seed_ids)].reset_index(drop=True)
 
-    descriptions = pd.DataFrame(columns=["label", "description"])
-    labels_path = folder / "labels.csv"
-    if labels_path.exists():
-        desc = read_table(labels_path)
-        _require(desc, labels_path, ["label"])
-        if "description" not in desc.columns:  # a bare list of labels declares the label set only
-            desc["description"] = ""
-        desc["label"] = desc["label"].astype(str).str.strip()
-        desc["description"] = desc["description"].astype(str).str.strip()
-        for i, r in desc.iterrows():
-            if not r["label"]:
-                raise IngestError(labels_path, i + 1, "label", "label is empty")
-            if r["label"] not in seed_labels:
-                raise IngestError(labels_path, i + 1, "label", f"label {r['label']!r} has no seed example in {train_path.name}")
-        dup = desc[desc.duplicated("label", keep=False)]
-        if len(dup):
-            raise IngestError(labels_path, int(dup.index[1]) + 1, "label", f"label {dup.iloc[0]['label']!r} is described twice")
-        descriptions = desc.loc[desc["description"] != "", ["label", "description"]].reset_index(drop=True)
-        files["labels"] = str(labels_path)
+    descriptions = read_label_descriptions(folder, seed_labels, train_path.name)
+    if len(descriptions) or (folder / "labels.csv").exists():
+        files["labels"] = str(folder / "labels.csv")
 
     cols = ["id", "text", "label"]
     return Dataset(
@@ -344,3 +328,27 @@ def read_inbox_file(path: Path, max_text_chars: int = 5000) -> pd.DataFrame:
     _require(df, path, ["text"])
     texts = _clean_texts(df, path, max_text_chars)
     return pd.DataFrame({"id": _ids(df, path, texts), "text": texts}).drop_duplicates("id").reset_index(drop=True)
+
+
+def read_label_descriptions(folder: str | Path, seed_labels, train_name: str = "train") -> pd.DataFrame:
+    """The user's label descriptions from ``labels.csv`` (label, description), validated: every label
+    must have a seed example, none described twice. Rows without a description are dropped."""
+    labels_path = Path(folder) / "labels.csv"
+    if not labels_path.exists():
+        return pd.DataFrame(columns=["label", "description"])
+    known = set(seed_labels)
+    desc = read_table(labels_path)
+    _require(desc, labels_path, ["label"])
+    if "description" not in desc.columns:  # a bare list of labels declares the label set only
+        desc["description"] = ""
+    desc["label"] = desc["label"].astype(str).str.strip()
+    desc["description"] = desc["description"].astype(str).str.strip()
+    for i, r in desc.iterrows():
+        if not r["label"]:
+            raise IngestError(labels_path, i + 1, "label", "label is empty")
+        if r["label"] not in known:
+            raise IngestError(labels_path, i + 1, "label", f"label {r['label']!r} has no seed example in {train_name}")
+    dup = desc[desc.duplicated("label", keep=False)]
+    if len(dup):
+        raise IngestError(labels_path, int(dup.index[1]) + 1, "label", f"label {dup.iloc[0]['label']!r} is described twice")
+    return desc.loc[desc["description"] != "", ["label", "description"]].reset_index(drop=True)

@@ -10,14 +10,15 @@ import dagster as dg
 from labelflow.config import DatasetConfig, ProjectConfig
 from labelflow.defs.ingest import ingest_assets
 from labelflow.defs.io import WarehouseIOManager
+from labelflow.defs.labelling import labelling_assets
 from labelflow.defs.model import model_assets
 from labelflow.defs.resources import EmbedderResource, ExpertResource, MLflowResource, StoresResource
 
 
 def dataset_graph(ds: DatasetConfig) -> list:
     """Every asset and check of one dataset."""
-    items = ingest_assets(ds)
-    sources = ["seed_labels"]
+    items = ingest_assets(ds) + labelling_assets(ds)
+    sources = ["seed_labels", "rac_labels", "llm_queue"] + ([] if ds.multilabel else ["red_labels"])
     items += model_assets(ds, sources)
     return items
 
