@@ -259,7 +259,7 @@ class RAPT:
     """
 
     def __init__(self, k: int = 10, n_distinct: int = 3, threshold: str = "avgcount", rounding: str = "floor",
-                 dup_tol: float = 1e-6):
+                 dup_tol: float = 1e-5):
         self.k = k
         self.n_distinct = n_distinct
         self.threshold = threshold
@@ -432,8 +432,11 @@ def tune_per_label_thresholds(scores_val: np.ndarray, Y_val: np.ndarray, grid: S
 # ---------------------------------------------------------------------------------------------- evaluation
 def evaluate_all(scorer: Scorer, X_test, Y_test: np.ndarray, X_val, Y_val: np.ndarray, case_base: CaseBase,
                  k: int = 10, n_distinct: int = 3, objective: str = "macro_f1", rounding: str = "floor",
-                 return_predictions: bool = False):
+                 return_predictions: bool = False, S_val: np.ndarray | None = None):
     """The five methods side by side on a test set.
+
+    ``S_val``: validation scores to tune Base* / Base*_l on instead of ``scorer.score(X_val)`` (e.g. the
+    case base's out-of-fold scores when there is no separate validation split).
 
     Scores test and validation with ``scorer``; tunes Base* and Base*_l on validation; runs RAPT
     (AvgCount and RankCal) against ``case_base``. Columns: method, micro_f1, macro_f1,
@@ -446,7 +449,7 @@ def evaluate_all(scorer: Scorer, X_test, Y_test: np.ndarray, X_val, Y_val: np.nd
     S_test = scorer.score(X_test)
     t_score = time.perf_counter() - t0
     Zq = scorer.embed(X_test)
-    S_val = scorer.score(X_val)
+    S_val = scorer.score(X_val) if S_val is None else np.asarray(S_val, dtype=np.float64)
     Y_test = np.asarray(Y_test, dtype=np.int8)
     n = len(Y_test)
 
