@@ -12,6 +12,7 @@ from labelflow.defs.ingest import ingest_assets
 from labelflow.defs.io import WarehouseIOManager
 from labelflow.defs.labelling import labelling_assets
 from labelflow.defs.model import model_assets
+from labelflow.defs.rapt import rapt_assets
 from labelflow.defs.resources import EmbedderResource, ExpertResource, MLflowResource, StoresResource
 
 
@@ -20,6 +21,8 @@ def dataset_graph(ds: DatasetConfig) -> list:
     items = ingest_assets(ds) + labelling_assets(ds)
     sources = ["seed_labels", "rac_labels", "llm_queue"] + ([] if ds.multilabel else ["red_labels"])
     items += model_assets(ds, sources)
+    if ds.multilabel:
+        items += rapt_assets(ds)
     return items
 
 
