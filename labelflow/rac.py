@@ -342,3 +342,25 @@ def truncate(result: pd.DataFrame, questions: pd.DataFrame, k: int, multilabel: 
     out.loc[(out["label"] == "") & (out["status"] == "labelled"), "status"] = "abstained"
     return out[RESULT_COLUMNS].reset_index(drop=True)
 
+
+
+def label_queue(expert, queue: pd.DataFrame, X: np.ndarray, seeds: pd.DataFrame, seed_X: np.ndarray,
+                labels: Sequence[str], label_X: np.ndarray, descriptions: Mapping[str, str], k: int | None = 5,
+                multilabel: bool = False) -> tuple[pd.DataFrame, "RAC"]:
+    """RAC over a queue of texts (id, text) with vectors ``X``: builds the retriever from the label
+    description vectors and the seeds (id, text, label; '|'-joined sets for multi-label), runs
+    :class:`RAC`, and returns (result with the text, the RAC object with ``questions_``/``usage_``)."""
+    from labelflow.data import label_lists
+
+    seed_sets = label_lists(seeds["label"], multilabel)
+    retriever = LabelRetriever().fit(list(labels), label_X, seed_X, [s if multilabel else s[0] for s in seed_sets])
+    texts_by: dict[str, list[str]] = {}
+    vecs_by: dict[str, list[np.ndarray]] = {}
+    for text, x, labs in zip(seeds["text"], seed_X, seed_sets):
+        for lab in labs:
+            texts_by.setdefault(lab, []).append(text)
+            vecs_by.setdefault(lab, []).append(x)
+    rac = RAC(expert, k=k, multilabel=multilabel)
+    res = rac.label(queue["id"].astype(str).tolist(), queue["text"].tolist(), X, retriever, dict(descriptions),
+                    texts_by, {lab: np.vstack(v) for lab, v in vecs_by.items()})
+    return res.merge(queue[["id", "text"]].astype({"id": str}), on="id", how="left"), rac

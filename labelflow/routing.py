@@ -109,3 +109,21 @@ def bucket_report(routed: pd.DataFrame, truth: pd.Series | None = None) -> pd.Da
             r["accuracy"] = float((routed["label"][s] == t[s]).mean()) if s.any() else float("nan")
         rows.append(r)
     return pd.DataFrame(rows)
+
+
+def aggregate_votes(votes: pd.DataFrame, ids: Sequence[str], labels: Sequence[str], model_name: str,
+                    multilabel: bool = False) -> pd.DataFrame:
+    """Long LF votes (id, lf, label) -> one weak label per text with the named label model
+    (:func:`weak_labels` columns). Multi-label datasets use per-label vote shares
+    (:class:`~labelflow.labelmodel.MultiLabelVote`) and '|'-joined label sets."""
+    from labelflow.labelmodel import MultiLabelVote, make_label_model, votes_to_matrix
+
+    ids = [str(i) for i in ids]
+    lf_names = sorted(votes["lf"].unique()) if len(votes) else []
+    L = votes_to_matrix(votes, ids, lf_names, labels)
+    model = MultiLabelVote() if multilabel else make_label_model(model_name)
+    proba = model.fit(L, len(labels)).predict_proba(L)
+    out = weak_labels(proba, L, labels, ids, "multilabel_vote" if multilabel else model_name)
+    if multilabel:
+        out["label"] = ["|".join(sorted(labels[i] for i in s)) for s in model.predict_sets(L)]
+    return out

@@ -384,3 +384,14 @@ def lf_analysis(votes: pd.DataFrame, lf_names: Sequence[str], n_texts: int, gold
         tot = out["correct"] + out["incorrect"]
         out["emp_acc"] = np.where(tot > 0, out["correct"] / tot.where(tot > 0, 1), np.nan)
     return out[cols]
+
+
+def standard_lfs(lf_file: str | Path | None, labels: Sequence[str], seed_X: np.ndarray, seed_label_sets: Sequence,
+                 label_X: np.ndarray) -> list[LabelingFunction]:
+    """The LFs a dataset runs with: its declarative ``lfs.yaml`` (when the file exists) plus the built-in
+    embedding LFs (nearest seed centroid, k nearest seeds, label-description similarity)."""
+    lfs: list[LabelingFunction] = []
+    if lf_file is not None and Path(lf_file).exists():
+        lfs += load_lf_file(lf_file, labels)
+    lfs += [centroid_lf(seed_X, seed_label_sets), knn_lf(seed_X, seed_label_sets), description_lf(label_X, labels)]
+    return lfs

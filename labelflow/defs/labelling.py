@@ -11,25 +11,17 @@ import pandas as pd
 from labelflow.config import DatasetConfig
 from labelflow.data import label_lists, read_label_descriptions, text_id
 from labelflow.defs.resources import EmbedderResource, ExpertResource, MLflowResource, StoresResource
-from labelflow.defs.util import OWNERS, md_figure, md_table, usage_metadata
+from labelflow.defs.util import OWNERS, md_figure, md_table, usage_metadata, text_tables
 from labelflow.tracking import log_figure, log_table, scalar_metrics
 
 
 def _seed_vectors(stores: StoresResource, p: str, seeds: pd.DataFrame) -> np.ndarray:
-    return stores.vectors().vectors_for(f"{p}__text_embeddings", seeds["id"])
+    return stores.vectors().vectors_for(text_tables(p), seeds["id"])
 
 
 def _label_vectors(stores: StoresResource, p: str) -> tuple[list[str], np.ndarray]:
     df = stores.vectors().read(f"{p}__label_embeddings").sort_values("label")
     return df["label"].tolist(), np.vstack(df["vector"].to_numpy()).astype(np.float32)
-
-
-def _seed_texts_by_label(seeds: pd.DataFrame, multilabel: bool) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for text, labs in zip(seeds["text"], label_lists(seeds["label"], multilabel)):
-        for lab in labs:
-            out.setdefault(lab, []).append(text)
-    return out
 
 
 def _pilot_threshold(pilot: pd.DataFrame) -> float | None:
@@ -117,13 +109,8 @@ def labelling_assets(ds: DatasetConfig) -> list:
 
         labels, label_X = _label_vectors(stores, p)
         seed_X = _seed_vectors(stores, p, seed_labels)
-        seed_sets = label_lists(seed_labels["label"], ds.multilabel)
-        lfs = []
-        lf_file = ds.path / "lfs.yaml"
-        if lf_file.exists():
-            lfs += weak.load_lf_file(lf_file, labels)
-        lfs += [weak.centroid_lf(seed_X, seed_sets), weak.knn_lf(seed_X, seed_sets), weak.description_lf(label_X, labels)]
-        pool_X = stores.vectors().vectors_for(f"{p}__text_embeddings", text_pool["id"])
+        lfs = weak.standard_lfs(ds.path / "lfs.yaml", labels, seed_X, label_lists(seed_labels["label"], ds.multilabel), label_X)
+        pool_X = stores.vectors().vectors_for(text_tables(p), text_pool["id"])
         votes, errors = weak.apply_lfs(lfs, text_pool["id"], text_pool["text"], pool_X, labels=labels)
         for _, e in errors.iterrows():
             context.log.warning(f"labelling function {e['lf']} failed on text {e['id']}: {e['error']} (excluded from this run)")
@@ -150,25 +137,15 @@ def labelling_assets(ds: DatasetConfig) -> list:
                           "reported beside it): label, confidence, number of votes, conflict flag.")
     def weak_labels(context: dg.AssetExecutionContext, stores: StoresResource, text_pool: pd.DataFrame,
                     weak_label_matrix: pd.DataFrame, hidden_pool_labels: pd.DataFrame) -> dg.Output:
-        from labelflow.labelmodel import MultiLabelVote, make_label_model, votes_to_matrix
-        from labelflow.routing import weak_labels as to_weak_labels
+        from labelflow.routing import aggregate_votes
 
         labels, _ = _label_vectors(stores, p)
-        lf_names = sorted(weak_label_matrix["lf"].unique()) if len(weak_label_matrix) else []
-        L = votes_to_matrix(weak_label_matrix, text_pool["id"].astype(str).tolist(), lf_names, labels)
+        ids = text_pool["id"].astype(str).tolist()
+        names = ["multilabel_vote"] if ds.multilabel else sorted({"majority_vote", ds.label_model}, key=lambda n: n != "majority_vote")
         results = {}
-        names = ["majority_vote", ds.label_model] if ds.label_model != "majority_vote" else ["majority_vote"]
-        if ds.multilabel:
-            names = ["multilabel_vote"]
         for name in names:
-            model = MultiLabelVote() if ds.multilabel else make_label_model(name)
             t0 = time.perf_counter()
-            proba = model.fit(L, len(labels)).predict_proba(L)
-            wl = to_weak_labels(proba, L, labels, text_pool["id"].astype(str).tolist(), name)
-            if ds.multilabel:
-                sets = model.predict_sets(L)
-                wl["label"] = ["|".join(sorted(labels[i] for i in s)) for s in sets]
-            results[name] = (wl, time.perf_counter() - t0)
+            results[name] = (aggregate_votes(weak_label_matrix, ids, labels, name, ds.multilabel), time.perf_counter() - t0)
         chosen = results[names[-1]][0]
         compare = []
         truth = hidden_pool_labels.set_index("id")["label"] if len(hidden_pool_labels) else None
@@ -218,25 +195,16 @@ def _rac_asset(ds: DatasetConfig, owners):
                    seed_labels: pd.DataFrame, llm_queue: pd.DataFrame, label_descriptions: pd.DataFrame,
                    pilot_validation: pd.DataFrame, hidden_pool_labels: pd.DataFrame) -> dg.Output:
         from labelflow.metrics import classification_metrics
-        from labelflow.rac import RAC, LabelRetriever, truncate
+        from labelflow.rac import label_queue, truncate
 
         queue = llm_queue[llm_queue["queued"].astype(bool)].reset_index(drop=True)
         labels, label_X = _label_vectors(stores, p)
         seed_X = _seed_vectors(stores, p, seed_labels)
-        seed_sets = label_lists(seed_labels["label"], ds.multilabel)
-        retriever = LabelRetriever().fit(labels, label_X, seed_X, [s if ds.multilabel else s[0] for s in seed_sets])
-        by_label_vec: dict[str, list[np.ndarray]] = {}
-        for x, labs in zip(seed_X, seed_sets):
-            for lab in labs:
-                by_label_vec.setdefault(lab, []).append(x)
         exp = expert.get(threshold=_pilot_threshold(pilot_validation))
-        rac = RAC(exp, k=ds.rac_k, multilabel=ds.multilabel)
-        X = stores.vectors().vectors_for(f"{p}__text_embeddings", queue["id"]) if len(queue) else np.zeros((0, seed_X.shape[1]), np.float32)
+        X = stores.vectors().vectors_for(text_tables(p), queue["id"]) if len(queue) else np.zeros((0, seed_X.shape[1]), np.float32)
         context.log.info(f"RAC: {len(queue)} queued texts, k={ds.rac_k}, expert {exp.name}")
-        res = rac.label(queue["id"].tolist(), queue["text"].tolist(), X, retriever,
-                        dict(zip(label_descriptions["label"], label_descriptions["description"])),
-                        _seed_texts_by_label(seed_labels, ds.multilabel), {k: np.vstack(v) for k, v in by_label_vec.items()})
-        res = res.merge(queue[["id", "text"]], on="id", how="left")
+        res, rac = label_queue(exp, queue, X, seed_labels, seed_X, labels, label_X,
+                               dict(zip(label_descriptions["label"], label_descriptions["description"])), ds.rac_k, ds.multilabel)
         truth = hidden_pool_labels.set_index("id")["label"] if len(hidden_pool_labels) else None
         rows = []
         for k in range(1, (ds.rac_k or len(labels)) + 1):
@@ -290,7 +258,7 @@ def _red_asset(ds: DatasetConfig, owners):
         red = REDLabeler(exp, top_k_uncertain=ds.red_top_k, max_rounds=ds.red_max_rounds,
                          budget_calls=ds.red_budget_calls or ds.llm_budget_calls, seed=ds.seed)
         red.fit(seed_X, seed_labels["label"].tolist(), label_vectors=None, seed_texts=seed_labels["text"].tolist())
-        pool_X = stores.vectors().vectors_for(f"{p}__text_embeddings", pool["id"]) if len(pool) else np.zeros((0, seed_X.shape[1]), np.float32)
+        pool_X = stores.vectors().vectors_for(text_tables(p), pool["id"]) if len(pool) else np.zeros((0, seed_X.shape[1]), np.float32)
         context.log.info(f"R.E.D.: {len(pool)} pool texts, {len(labels)} labels, expert {exp.name}")
         result = red.run(pool["id"].tolist(), pool["text"].tolist(), pool_X,
                          dict(zip(label_descriptions["label"], label_descriptions["description"])))

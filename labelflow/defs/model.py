@@ -8,7 +8,7 @@ import pandas as pd
 
 from labelflow.config import DatasetConfig
 from labelflow.defs.resources import MLflowResource, StoresResource
-from labelflow.defs.util import OWNERS, md_figure, md_table
+from labelflow.defs.util import OWNERS, md_figure, md_table, text_tables
 from labelflow.merge import merge_by_priority
 from labelflow.metrics import classification_metrics, confusion_figure, multilabel_metrics, per_class_table
 from labelflow.tracking import config_hash, git_commit, log_figure, log_table, scalar_metrics
@@ -51,7 +51,7 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
                            "calibrated probabilities") + " on the text embeddings; logged to MLflow as a model.")
     def svm_model(context: dg.AssetExecutionContext, stores: StoresResource, mlflow: MLflowResource,
                   training_set: pd.DataFrame) -> dg.MaterializeResult:
-        X = stores.vectors().vectors_for(f"{p}__text_embeddings", training_set["id"])
+        X = stores.vectors().vectors_for(text_tables(p), training_set["id"])
         weights = training_set["confidence"].astype(float).clip(0.05, 1.0).to_numpy() if not ds.multilabel else None
         model = fit_classifier(training_set["label"], X, ds.multilabel, sample_weight=weights)
         path = stores.model_dir(p) / model_file
@@ -83,7 +83,7 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
         model = joblib.load(stores.model_dir(p) / model_file)
         if len(text_pool) == 0:
             return dg.Output(pd.DataFrame(columns=["id", "text", "label", "confidence", "label_source"]), metadata={"dagster/row_count": 0})
-        X = stores.vectors().vectors_for(f"{p}__text_embeddings", text_pool["id"])
+        X = stores.vectors().vectors_for(text_tables(p), text_pool["id"])
         labels, conf = predict_labels(model, X, ds.multilabel)
         out = text_pool[["id", "text"]].assign(label=labels, confidence=conf)
         src = training_set.set_index("id")["source"]
@@ -105,7 +105,7 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
         per_class = pd.DataFrame()
         fig = None
         if len(gold_eval):
-            X = stores.vectors().vectors_for(f"{p}__text_embeddings", gold_eval["id"])
+            X = stores.vectors().vectors_for(text_tables(p), gold_eval["id"])
             pred, _ = predict_labels(model, X, ds.multilabel)
             if ds.multilabel:
                 classes = list(model.classes_)

@@ -10,7 +10,7 @@ import pandas as pd
 from labelflow.config import DatasetConfig
 from labelflow.data import label_lists
 from labelflow.defs.resources import MLflowResource, StoresResource
-from labelflow.defs.util import OWNERS, md_figure, md_table
+from labelflow.defs.util import OWNERS, md_figure, md_table, text_tables
 from labelflow.tracking import log_figure, log_table, scalar_metrics
 
 
@@ -39,7 +39,7 @@ def rapt_assets(ds: DatasetConfig) -> list:
         from labelflow.rapt import CaseBase, binarize, out_of_fold_scores
 
         classes = list(_backbone(stores, p).classes_)
-        X = stores.vectors().vectors_for(f"{p}__text_embeddings", training_set["id"])
+        X = stores.vectors().vectors_for(text_tables(p), training_set["id"])
         sets = label_lists(training_set["label"], True)
         folds = max(2, min(5, len(training_set) // 10))
         scores = out_of_fold_scores(X, sets, classes, folds=folds, seed=ds.seed)
@@ -58,7 +58,7 @@ def rapt_assets(ds: DatasetConfig) -> list:
         scorer = _backbone(stores, p)
         classes = np.asarray(scorer.classes_)
         cb = CaseBase.load(stores.vectors(), list(classes), table)
-        X = stores.vectors().vectors_for(f"{p}__text_embeddings", text_pool["id"])
+        X = stores.vectors().vectors_for(text_tables(p), text_pool["id"])
         t0 = time.perf_counter()
         S = scorer.score(X)
         t_score = time.perf_counter() - t0
@@ -91,7 +91,7 @@ def rapt_assets(ds: DatasetConfig) -> list:
         cb = CaseBase.load(stores.vectors(), classes, table)
         if not len(gold_eval):
             return dg.MaterializeResult(metadata={"note": "no gold_eval rows: nothing to score"})
-        X = stores.vectors().vectors_for(f"{p}__text_embeddings", gold_eval["id"])
+        X = stores.vectors().vectors_for(text_tables(p), gold_eval["id"])
         Y = binarize(label_lists(gold_eval["label"], True), classes)
         result = evaluate_all(scorer, X, Y, cb.Z, cb.gold, cb, S_val=cb.scores)
         fig = evaluation_figure(result, f"{p}: RAPT vs static thresholds")
