@@ -41,7 +41,8 @@ class DatasetConfig:
     seed_per_class: int | None = None  # benchmark mode: K gold seeds per class, the rest a hidden pool
     seed: int = 0
     max_text_chars: int = 5000
-    inbox: Path | None = None
+    inbox: Path | None = None       # folder of daily files YYYY-MM-DD*.csv|parquet|jsonl (nightly relabelling)
+    inbox_start: str = "2026-01-01"  # first day of the inbox's daily partitions
     label_model: str = "majority_vote"  # or "dawid_skene" (measured: not better than MV on DailyDialog)
     rac_k: int = 5
     red_max_rounds: int = 5

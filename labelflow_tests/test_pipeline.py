@@ -48,3 +48,14 @@ def test_whole_graph_with_test_llm(tiny_dataset, tmp_path, monkeypatch):
         assert result2.success
         assert srv.count == calls_first, "a re-run must be answered from the response cache"
         assert meta("text_embeddings")["computed"].value == 0
+        assert meta("text_embeddings")["reused"].value == 21
+
+    # each materialisation of evaluation is one finished, comparable MLflow run tagged with the Dagster run id
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["labelflow/tiny"], filter_string="tags.asset = 'evaluation'")
+    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
+    assert runs["metrics.macro_f1"].notna().all()
+    assert set(runs["tags.dagster_run_id"]) == {result.run_id, result2.run_id}
+    assert runs["metrics.macro_f1_delta"].notna().sum() == 1  # the second run is compared with the first

@@ -12,6 +12,7 @@ from labelflow.defs.ingest import ingest_assets
 from labelflow.defs.io import WarehouseIOManager
 from labelflow.defs.labelling import labelling_assets
 from labelflow.defs.model import model_assets
+from labelflow.defs.nightly import NIGHTLY_ASSETS, inbox_sensor, nightly_assets, nightly_job, nightly_schedule
 from labelflow.defs.rapt import rapt_assets
 from labelflow.defs.resources import EmbedderResource, ExpertResource, MLflowResource, StoresResource
 
@@ -20,6 +21,9 @@ def dataset_graph(ds: DatasetConfig) -> list:
     """Every asset and check of one dataset."""
     items = ingest_assets(ds) + labelling_assets(ds)
     sources = ["seed_labels", "rac_labels", "llm_queue"] + ([] if ds.multilabel else ["red_labels"])
+    if ds.inbox is not None:
+        items += nightly_assets(ds)
+        sources += ["inbox_rac_labels", "inbox_queue"]
     items += model_assets(ds, sources)
     if ds.multilabel:
         items += rapt_assets(ds)
@@ -44,13 +48,22 @@ def resources(cfg: ProjectConfig) -> dict:
 
 
 def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
-    assets, checks, jobs = [], [], []
+    assets, checks, jobs, schedules, sensors = [], [], [], [], []
     for ds in cfg.datasets:
         for item in dataset_graph(ds):
             (checks if isinstance(item, dg.AssetChecksDefinition) else assets).append(item)
-        jobs.append(dg.define_asset_job(f"{ds.name}__all", selection=dg.AssetSelection.groups(ds.name),
-                                        description=f"Materialise the whole {ds.name} graph."))
+        selection = dg.AssetSelection.groups(ds.name)
+        if ds.inbox is not None:
+            selection = selection - dg.AssetSelection.assets(*[dg.AssetKey([ds.name, n]) for n in NIGHTLY_ASSETS])
+        jobs.append(dg.define_asset_job(f"{ds.name}__all", selection=selection,
+                                        description=f"Materialise the whole {ds.name} graph (the inbox partitions run nightly)."))
+        if ds.inbox is not None:
+            job = nightly_job(ds)
+            jobs.append(job)
+            schedules.append(nightly_schedule(ds, cfg, job))
+            sensors.append(inbox_sensor(ds, job))
     # One process runs a whole job by default: the local LLM server and the embedding model are loaded
     # once per run. Set LABELFLOW_EXECUTOR=multiprocess to run steps (and partitions) in parallel.
     executor = dg.multiprocess_executor if os.environ.get("LABELFLOW_EXECUTOR") == "multiprocess" else dg.in_process_executor
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, resources=resources(cfg), executor=executor)
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules, sensors=sensors,
+                          resources=resources(cfg), executor=executor)

@@ -19,6 +19,17 @@ class _TypeHandler(DuckDBPandasTypeHandler):
         super().handle_output(context, table_slice, obj, connection)
 
 
+    def load_input(self, context, table_slice, connection) -> pd.DataFrame:
+        # A partitioned upstream with no partition materialised yet (e.g. an empty inbox) reads as empty.
+        if table_slice.partition_dimensions:
+            exists = connection.execute(
+                "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+                [table_slice.schema, table_slice.table]).fetchone()[0]
+            if not exists:
+                return pd.DataFrame()
+        return super().load_input(context, table_slice, connection)
+
+
 class WarehouseIOManager(DuckDBPandasIOManager):
     """DuckDB tables, one schema per dataset (the asset key prefix)."""
 

@@ -16,7 +16,8 @@ from labelflow.training import fit_classifier, predict_labels
 
 # Sources of training labels, highest priority first. Each is an upstream asset with (id, text, label,
 # confidence) rows; only the rows it marks as usable (see `usable_rows`) enter the training set.
-SOURCE_PRIORITY = [("seed_labels", "gold_seed"), ("rac_labels", "llm"), ("red_labels", "llm-red"), ("llm_queue", "weak-confident")]
+SOURCE_PRIORITY = [("seed_labels", "gold_seed"), ("rac_labels", "llm"), ("inbox_rac_labels", "llm"), ("red_labels", "llm-red"),
+                   ("llm_queue", "weak-confident"), ("inbox_queue", "weak-confident")]
 
 
 def usable_rows(name: str, df: pd.DataFrame) -> pd.DataFrame:
@@ -24,7 +25,7 @@ def usable_rows(name: str, df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["id", "text", "label", "confidence"])
     if name == "seed_labels":
         return df.assign(confidence=1.0)
-    if name == "llm_queue":  # routed weak labels: only the kept bucket is used without the LLM
+    if name in ("llm_queue", "inbox_queue"):  # routed weak labels: only the kept bucket is used without the LLM
         df = df[df["bucket"] == "weak_confident"]
     return df[df["label"].astype(str) != ""]
 
@@ -39,8 +40,11 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
               description="Merged training labels by source priority (gold seed > LLM-verified (RAC, R.E.D.) > "
                           "weak-confident), one row per text: id, text, label, source, confidence.")
     def training_set(context: dg.AssetExecutionContext, **upstream: pd.DataFrame) -> dg.Output:
-        frames = [(source, usable_rows(name, upstream[name])) for name, source in SOURCE_PRIORITY if name in upstream]
-        merged = merge_by_priority(frames)
+        frames: dict[str, list[pd.DataFrame]] = {}
+        for name, source in SOURCE_PRIORITY:  # dicts keep the priority order; nightly rows join their source
+            if name in upstream:
+                frames.setdefault(source, []).append(usable_rows(name, upstream[name]))
+        merged = merge_by_priority([(source, pd.concat(dfs, ignore_index=True)) for source, dfs in frames.items()])
         by_source = merged.groupby("source").size().to_dict()
         context.log.info(f"training set: {len(merged)} rows by source {by_source}")
         return dg.Output(merged, metadata={"dagster/row_count": len(merged), **{f"rows_{k}": int(v) for k, v in by_source.items()}})
@@ -93,15 +97,21 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
         return dg.Output(out, metadata={"dagster/row_count": len(out), "low_confidence_share": low,
                                         "label_distribution": md_table(dist.sort_values("texts", ascending=False), 50)})
 
+    eval_ins = {"inbox_queue": dg.AssetIn(key=[p, "inbox_queue"])} if "inbox_queue" in sources else {}
+
     @dg.asset(key=[p, "evaluation"], group_name=p, kinds={"mlflow"}, owners=owners,
-              deps=[dg.AssetKey([p, "svm_model"])],
+              deps=[dg.AssetKey([p, "svm_model"])], ins=eval_ins,
+              check_specs=[dg.AssetCheckSpec("macro_f1_drop", asset=dg.AssetKey([p, "evaluation"]),
+                                             description=f"Warns when macro-F1 drops by more than {ds.f1_drop_warning} "
+                                                         "against the previous evaluation run.")],
               description="The model scored on gold_eval (accuracy, micro/macro-F1, per-class F1, confusion matrix), "
                           "and on the hidden pool labels in benchmark mode; one MLflow run per materialisation.")
     def evaluation(context: dg.AssetExecutionContext, stores: StoresResource, mlflow: MLflowResource,
                    gold_eval: pd.DataFrame, pool_predictions: pd.DataFrame, hidden_pool_labels: pd.DataFrame,
-                   training_set: pd.DataFrame) -> dg.MaterializeResult:
+                   training_set: pd.DataFrame, **nightly: pd.DataFrame):
         model = joblib.load(stores.model_dir(p) / model_file)
         metrics: dict = {}
+        params: dict = {}
         per_class = pd.DataFrame()
         fig = None
         if len(gold_eval):
@@ -124,6 +134,18 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
         if len(hidden_pool_labels) and len(pool_predictions):
             merged = pool_predictions.merge(hidden_pool_labels[["id", "label"]], on="id", suffixes=("", "_gold"))
             metrics["pool_accuracy"] = float((merged["label"] == merged["label_gold"]).mean())
+        day = context.run.tags.get("dagster/partition")
+        inbox = nightly.get("inbox_queue")
+        if day and inbox is not None and len(inbox):
+            # drift signal of the night: how many new texts, how many went to the LLM, and how many the
+            # retrained model labels with low confidence
+            new = inbox[pd.to_datetime(inbox["day"]).dt.strftime("%Y-%m-%d") == day]
+            params.update({"partition": day, "new_rows": len(new)})
+            metrics["new_texts"] = len(new)
+            metrics["llm_queue_size"] = int(new["queued"].sum()) if len(new) else 0
+            if len(new):
+                _, conf = predict_labels(model, stores.vectors().vectors_for(text_tables(p), new["id"]), ds.multilabel)
+                metrics["new_low_confidence_share"] = float((np.asarray(conf) < 0.5).mean())
         metrics["training_rows"] = len(training_set)
         metrics["pool_low_confidence_share"] = float((pool_predictions["confidence"] < 0.5).mean()) if len(pool_predictions) else 0.0
         tracker = mlflow.tracker()
@@ -132,7 +154,8 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
         previous = tracker.previous_runs(p, "evaluation", n=1)
         with tracker.run(p, "evaluation", tags={"asset": "evaluation", "dagster_run_id": context.run.run_id}) as run:
             mlf.log_params({"gold_rows": len(gold_eval), "multilabel": ds.multilabel, "git_commit": git_commit(),
-                            "config_hash": config_hash(ds), "pool_rows": len(pool_predictions)})
+                            "config_hash": config_hash(ds), "pool_rows": len(pool_predictions),
+                            "training_rows": len(training_set), **params})
             mlf.log_metrics(scalar_metrics(metrics))
             if len(previous) and "metrics.macro_f1" in previous and "macro_f1" in metrics:
                 delta = metrics["macro_f1"] - float(previous["metrics.macro_f1"].iloc[0])
@@ -149,7 +172,13 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
             meta["per_class_f1"] = md_table(per_class, 100)
         if fig is not None:
             meta["confusion_matrix"] = md_figure(fig, "confusion matrix")
-        return dg.MaterializeResult(metadata=meta)
+        yield dg.MaterializeResult(metadata=meta)
+        delta = metrics.get("macro_f1_delta")
+        yield dg.AssetCheckResult(check_name="macro_f1_drop", passed=delta is None or delta >= -ds.f1_drop_warning,
+                                  severity=dg.AssetCheckSeverity.WARN,
+                                  metadata={"macro_f1_delta": float(delta) if delta is not None else 0.0,
+                                            "allowed_drop": ds.f1_drop_warning,
+                                            "previous_run": "none" if delta is None else "compared"})
 
     @dg.asset_check(asset=dg.AssetKey([p, "gold_eval"]), additional_ins={"seed_labels": dg.AssetIn(key=[p, "seed_labels"]),
                                                                          "text_pool": dg.AssetIn(key=[p, "text_pool"])},

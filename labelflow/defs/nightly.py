@@ -1,0 +1,163 @@
+"""Nightly relabelling for datasets with an inbox: files dropped in the inbox become daily partitions;
+only the new day's texts are embedded, weak-labelled, routed and sent to the LLM (RAC); the model is
+then retrained on everything and evaluated (one comparable MLflow run per night). A sensor starts a run
+when a file appears or changes; a schedule runs yesterday's partition every night (UTC)."""
+
+import json
+import re
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from labelflow.config import DatasetConfig, ProjectConfig
+from labelflow.data import label_lists, read_inbox_file, text_id
+from labelflow.defs.labelling import _label_vectors, _pilot_threshold, _seed_vectors
+from labelflow.defs.resources import EmbedderResource, ExpertResource, StoresResource
+from labelflow.defs.util import OWNERS, md_table, usage_metadata
+
+INBOX_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2}).*\.(csv|parquet|jsonl)$")
+NIGHTLY_ASSETS = ["inbox_texts", "inbox_embeddings", "inbox_queue", "inbox_rac_labels"]
+RETRAIN_ASSETS = ["training_set", "svm_model", "pool_predictions", "evaluation"]
+
+
+def inbox_files(inbox, day: str | None = None) -> list:
+    """Inbox files (sorted), optionally only those of one day (by their YYYY-MM-DD name prefix)."""
+    if inbox is None or not inbox.exists():
+        return []
+    out = []
+    for f in sorted(inbox.iterdir()):
+        m = INBOX_FILE.match(f.name)
+        if m and f.is_file() and (day is None or m.group(1) == day):
+            out.append(f)
+    return out
+
+
+def partitions(ds: DatasetConfig) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(start_date=ds.inbox_start, timezone="UTC")
+
+
+def nightly_assets(ds: DatasetConfig) -> list:
+    p = ds.name
+    owners = ds.owners or OWNERS
+    daily = partitions(ds)
+    key = lambda name: dg.AssetKey([p, name])  # noqa: E731
+    part_meta = {"partition_expr": "day"}
+
+    @dg.asset(key=key("inbox_texts"), group_name=p, kinds={"duckdb", "pandas"}, owners=owners, partitions_def=daily,
+              metadata=part_meta,
+              description=f"One day's new texts from the inbox {ds.inbox} (files YYYY-MM-DD*.csv|parquet|jsonl); a late "
+                          "or re-dropped file replaces its day's partition.")
+    def inbox_texts(context: dg.AssetExecutionContext) -> dg.Output:
+        day = context.partition_key
+        frames = []
+        for f in inbox_files(ds.inbox, day):
+            frames.append(read_inbox_file(f, ds.max_text_chars).assign(file=f.name))
+        df = (pd.concat(frames, ignore_index=True).drop_duplicates("id") if frames
+              else pd.DataFrame({"id": pd.Series(dtype="string"), "text": pd.Series(dtype="string"), "file": pd.Series(dtype="string")}))
+        df["day"] = pd.Timestamp(day)
+        context.log.info(f"{day}: {len(df)} texts from {len(frames)} file(s)")
+        return dg.Output(df, metadata={"dagster/row_count": len(df), "files": dg.MetadataValue.json([f for f in df["file"].unique()])})
+
+    @dg.asset(key=key("inbox_embeddings"), group_name=p, kinds={"lancedb"}, owners=owners, partitions_def=daily,
+              description="Embeddings of one day's inbox texts (LanceDB table <dataset>__inbox_embeddings); texts already "
+                          "embedded with the same model are reused.")
+    def inbox_embeddings(context: dg.AssetExecutionContext, stores: StoresResource, embedder: EmbedderResource,
+                         inbox_texts: pd.DataFrame) -> dg.MaterializeResult:
+        day = context.partition_key
+        store, emb = stores.vectors(), embedder.get()
+        X, reused = store.embed_cached(inbox_texts["text"].tolist(), emb)
+        name = f"{p}__inbox_embeddings"
+        store.delete(name, f"day = '{day}'")
+        if len(inbox_texts):
+            store.append(name, pd.DataFrame({"id": inbox_texts["id"].astype(str), "day": day, "model": emb.name,
+                                             "text_hash": inbox_texts["text"].map(text_id), "vector": list(X)}))
+        return dg.MaterializeResult(metadata={"texts": len(inbox_texts), "reused": reused, "computed": len(inbox_texts) - reused})
+
+    @dg.asset(key=key("inbox_queue"), group_name=p, kinds={"duckdb", "pandas"}, owners=owners, partitions_def=daily,
+              metadata=part_meta, deps=[key("inbox_embeddings"), key("label_embeddings")],
+              description="One day's weak labels and routing: labelling functions + label model on the new texts; kept, "
+                          "queued for the LLM, or left to the model.")
+    def inbox_queue(context: dg.AssetExecutionContext, stores: StoresResource, seed_labels: pd.DataFrame,
+                    inbox_texts: pd.DataFrame) -> dg.Output:
+        from labelflow import weak
+        from labelflow.routing import aggregate_votes, route
+
+        labels, label_X = _label_vectors(stores, p)
+        seed_X = _seed_vectors(stores, p, seed_labels)
+        lfs = weak.standard_lfs(ds.path / "lfs.yaml", labels, seed_X, label_lists(seed_labels["label"], ds.multilabel), label_X)
+        ids = inbox_texts["id"].astype(str).tolist()
+        X = stores.vectors().vectors_for(f"{p}__inbox_embeddings", ids) if ids else np.zeros((0, seed_X.shape[1]), np.float32)
+        votes, errors = weak.apply_lfs(lfs, ids, inbox_texts["text"].tolist(), X, labels=labels)
+        for _, e in errors.iterrows():
+            context.log.warning(f"labelling function {e['lf']} failed on text {e['id']}: {e['error']} (excluded)")
+        routed = route(aggregate_votes(votes, ids, labels, ds.label_model, ds.multilabel), ds.routing, budget=ds.llm_budget_calls)
+        routed = routed.merge(inbox_texts[["id", "text", "day"]].astype({"id": str}), on="id", how="left")
+        return dg.Output(routed, metadata={"dagster/row_count": len(routed), "queued": int(routed["queued"].sum()) if len(routed) else 0,
+                                           "buckets": dg.MetadataValue.json(routed["bucket"].value_counts().to_dict() if len(routed) else {})})
+
+    @dg.asset(key=key("inbox_rac_labels"), group_name=p, kinds={"duckdb", "pandas"}, owners=owners, partitions_def=daily,
+              metadata=part_meta, deps=[key("label_embeddings")],
+              description="RAC over one day's queued texts (only new texts cost LLM calls; answers are cached).")
+    def inbox_rac_labels(context: dg.AssetExecutionContext, stores: StoresResource, expert: ExpertResource,
+                         seed_labels: pd.DataFrame, inbox_queue: pd.DataFrame, label_descriptions: pd.DataFrame,
+                         pilot_validation: pd.DataFrame) -> dg.Output:
+        from labelflow.rac import label_queue
+
+        queue = inbox_queue[inbox_queue["queued"].astype(bool)].reset_index(drop=True) if len(inbox_queue) else inbox_queue
+        labels, label_X = _label_vectors(stores, p)
+        seed_X = _seed_vectors(stores, p, seed_labels)
+        if not len(queue):
+            empty = pd.DataFrame({c: pd.Series(dtype="string") for c in ("id", "label", "text")}).assign(
+                confidence=pd.Series(dtype=float), day=pd.Series(dtype="datetime64[ns]"))
+            return dg.Output(empty, metadata={"dagster/row_count": 0, "llm_calls": 0})
+        exp = expert.get(threshold=_pilot_threshold(pilot_validation))
+        X = stores.vectors().vectors_for(f"{p}__inbox_embeddings", queue["id"])
+        res, _ = label_queue(exp, queue, X, seed_labels, seed_X, labels, label_X,
+                             dict(zip(label_descriptions["label"], label_descriptions["description"])), ds.rac_k, ds.multilabel)
+        res["day"] = pd.Timestamp(context.partition_key)
+        meta = {"dagster/row_count": len(res), "labelled": int((res["label"] != "").sum()), "expert": exp.name}
+        meta.update(usage_metadata(exp.usage))
+        return dg.Output(res, metadata=meta)
+
+    return [inbox_texts, inbox_embeddings, inbox_queue, inbox_rac_labels]
+
+
+def nightly_job(ds: DatasetConfig):
+    keys = [dg.AssetKey([ds.name, n]) for n in NIGHTLY_ASSETS + RETRAIN_ASSETS]
+    return dg.define_asset_job(f"{ds.name}__nightly", selection=dg.AssetSelection.assets(*keys), partitions_def=partitions(ds),
+                               description="Nightly relabelling: one inbox day's new texts, then retrain and evaluate.")
+
+
+def nightly_schedule(ds: DatasetConfig, cfg: ProjectConfig, job) -> dg.ScheduleDefinition:
+    @dg.schedule(name=f"{ds.name}__nightly_schedule", cron_schedule=cfg.nightly_cron, job=job, execution_timezone="UTC",
+                 default_status=dg.DefaultScheduleStatus.RUNNING,
+                 description="Every night (UTC) label yesterday's inbox partition and retrain.")
+    def schedule(context: dg.ScheduleEvaluationContext):
+        day = (context.scheduled_execution_time - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+        if day < ds.inbox_start:
+            return dg.SkipReason(f"{day} is before the inbox start {ds.inbox_start}")
+        return dg.RunRequest(partition_key=day, run_key=f"nightly:{day}")
+
+    return schedule
+
+
+def inbox_sensor(ds: DatasetConfig, job) -> dg.SensorDefinition:
+    @dg.sensor(name=f"{ds.name}__inbox_sensor", job=job, minimum_interval_seconds=60,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"Starts the nightly job for a day when a file for it appears or changes in {ds.inbox}.")
+    def sensor(context: dg.SensorEvaluationContext):
+        seen = json.loads(context.cursor) if context.cursor else {}
+        now = {f.name: f.stat().st_mtime for f in inbox_files(ds.inbox)}
+        if ds.inbox is not None and ds.inbox.exists():
+            for f in ds.inbox.iterdir():
+                if f.is_file() and f.name not in now and not f.name.startswith(".") and f.name.lower() != "readme.md":
+                    context.log.warning(f"ignoring {f}: inbox files must be named YYYY-MM-DD*.csv|parquet|jsonl")
+        for name, mtime in sorted(now.items()):
+            if seen.get(name) != mtime:
+                day = INBOX_FILE.match(name).group(1)
+                if day >= ds.inbox_start:
+                    yield dg.RunRequest(partition_key=day, run_key=f"{name}:{mtime}")
+        context.update_cursor(json.dumps(now))
+
+    return sensor
