@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from labelflow_tests.conftest import REPO, TINY_POOL, TINY_TEST, TINY_TRAIN, write_csv
+from labelflow_tests.fake_openai import FakeOpenAI, Reply, extract_texts
 from labelflow_tests.project import free_port
 
 VENV_BIN = REPO / ".venv" / "bin"
@@ -25,6 +27,11 @@ ARTIFACTS = REPO / "test-artifacts"
 DATASET = "tiny"
 FOUNDATION = ("seed_labels", "text_pool", "gold_eval", "hidden_pool_labels", "text_embeddings", "training_set",
               "svm_model", "pool_predictions", "evaluation")
+
+FAKE_KEY_ENV = "LABELFLOW_TEST_FAKE_LLM_KEY"
+# what the fake LLM looks for in a text to say it has the label (the tiny dataset's three intents)
+TINY_KEYWORDS = {"card_arrival": ("card",), "refund": ("refund", "money"), "password_reset": ("password",)}
+_LABEL_RE = re.compile(r"^Label: (.+)$", re.M)
 
 # The environment every child process (and the in-process materialisation) runs with: offline, no telemetry.
 OFFLINE_ENV = {
@@ -54,6 +61,7 @@ class UIProject:
         """The environment for a child process that works on this project."""
         env = dict(os.environ)
         env.update(OFFLINE_ENV)
+        env.setdefault(FAKE_KEY_ENV, "not-a-real-key")
         env["LABELFLOW_CONFIG"] = str(self.config_path)
         env["DAGSTER_HOME"] = str(self.dagster_home)
         env.pop("MLFLOW_TRACKING_URI", None)
@@ -66,9 +74,34 @@ class UIProject:
         return dg.DagsterInstance.from_config(str(self.dagster_home))
 
 
-def write_project(root: Path, dataset: str = DATASET) -> UIProject:
+def tiny_expert_policy(body: dict):
+    """A fake LLM that knows the tiny dataset: yes iff the text has one of the asked label's keywords
+    (one text, or a numbered batch), with a log-probability margin; a short description otherwise."""
+    user = [m for m in body.get("messages", []) if m.get("role") == "user"]
+    content = str(user[-1]["content"]) if user else ""
+    texts = extract_texts(body)
+    found = _LABEL_RE.search(content)
+    if not texts or not found:
+        return Reply("Texts that ask about this topic; not texts about the other intents.")
+    keys = TINY_KEYWORDS.get(found.group(1).strip(), ())
+
+    def decide(t: str) -> bool:
+        return any(k in t.lower() for k in keys)
+
+    def top(yes: bool) -> dict:
+        return {"yes": -0.01, "no": -6.0} if yes else {"no": -0.01, "yes": -6.0}
+
+    if '<text id="' not in content:
+        yes = decide(next(iter(texts.values())))
+        return Reply("yes" if yes else "no", top=top(yes))
+    answers = [(n, decide(t)) for n, t in sorted(texts.items())]
+    return Reply("\n".join(f"{n}: {'yes' if y else 'no'}" for n, y in answers), top=[top(y) for _, y in answers])
+
+
+def write_project(root: Path, dataset: str = DATASET, llm_api_base: str | None = None) -> UIProject:
     """A project folder: the tiny 3-label dataset, a labelflow.yaml with relative store paths, and a
-    DAGSTER_HOME with telemetry off."""
+    DAGSTER_HOME with telemetry off. ``llm_api_base``: an OpenAI-compatible server (e.g. a running
+    :class:`FakeOpenAI`) as the project's expert instead of the local model."""
     root = Path(root)
     folder = root / "datasets" / dataset
     write_csv(folder / "train.csv", TINY_TRAIN, ["text", "label"])
@@ -78,7 +111,8 @@ def write_project(root: Path, dataset: str = DATASET) -> UIProject:
     cfg = {
         "stores": {"warehouse": "data/warehouse.duckdb", "lancedb": "data/lancedb", "mlflow_db": "data/mlflow.db",
                    "mlflow_artifacts": "data/mlartifacts", "models": "data/models"},
-        "llm": {"model": "local"},
+        "llm": ({"model": "openai/fake", "api_base": llm_api_base, "api_key_env": FAKE_KEY_ENV, "timeout_s": 10,
+                 "max_retries": 1} if llm_api_base else {"model": "local"}),
         "datasets": [{"name": dataset, "path": f"datasets/{dataset}", "task": "multiclass"}],
     }
     config_path = root / "labelflow.yaml"
@@ -89,19 +123,19 @@ def write_project(root: Path, dataset: str = DATASET) -> UIProject:
     return UIProject(root=root.resolve(), config_path=config_path.resolve(), dagster_home=home.resolve(), dataset=dataset)
 
 
-def materialise_foundation(project: UIProject, times: int = 1) -> list[str]:
-    """Materialise the foundation assets in-process on the project's own Dagster instance (so the UI shows
-    the history); returns the run ids."""
+def materialise_all(project: UIProject, times: int = 1) -> list[str]:
+    """Materialise every asset of the dataset in-process on the project's own Dagster instance (so the UI
+    shows the history), ``times`` times; returns the run ids."""
     import dagster as dg
 
     from labelflow.defs.factory import build_definitions
 
-    old = {k: os.environ.get(k) for k in OFFLINE_ENV}
+    old = {k: os.environ.get(k) for k in [*OFFLINE_ENV, FAKE_KEY_ENV]}
     os.environ.update(OFFLINE_ENV)
+    os.environ.setdefault(FAKE_KEY_ENV, "not-a-real-key")
     try:
         defs = build_definitions(project.config())
-        keys = [k for k in defs.resolve_asset_graph().get_all_asset_keys()
-                if k.path[0] == project.dataset and k.path[-1] in FOUNDATION]
+        keys = [k for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] == project.dataset]
         job = defs.resolve_implicit_global_asset_job_def()
         run_ids = []
         with project.instance() as instance:
@@ -203,30 +237,68 @@ def asset_keys(base_url: str) -> set[tuple[str, ...]]:
     return {tuple(n["assetKey"]["path"]) for n in graphql(base_url, ASSET_KEYS_QUERY)["assetNodes"]}
 
 
-def start_dagster(project: UIProject, log_dir: Path, timeout: float = 180.0) -> Server:
-    """`dagster dev -m labelflow.definitions` on 127.0.0.1, returned once GraphQL lists the dataset's
-    foundation assets. The caller must call ``stop()`` (also when this raises: the server is stopped here)."""
+def launch_dagster(project: UIProject, log_dir: Path) -> Server:
+    """Start `dagster dev -m labelflow.definitions` on 127.0.0.1 (returns at once; see :func:`wait_dagster`)."""
     port = free_port()
-    server = Server("dagster-dev", [str(VENV_BIN / "dagster"), "dev", "-m", "labelflow.definitions",
-                                    "-h", "127.0.0.1", "-p", str(port)],
-                    env=project.env(), cwd=project.root, log_dir=log_dir, port=port).start()
+    return Server("dagster-dev", [str(VENV_BIN / "dagster"), "dev", "-m", "labelflow.definitions",
+                                  "-h", "127.0.0.1", "-p", str(port)],
+                  env=project.env(), cwd=project.root, log_dir=log_dir, port=port).start()
+
+
+LOCATIONS_QUERY = """{ workspaceOrError { __typename ... on Workspace { locationEntries { name
+    locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
+class CodeLocationError(RuntimeError):
+    pass
+
+
+def location_errors(base_url: str) -> list[str]:
+    """Load errors of the webserver's code locations (empty when all loaded)."""
+    ws = graphql(base_url, LOCATIONS_QUERY)["workspaceOrError"]
+    return [f"{e['name']}: {e['locationOrLoadError']['message']}" for e in ws.get("locationEntries", [])
+            if (e.get("locationOrLoadError") or {}).get("__typename") == "PythonError"]
+
+
+def wait_dagster(server: Server, project: UIProject, timeout: float = 180.0) -> Server:
+    """Wait until GraphQL lists the dataset's foundation assets; stops the server if it does not, and
+    fails at once when the code location does not load (the definitions are broken)."""
     wanted = {(project.dataset, n) for n in FOUNDATION}
+    errors: list[str] = []
+
+    def ready() -> bool:
+        errors[:] = location_errors(server.url)
+        if errors:
+            return True
+        return wanted <= asset_keys(server.url)
+
     try:
-        server.wait_until(lambda: wanted <= asset_keys(server.url), timeout, "serving the asset graph")
+        server.wait_until(ready, timeout, "serving the asset graph")
+        if errors:
+            raise CodeLocationError("dagster dev could not load the definitions:\n" + "\n".join(errors))
     except BaseException:
         server.stop()
         raise
     return server
 
 
-def start_mlflow_ui(project: UIProject, log_dir: Path, timeout: float = 120.0) -> Server:
-    """`mlflow ui` on the project's sqlite store, returned once it answers HTTP."""
+def start_dagster(project: UIProject, log_dir: Path, timeout: float = 180.0) -> Server:
+    """`dagster dev` on 127.0.0.1, returned once it serves the graph. The caller must call ``stop()``."""
+    return wait_dagster(launch_dagster(project, log_dir), project, timeout)
+
+
+def launch_mlflow_ui(project: UIProject, log_dir: Path) -> Server:
+    """Start `mlflow ui` on the project's sqlite store (returns at once; see :func:`wait_mlflow_ui`)."""
     cfg = project.config()
     port = free_port()
-    server = Server("mlflow-ui", [str(VENV_BIN / "mlflow"), "ui", "--backend-store-uri", cfg.mlflow_tracking_uri,
-                                  "--default-artifact-root", str(cfg.mlflow_artifacts), "-h", "127.0.0.1",
-                                  "-p", str(port)],
-                    env=project.env(), cwd=project.root, log_dir=log_dir, port=port).start()
+    return Server("mlflow-ui", [str(VENV_BIN / "mlflow"), "ui", "--backend-store-uri", cfg.mlflow_tracking_uri,
+                                "--default-artifact-root", str(cfg.mlflow_artifacts), "-h", "127.0.0.1",
+                                "-p", str(port)],
+                  env=project.env(), cwd=project.root, log_dir=log_dir, port=port).start()
+
+
+def wait_mlflow_ui(server: Server, timeout: float = 180.0) -> Server:
+    """Wait until `mlflow ui` answers /health; stops the server if it does not."""
 
     def ready() -> bool:
         status, _ = http_get(f"{server.url}/health")
@@ -238,3 +310,24 @@ def start_mlflow_ui(project: UIProject, log_dir: Path, timeout: float = 120.0) -
         server.stop()
         raise
     return server
+
+
+def start_mlflow_ui(project: UIProject, log_dir: Path, timeout: float = 180.0) -> Server:
+    """`mlflow ui` on the project's sqlite store, returned once it answers HTTP."""
+    return wait_mlflow_ui(launch_mlflow_ui(project, log_dir), timeout)
+
+
+_SHARED: dict[str, UIProject] = {}
+
+
+def shared_materialised_project(request, tmp_path_factory) -> UIProject:
+    """One project per test session, every asset of the tiny dataset materialised once in-process on the
+    project's Dagster instance, with a fake OpenAI-compatible LLM (:func:`tiny_expert_policy`) that stays
+    up for the session (runs launched from the UI reach it too)."""
+    if "project" not in _SHARED:
+        srv = FakeOpenAI(policy=tiny_expert_policy).start()
+        request.config.add_cleanup(srv.stop)
+        project = write_project(tmp_path_factory.mktemp("ui_project"), llm_api_base=srv.api_base)
+        materialise_all(project)
+        _SHARED["project"] = project
+    return _SHARED["project"]
