@@ -46,6 +46,16 @@ def run(args) -> int:
                 if k in meta:
                     value = meta[k].value
                     row[f"{asset}.{k}" if asset != "evaluation" else k] = round(value, 4) if isinstance(value, float) else value
+        if ds.inbox is not None:
+            from labelflow.defs.nightly import INBOX_FILE, inbox_files
+
+            for day in sorted({INBOX_FILE.match(f.name).group(1) for f in inbox_files(ds.inbox)}):
+                print(f"== {ds.name}: nightly relabelling of inbox day {day} ==", flush=True)
+                night = defs.resolve_job_def(f"{ds.name}__nightly").execute_in_process(
+                    partition_key=day, instance=instance, raise_on_error=True)
+                event = instance.get_latest_materialization_event(dg.AssetKey([ds.name, "inbox_queue"]))
+                if event is not None and event.run_id == night.run_id:
+                    row[f"inbox {day} queued"] = event.asset_materialization.metadata["queued"].value
         rows.append(row)
     table = pd.DataFrame(rows)
     print("\n" + markdown_table(table.fillna("")) + "\n")
@@ -55,4 +65,5 @@ def run(args) -> int:
     print(f"  make mlflow    MLflow UI on http://127.0.0.1:5000   (one run per model/evaluation materialisation; store {cfg.mlflow_tracking_uri})")
     print(f"  tables         DuckDB {cfg.warehouse.relative_to(root)} (schema per dataset), vectors in {cfg.lancedb.relative_to(root)}/")
     print("  export         .venv/bin/labelflow export --dataset support_intents --out labelled.csv")
+    print("  compare runs   .venv/bin/labelflow runs compare --dataset support_intents -n 5")
     return 0
