@@ -93,6 +93,15 @@ def _dismiss_dagster_onboarding(page) -> None:
                              lambda: page.get_by_role("button", name="Skip").click())
 
 
+def _settle(page, timeout_ms: int = 15_000) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_load_state("networkidle", timeout=timeout_ms)
+    except PlaywrightTimeout:  # a UI that keeps polling never goes idle; the screenshot is still useful
+        pass
+
+
 def _runs(base_url: str) -> dict[str, dict]:
     data = graphql(base_url, RUNS_QUERY)["runsOrError"]
     assert data["__typename"] == "Runs", data
@@ -110,6 +119,7 @@ def test_dagster_ui_shows_graph_and_materialises_one_asset(project, servers, pag
     for name in FOUNDATION:
         expect(page.get_by_text(name, exact=True).first).to_be_visible()
     expect(page.get_by_role("button", name="Materialize all")).to_be_visible()
+    _settle(page)  # let the materialisation statuses load before the screenshot
     page.screenshot(path=str(SHOTS / "dagster_asset_graph.png"))
 
     # launch one asset from its page
@@ -159,6 +169,7 @@ def test_mlflow_ui_lists_runs_with_macro_f1(project, servers, page):
     for r in evals:
         expect(page.locator(f'a[href*="{r.info.run_id}"]').first).to_be_visible()
     expect(page.get_by_text("matching runs")).to_be_visible()
+    _settle(page)
     page.screenshot(path=str(SHOTS / "mlflow_experiment_runs.png"))
 
     for i, r in enumerate(evals):

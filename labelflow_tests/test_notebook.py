@@ -31,9 +31,8 @@ def test_notebook_runs_top_to_bottom(project, tmp_path, monkeypatch):
 
     prefix = tmp_path / "kernels"
     install_kernel(prefix=str(prefix), kernel_name="labelflow-test")
-    spec_dir = prefix / "share" / "jupyter" / "kernels"
-    ksm = KernelSpecManager(kernel_dirs=[str(spec_dir)])
-    spec = ksm.get_kernel_spec("labelflow-test")
+    monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+    spec = KernelSpecManager().get_kernel_spec("labelflow-test")
     assert spec.argv[0] == sys.executable or os.path.realpath(spec.argv[0]) == os.path.realpath(sys.executable)
 
     for k, v in {**OFFLINE_ENV, "LABELFLOW_CONFIG": str(project.config_path),
@@ -42,7 +41,7 @@ def test_notebook_runs_top_to_bottom(project, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, timeout=120, kernel_name="labelflow-test", kernel_manager_kwargs={"kernel_spec_manager": ksm},
+    client = NotebookClient(nb, timeout=120, kernel_name="labelflow-test",
                             resources={"metadata": {"path": str(project.root)}})
     client.execute()  # raises CellExecutionError on the first failing cell
 
