@@ -180,4 +180,5 @@ def test_mlflow_ui_lists_runs_with_macro_f1(project, servers, page):
         assert shown[0] == "macro_f1"
         assert float(shown[1]) == pytest.approx(r.data.metrics["macro_f1"], abs=1e-3)
         if i == 0:
+            row.first.scroll_into_view_if_needed()
             page.screenshot(path=str(SHOTS / "mlflow_run_macro_f1.png"))
