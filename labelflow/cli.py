@@ -58,5 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args) or 0)
 
 
+def entry() -> None:
+    """Console-script entry: exit without interpreter teardown, where duckdb 2.0's bindings print
+    harmless "nanobind: leaked ..." lines after the command's own output."""
+    import os
+
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
