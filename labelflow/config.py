@@ -140,7 +140,9 @@ def config_from_dict(raw: dict[str, Any], root: Path) -> ProjectConfig:
         return value if value.is_absolute() else (root / value).resolve()
 
     stores = dict(raw.get("stores") or {})
-    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    # not MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() writes that variable, so one project would leak
+    # its store into every config loaded later in the same process
+    env_uri = os.environ.get("LABELFLOW_MLFLOW_TRACKING_URI")
     mlflow_db = rel(stores.get("mlflow_db"), "data/mlflow.db")
     datasets = []
     for i, ds in enumerate(raw.get("datasets") or []):

@@ -128,3 +128,13 @@ def test_multilabel_benchmark_split_covers_every_label():
     seeds, pool = benchmark_split(df, 1, 0, multilabel=True)
     covered = set("|".join(seeds["label"]).split("|"))
     assert covered == {"x", "y", "z"} and len(seeds) + len(pool) == 6
+
+
+def test_config_ignores_a_tracking_uri_left_by_mlflow(tmp_path, monkeypatch):
+    from labelflow.config import config_from_dict
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/other.db")  # what mlflow.set_tracking_uri leaves
+    cfg = config_from_dict({"datasets": []}, tmp_path)
+    assert cfg.mlflow_tracking_uri == f"sqlite:///{tmp_path.resolve() / 'data' / 'mlflow.db'}"
+    monkeypatch.setenv("LABELFLOW_MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert config_from_dict({"datasets": []}, tmp_path).mlflow_tracking_uri == "http://127.0.0.1:5000"
