@@ -44,7 +44,8 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
         for name, source in SOURCE_PRIORITY:  # dicts keep the priority order; nightly rows join their source
             if name in upstream:
                 frames.setdefault(source, []).append(usable_rows(name, upstream[name]))
-        merged = merge_by_priority([(source, pd.concat(dfs, ignore_index=True)) for source, dfs in frames.items()])
+        merged = merge_by_priority([(source, pd.concat([d for d in dfs if len(d)] or dfs[:1], ignore_index=True))
+                                    for source, dfs in frames.items()])
         by_source = merged.groupby("source").size().to_dict()
         context.log.info(f"training set: {len(merged)} rows by source {by_source}")
         return dg.Output(merged, metadata={"dagster/row_count": len(merged), **{f"rows_{k}": int(v) for k, v in by_source.items()}})

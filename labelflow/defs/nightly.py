@@ -125,7 +125,7 @@ def nightly_assets(ds: DatasetConfig) -> list:
 
 def nightly_job(ds: DatasetConfig):
     keys = [dg.AssetKey([ds.name, n]) for n in NIGHTLY_ASSETS + RETRAIN_ASSETS]
-    return dg.define_asset_job(f"{ds.name}__nightly", selection=dg.AssetSelection.assets(*keys), partitions_def=partitions(ds),
+    return dg.define_asset_job(f"{ds.name}__nightly", selection=dg.AssetSelection.assets(*keys),
                                description="Nightly relabelling: one inbox day's new texts, then retrain and evaluate.")
 
 
