@@ -77,7 +77,7 @@ def labelling_assets(ds: DatasetConfig) -> list:
                           "true label and a confusable wrong one; accuracy, precision/recall of yes, and the calibrated "
                           "yes/no threshold used by later stages.")
     def pilot_validation(context: dg.AssetExecutionContext, stores: StoresResource, expert: ExpertResource,
-                         seed_labels: pd.DataFrame, label_descriptions: pd.DataFrame):
+                         mlflow: MLflowResource, seed_labels: pd.DataFrame, label_descriptions: pd.DataFrame):
         from labelflow.pilot import label_centroids, pilot_pairs, run_pilot
 
         centroids = label_centroids(seed_labels, _seed_vectors(stores, p, seed_labels), ds.multilabel)
@@ -92,6 +92,13 @@ def labelling_assets(ds: DatasetConfig) -> list:
         meta = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in summary.items()}
         meta["confusions"] = md_table(r.confusions, 30)
         meta.update(usage_metadata(exp.usage))
+        with mlflow.tracker().run(p, "pilot_validation", tags={"asset": "pilot_validation", "dagster_run_id": context.run.run_id,
+                                                               "expert": exp.name}) as run:
+            import mlflow as mlf
+
+            mlf.log_metrics(scalar_metrics({**summary, **usage_metadata(exp.usage)}))
+            log_table(r.confusions, "pilot_confusions.csv")
+        meta["mlflow_run_id"] = run.info.run_id
         yield dg.Output(pd.DataFrame([summary]), metadata=meta)
         yield dg.AssetCheckResult(check_name="pilot_accuracy", passed=bool(r.passed),
                                   severity=dg.AssetCheckSeverity.WARN,
@@ -275,6 +282,7 @@ def _red_asset(ds: DatasetConfig, owners):
             for _, r in result.rounds.iterrows():
                 mlf.log_metrics(scalar_metrics({k: r[k] for k in ("uncertain", "asked", "accepted", "rejected", "calls")}), step=int(r["round"]))
             mlf.log_params({"stop_reason": result.stop_reason, "expert": exp.name})
+            mlf.log_metrics(scalar_metrics(usage_metadata(result.usage)))
             if fig is not None:
                 log_figure(fig, "red_rounds.png")
         meta["mlflow_run_id"] = run.info.run_id
