@@ -103,9 +103,14 @@ def test_sensor_and_schedule(tiny_dataset, tmp_path):
         cfg, inbox = _project(tmp_path, tiny_dataset, srv)
     defs = build_definitions(cfg)
     sensor = defs.resolve_sensor_def("tiny__inbox_sensor")
-    instance = dg.DagsterInstance.ephemeral()
+    (tmp_path / "dagster_home").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "dagster_home"))
     write_csv(inbox / "2026-11-18.csv", DAY1, ["text"])
     (inbox / "notes.txt").write_text("not an inbox file")
+    ctx = dg.build_sensor_context(instance=instance, definitions=defs)
+    assert [type(r).__name__ for r in sensor(ctx)] == ["SkipReason"]  # base graph not materialised yet
+    for asset in ("label_embeddings", "pilot_validation"):
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey(["tiny", asset])))
     ctx = dg.build_sensor_context(instance=instance, definitions=defs)
     reqs = list(sensor(ctx))
     assert [r.partition_key for r in reqs] == ["2026-11-18"]

@@ -134,6 +134,8 @@ def nightly_schedule(ds: DatasetConfig, cfg: ProjectConfig, job) -> dg.ScheduleD
                  default_status=dg.DefaultScheduleStatus.RUNNING,
                  description="Every night (UTC) label yesterday's inbox partition and retrain.")
     def schedule(context: dg.ScheduleEvaluationContext):
+        if context.instance.get_latest_materialization_event(dg.AssetKey([ds.name, "pilot_validation"])) is None:
+            return dg.SkipReason(f"{ds.name} is not materialised yet: run the {ds.name}__all job first")
         day = (context.scheduled_execution_time - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
         if day < ds.inbox_start:
             return dg.SkipReason(f"{day} is before the inbox start {ds.inbox_start}")
@@ -147,6 +149,11 @@ def inbox_sensor(ds: DatasetConfig, job) -> dg.SensorDefinition:
                default_status=dg.DefaultSensorStatus.RUNNING,
                description=f"Starts the nightly job for a day when a file for it appears or changes in {ds.inbox}.")
     def sensor(context: dg.SensorEvaluationContext):
+        # the nightly stages need the dataset's base graph (seeds, descriptions, pilot threshold) first
+        for base in ("label_embeddings", "pilot_validation"):
+            if context.instance.get_latest_materialization_event(dg.AssetKey([ds.name, base])) is None:
+                yield dg.SkipReason(f"{ds.name}/{base} is not materialised yet: run the {ds.name}__all job first")
+                return
         seen = json.loads(context.cursor) if context.cursor else {}
         now = {f.name: f.stat().st_mtime for f in inbox_files(ds.inbox)}
         if ds.inbox is not None and ds.inbox.exists():
