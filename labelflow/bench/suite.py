@@ -17,8 +17,8 @@ SUITE = [
     "--method pilot --dataset {d}/banking77 --expert simulated --sample 100",
     "--method rac --dataset {d}/banking77 --seed-per-class 10 --expert simulated --p 0.9",
     "--method red --dataset {d}/banking77 --seed-per-class 10 --expert simulated --p 0.9",
-    "--method rapt --dataset {d}/reuters21578_modapte --seed-per-class 0",
-    "--method rapt --dataset {d}/goemotions --seed-per-class 0",
+    "--method rapt --dataset {d}/reuters21578_modapte --seed-per-class 0 --rapt-jobs 2",
+    "--method rapt --dataset {d}/goemotions --seed-per-class 0 --rapt-max-train 6000 --rapt-jobs 2",
 ]
 
 
