@@ -3,6 +3,7 @@ dataset name), plus the shared resources."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import dagster as dg
@@ -32,18 +33,15 @@ def dataset_graph(ds: DatasetConfig) -> list:
 
 def resources(cfg: ProjectConfig) -> dict:
     cfg.warehouse.parent.mkdir(parents=True, exist_ok=True)
-    llm = cfg.llm
     return {
         "io_manager": WarehouseIOManager(database=str(cfg.warehouse)),
         "stores": StoresResource(lancedb_uri=str(cfg.lancedb), models_dir=str(cfg.models_dir)),
         "embedder": EmbedderResource(model=cfg.embedding_model),
         "mlflow": MLflowResource(tracking_uri=cfg.mlflow_tracking_uri, artifact_root=str(cfg.mlflow_artifacts)),
-        "expert": ExpertResource(
-            model=llm.model, api_base=llm.api_base, api_key_env=llm.api_key_env,
-            cache_path=str(cfg.root / "data" / "llm_cache.duckdb"), local_model_dir=str(cfg.root / "data" / "llm"),
-            batch_size=llm.batch_size, concurrency=llm.concurrency, rpm=llm.rpm, tpm=llm.tpm, timeout_s=llm.timeout_s,
-            max_retries=llm.max_retries, threshold=llm.threshold, temperature=llm.temperature,
-            local_ctx=llm.local_ctx, local_threads=llm.local_threads),
+        # the llm: section of labelflow.yaml, field for field (ExpertResource mirrors LLMConfig so the
+        # Dagster UI can override any of it in run config)
+        "expert": ExpertResource(**dataclasses.asdict(cfg.llm), cache_path=str(cfg.root / "data" / "llm_cache.duckdb"),
+                                 local_model_dir=str(cfg.root / "data" / "llm")),
     }
 
 
