@@ -24,6 +24,15 @@ def _label_vectors(stores: StoresResource, p: str) -> tuple[list[str], np.ndarra
     return df["label"].tolist(), np.vstack(df["vector"].to_numpy()).astype(np.float32)
 
 
+def _hidden_truth(hidden_pool_labels: pd.DataFrame) -> pd.Series | None:
+    """Benchmark mode only: the pool's hidden gold labels (id -> label) for scoring, else None."""
+    return hidden_pool_labels.set_index("id")["label"] if len(hidden_pool_labels) else None
+
+
+def _description_map(label_descriptions: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(label_descriptions["label"], label_descriptions["description"]))
+
+
 def _pilot_threshold(pilot: pd.DataFrame) -> float | None:
     """The yes/no threshold calibrated by the pilot (None when the pilot had no answers)."""
     if len(pilot) and "threshold" in pilot and pd.notna(pilot["threshold"].iloc[0]):
@@ -81,7 +90,7 @@ def labelling_assets(ds: DatasetConfig) -> list:
         from labelflow.pilot import label_centroids, pilot_pairs, run_pilot
 
         centroids = label_centroids(seed_labels, _seed_vectors(stores, p, seed_labels), ds.multilabel)
-        desc = dict(zip(label_descriptions["label"], label_descriptions["description"]))
+        desc = _description_map(label_descriptions)
         questions, truth = pilot_pairs(seed_labels, centroids, ds.pilot_size, seed=ds.seed, multilabel=ds.multilabel, descriptions=desc)
         exp = expert.get()
         context.log.info(f"pilot: {len(questions)} yes/no questions to {exp.name}")
@@ -122,7 +131,7 @@ def labelling_assets(ds: DatasetConfig) -> list:
         for _, e in errors.iterrows():
             context.log.warning(f"labelling function {e['lf']} failed on text {e['id']}: {e['error']} (excluded from this run)")
         names = [lf.name for lf in lfs]
-        truth = hidden_pool_labels.set_index("id")["label"] if len(hidden_pool_labels) else None
+        truth = _hidden_truth(hidden_pool_labels)
         seed_votes, _ = weak.apply_lfs(lfs, seed_labels["id"], seed_labels["text"], seed_X, labels=labels)
         analysis = weak.lf_analysis(seed_votes, names, len(seed_labels), seed_labels.set_index("id")["label"], multilabel=ds.multilabel)
         analysis = analysis.rename(columns={c: f"seeds_{c}" for c in analysis.columns if c != "lf"})
@@ -155,7 +164,7 @@ def labelling_assets(ds: DatasetConfig) -> list:
             results[name] = (aggregate_votes(weak_label_matrix, ids, labels, name, ds.multilabel), time.perf_counter() - t0)
         chosen = results[names[-1]][0]
         compare = []
-        truth = hidden_pool_labels.set_index("id")["label"] if len(hidden_pool_labels) else None
+        truth = _hidden_truth(hidden_pool_labels)
         for name, (wl, secs) in results.items():
             covered = wl["label"] != ""
             row = {"label_model": name, "coverage": float(covered.mean()) if len(wl) else 0.0, "fit_s": secs}
@@ -174,7 +183,7 @@ def labelling_assets(ds: DatasetConfig) -> list:
 
         routed = route(weak_labels, ds.routing, budget=ds.llm_budget_calls)
         routed = routed.merge(text_pool[["id", "text"]], on="id", how="left")
-        truth = hidden_pool_labels.set_index("id")["label"] if len(hidden_pool_labels) else None
+        truth = _hidden_truth(hidden_pool_labels)
         report = bucket_report(routed, routed["id"].map(truth) if truth is not None else None)
         n_queued = int(routed["queued"].sum())
         context.log.info(f"routing: {routed['bucket'].value_counts().to_dict()}; {n_queued} queued for the LLM")
@@ -211,8 +220,8 @@ def _rac_asset(ds: DatasetConfig, owners):
         X = stores.vectors().vectors_for(text_tables(p), queue["id"]) if len(queue) else np.zeros((0, seed_X.shape[1]), np.float32)
         context.log.info(f"RAC: {len(queue)} queued texts, k={ds.rac_k}, expert {exp.name}")
         res, rac = label_queue(exp, queue, X, seed_labels, seed_X, labels, label_X,
-                               dict(zip(label_descriptions["label"], label_descriptions["description"])), ds.rac_k, ds.multilabel)
-        truth = hidden_pool_labels.set_index("id")["label"] if len(hidden_pool_labels) else None
+                               _description_map(label_descriptions), ds.rac_k, ds.multilabel)
+        truth = _hidden_truth(hidden_pool_labels)
         rows = []
         for k in range(1, (ds.rac_k or len(labels)) + 1):
             t = truncate(res, rac.questions_, k, multilabel=ds.multilabel) if len(res) else res
@@ -268,9 +277,9 @@ def _red_asset(ds: DatasetConfig, owners):
         pool_X = stores.vectors().vectors_for(text_tables(p), pool["id"]) if len(pool) else np.zeros((0, seed_X.shape[1]), np.float32)
         context.log.info(f"R.E.D.: {len(pool)} pool texts, {len(labels)} labels, expert {exp.name}")
         result = red.run(pool["id"].tolist(), pool["text"].tolist(), pool_X,
-                         dict(zip(label_descriptions["label"], label_descriptions["description"])))
+                         _description_map(label_descriptions))
         out = result.labels.merge(pool[["id", "text"]], on="id", how="left")
-        truth = hidden_pool_labels.set_index("id")["label"] if len(hidden_pool_labels) else None
+        truth = _hidden_truth(hidden_pool_labels)
         meta = {"dagster/row_count": len(out), "stop_reason": result.stop_reason, "rounds": len(result.rounds),
                 "expert": exp.name, "rounds_table": md_table(result.rounds)}
         if truth is not None and len(out):

@@ -12,7 +12,7 @@ import pandas as pd
 
 from labelflow.config import DatasetConfig, ProjectConfig
 from labelflow.data import label_lists, read_inbox_file, text_id
-from labelflow.defs.labelling import _label_vectors, _pilot_threshold, _seed_vectors
+from labelflow.defs.labelling import _description_map, _label_vectors, _pilot_threshold, _seed_vectors
 from labelflow.defs.resources import EmbedderResource, ExpertResource, StoresResource
 from labelflow.defs.util import OWNERS, md_table, usage_metadata
 
@@ -114,7 +114,7 @@ def nightly_assets(ds: DatasetConfig) -> list:
         exp = expert.get(threshold=_pilot_threshold(pilot_validation))
         X = stores.vectors().vectors_for(f"{p}__inbox_embeddings", queue["id"])
         res, _ = label_queue(exp, queue, X, seed_labels, seed_X, labels, label_X,
-                             dict(zip(label_descriptions["label"], label_descriptions["description"])), ds.rac_k, ds.multilabel)
+                             _description_map(label_descriptions), ds.rac_k, ds.multilabel)
         res["day"] = pd.Timestamp(context.partition_key)
         meta = {"dagster/row_count": len(res), "labelled": int((res["label"] != "").sum()), "expert": exp.name}
         meta.update(usage_metadata(exp.usage))
