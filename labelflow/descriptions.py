@@ -18,26 +18,13 @@ import numpy as np
 import pandas as pd
 
 from labelflow.data import split_labels, text_id
+from labelflow.embedding import nearest_labels  # noqa: F401  (re-exported: pilot and tests use it from here)
 from labelflow.expert import Expert
 
 SOURCE_USER, SOURCE_LLM, SOURCE_NAME = "user", "llm", "label_name"
 COLUMNS = ["label", "description", "source", "model"]
 MAX_DESCRIPTION_CHARS = 800
 _PREFIX = re.compile(r"^\s*(?:\*\*)?\s*(?:label\s+)?description\s*(?:\*\*)?\s*:\s*(?:\*\*)?\s*", re.I)
-
-
-def nearest_labels(label_vectors: Mapping[str, np.ndarray], k: int = 3) -> dict[str, list[str]]:
-    """For each label, its ``k`` nearest other labels by cosine similarity of the label vectors."""
-    labels = list(label_vectors)
-    if len(labels) < 2:
-        return {lab: [] for lab in labels}
-    M = np.vstack([np.asarray(label_vectors[lab], dtype=np.float32) for lab in labels])
-    M = M / np.linalg.norm(M, axis=1, keepdims=True).clip(1e-9)
-    sims = M @ M.T
-    np.fill_diagonal(sims, -np.inf)
-    k = min(k, len(labels) - 1)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return {lab: [labels[j] for j in order[i]] for i, lab in enumerate(labels)}
 
 
 def seed_examples(seeds_df: pd.DataFrame, label: str, n: int, multilabel: bool = False,

@@ -8,7 +8,7 @@ keyed by (text hash, model) so re-embedding a text the store has already seen co
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -171,6 +171,27 @@ def _to_arrow(df: pd.DataFrame):
     dim = vectors.shape[1]
     vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dim)
     return table.append_column("vector", vec)
+
+
+def unit_rows(M, dtype=np.float32) -> np.ndarray:
+    """Rows of ``M`` (a vector is one row) scaled to unit length; all-zero rows stay zero."""
+    from sklearn.preprocessing import normalize
+
+    return normalize(np.atleast_2d(np.asarray(M, dtype=dtype)))
+
+
+def nearest_labels(label_vectors: Mapping[str, np.ndarray], k: int = 3) -> dict[str, list[str]]:
+    """For each label, its ``k`` nearest other labels by cosine similarity of the label vectors."""
+    labels = list(label_vectors)
+    if len(labels) < 2:
+        return {lab: [] for lab in labels}
+    M = np.vstack([np.asarray(label_vectors[lab], dtype=np.float32) for lab in labels])
+    M = unit_rows(M)
+    sims = M @ M.T
+    np.fill_diagonal(sims, -np.inf)
+    k = min(k, len(labels) - 1)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return {lab: [labels[j] for j in order[i]] for i, lab in enumerate(labels)}
 
 
 def cosine_top_k(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

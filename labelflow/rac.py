@@ -32,19 +32,13 @@ import numpy as np
 import pandas as pd
 
 from labelflow.data import join_labels
+from labelflow.embedding import unit_rows
 from labelflow.expert import ACCEPT, REJECT, UNPARSEABLE, BudgetExceeded, Usage, ValidationItem
 
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ["id", "label", "rank", "confidence", "questions", "calls", "prompt_tokens",
                   "completion_tokens", "unparseable", "status", "expert"]
-
-
-def _unit(M: np.ndarray) -> np.ndarray:
-    M = np.asarray(M, dtype=np.float32)
-    if M.ndim == 1:
-        M = M[None, :]
-    return M / np.linalg.norm(M, axis=1, keepdims=True).clip(1e-9)
 
 
 def estimate_tokens(text: str) -> int:
@@ -81,7 +75,7 @@ class LabelRetriever:
         if len(set(self.labels_)) != len(self.labels_):
             raise ValueError("label_names must be unique")
         index = {lab: i for i, lab in enumerate(self.labels_)}
-        self.label_vectors_ = None if label_vectors is None else _unit(label_vectors)
+        self.label_vectors_ = None if label_vectors is None else unit_rows(label_vectors)
         if self.label_vectors_ is not None and self.label_vectors_.shape[0] != len(self.labels_):
             raise ValueError(f"{self.label_vectors_.shape[0]} label vectors for {len(self.labels_)} labels")
         self.seed_vectors_ = None
@@ -89,7 +83,7 @@ class LabelRetriever:
         if seed_vectors is not None and len(seed_vectors) and self.seed_weight > 0:
             if seed_labels is None or len(seed_labels) != len(seed_vectors):
                 raise ValueError("seed_labels must give one label (or label list) per seed vector")
-            S = _unit(seed_vectors)
+            S = unit_rows(seed_vectors)
             cols: list[list[int]] = [[] for _ in self.labels_]
             for row, labs in enumerate(seed_labels):
                 for lab in ([labs] if isinstance(labs, str) else labs):
@@ -118,7 +112,7 @@ class LabelRetriever:
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         """Fused (n, L) label scores."""
-        X = _unit(X)
+        X = unit_rows(X)
         out = np.empty((X.shape[0], len(self.labels_)), dtype=np.float32)
         for start in range(0, X.shape[0], self.chunk):
             Xc = X[start : start + self.chunk]
@@ -183,7 +177,7 @@ def nearest_examples(x: np.ndarray, seed_texts: Sequence[str], seed_vectors: np.
         return []
     if seed_vectors is None or len(seed_vectors) == 0:
         return list(seed_texts[:n])
-    sims = _unit(seed_vectors) @ _unit(x)[0]
+    sims = unit_rows(seed_vectors) @ unit_rows(x)[0]
     return [seed_texts[j] for j in np.argsort(-sims, kind="stable")[:n]]
 
 
@@ -229,7 +223,7 @@ class RAC:
         depth = len(retriever.labels_) if self.k is None else min(int(self.k), len(retriever.labels_))
         order, _ = retriever.rank(X, depth) if n else (np.zeros((0, depth), dtype=np.int64), None)
         labels = retriever.labels_
-        Xu = _unit(X) if n else X
+        Xu = unit_rows(X) if n else X
         name = getattr(self.expert, "name", type(self.expert).__name__)
 
         accepted: list[list[tuple[int, str, float]]] = [[] for _ in range(n)]  # (rank, label, conf)

@@ -23,7 +23,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from labelflow.rac import LabelRetriever, _unit, estimate_tokens, nearest_examples
+from labelflow.embedding import unit_rows
+from labelflow.rac import LabelRetriever, estimate_tokens, nearest_examples
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def topk_fewshot(expert, ids: Sequence[str], texts: Sequence[str], X: np.ndarray
     demonstrations, the ``n_examples`` seed examples of each candidate nearest to the text."""
     seed_vectors_by_label = seed_vectors_by_label or {}
     cand_lists = retriever.rank_labels(X, k)
-    Xu = _unit(X)
+    Xu = unit_rows(X)
     msgs = []
     for i, (text, cands) in enumerate(zip(texts, cand_lists)):
         examples = [(e, lab) for lab in cands

@@ -51,7 +51,7 @@ import pandas as pd
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from labelflow.embedding import cosine_top_k
+from labelflow.embedding import cosine_top_k, unit_rows
 from labelflow.metrics import multilabel_metrics
 from labelflow.training import MultiLabelSVM
 
@@ -73,12 +73,6 @@ class Scorer(Protocol):
         """(n, n_labels) per-label scores in ``classes_`` order."""
 
 
-def _unit(Z: np.ndarray) -> np.ndarray:
-    Z = np.asarray(Z, dtype=np.float32)
-    norms = np.linalg.norm(Z, axis=1, keepdims=True)
-    return Z / np.where(norms > 0, norms, 1.0)
-
-
 class ScoredBackbone:
     """:class:`Scorer` over precomputed sentence embeddings ``X``: ``embed`` L2-normalises X and
     ``score`` is a fitted multi-label model's ``predict_proba`` (default: calibrated one-vs-rest
@@ -93,7 +87,7 @@ class ScoredBackbone:
         return self
 
     def embed(self, X) -> np.ndarray:
-        return _unit(X)
+        return unit_rows(X)
 
     def score(self, X) -> np.ndarray:
         return np.asarray(self.model_.predict_proba(np.asarray(X, dtype=np.float32)), dtype=np.float64)
@@ -164,7 +158,7 @@ class CaseBase:
         classes = np.asarray(list(classes))
         if len(gold) and not isinstance(gold, np.ndarray):
             gold = binarize(gold, classes)
-        Z = _unit(Z)
+        Z = unit_rows(Z)
         scores = np.asarray(scores, dtype=np.float64)
         gold = np.asarray(gold, dtype=np.int8)
         ids = np.asarray([str(i) for i in ids], dtype=object)
@@ -296,7 +290,7 @@ class RAPT:
 
     def kneighbors(self, Zq) -> Neighbours:
         """The first ``n_distinct`` distinct cases among the ``k`` most similar, per query."""
-        Zq = _unit(np.atleast_2d(Zq))
+        Zq = unit_rows(Zq)
         idx, sim = self._retrieve(Zq)
         m, k = idx.shape
         valid = idx >= 0

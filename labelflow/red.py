@@ -37,6 +37,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
+from labelflow.embedding import unit_rows
 from labelflow.expert import BudgetExceeded, Usage, ValidationItem
 
 log = logging.getLogger("labelflow.red")
@@ -65,11 +66,6 @@ SOURCE_MODEL = "red-model"
 # 1. subsets
 
 
-def _unit(M: np.ndarray) -> np.ndarray:
-    M = np.asarray(M, dtype=np.float64)
-    return M / np.linalg.norm(M, axis=1, keepdims=True).clip(1e-12)
-
-
 def form_subsets(label_vectors: np.ndarray, max_size: int, reduce: str | None = "pca",
                  n_components: int = 32, random_state: int = 0) -> list[list[int]]:
     """Split labels (rows of ``label_vectors``, shape (n_labels, d)) into subsets of at most
@@ -95,7 +91,7 @@ def form_subsets(label_vectors: np.ndarray, max_size: int, reduce: str | None = 
             V = PCA(n_components=k, random_state=random_state).fit_transform(V)
     elif reduce is not None:
         raise ValueError(f"reduce must be 'pca' or None, got {reduce!r}")
-    U = _unit(V)
+    U = unit_rows(V, np.float64)
     remaining = np.ones(len(U), dtype=bool)
     subsets: list[list[int]] = []
     while remaining.any():
@@ -313,7 +309,7 @@ class REDLabeler:
             V = np.asarray(label_vectors, dtype=np.float64)
             if len(V) != len(self.labels_):
                 raise ValueError(f"label_vectors has {len(V)} rows for {len(self.labels_)} labels")
-        self.label_vectors_ = _unit(V)
+        self.label_vectors_ = unit_rows(V, np.float64)
         self.subsets_ = form_subsets(self.label_vectors_, self.subset_size, self.reduce, self.n_components, self.seed)
         self.subset_of_ = np.empty(len(self.labels_), dtype=np.int64)
         for s, members in enumerate(self.subsets_):
@@ -338,14 +334,14 @@ class REDLabeler:
         if name in self.label_index_:
             raise ValueError(f"label {name!r} already exists")
         X = np.atleast_2d(np.asarray(X, dtype=np.float32))
-        v = _unit(np.atleast_2d(vector))[0]
+        v = unit_rows(vector, np.float64)[0]
         i = len(self.labels_)
         self.labels_.append(name)
         self.label_index_[name] = i
         self.label_vectors_ = np.vstack([self.label_vectors_, v])
         open_ = [s for s, m in enumerate(self.subsets_) if len(m) < self.subset_size]
         if open_:
-            means = _unit(np.vstack([self.label_vectors_[self.subsets_[s]].mean(axis=0) for s in open_]))
+            means = unit_rows(np.vstack([self.label_vectors_[self.subsets_[s]].mean(axis=0) for s in open_]), np.float64)
             s = open_[int(np.argmin(means @ v))]
             self.subsets_[s].append(i)
         else:

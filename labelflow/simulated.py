@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from labelflow.data import text_id
+from labelflow.embedding import nearest_labels
 from labelflow.expert import ACCEPT, REJECT, Usage, ValidationItem, Verdict
 
 
@@ -42,14 +43,7 @@ class SimulatedExpert:
         self._usage = Usage()
         self._confusable: dict[str, set[str]] = {}
         if label_vectors:
-            labels = list(label_vectors)
-            M = np.vstack([np.asarray(label_vectors[lab], dtype=np.float32) for lab in labels])
-            M = M / np.linalg.norm(M, axis=1, keepdims=True).clip(1e-9)
-            sims = M @ M.T
-            np.fill_diagonal(sims, -np.inf)
-            k = min(confusable_k, len(labels) - 1)
-            for i, lab in enumerate(labels):
-                self._confusable[lab] = {labels[j] for j in np.argsort(-sims[i])[:k]}
+            self._confusable = {lab: set(near) for lab, near in nearest_labels(label_vectors, confusable_k).items()}
 
     @property
     def usage(self) -> Usage:

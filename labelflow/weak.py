@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from labelflow.embedding import cosine_top_k
+from labelflow.embedding import cosine_top_k, unit_rows
 
 VOTE_COLUMNS = ["id", "lf", "label"]
 ERROR_COLUMNS = ["lf", "id", "error"]
@@ -231,14 +231,8 @@ def _explode(seed_labels: Sequence) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(pos, dtype=np.int64), np.asarray(labs, dtype=object)
 
 
-def _unit(M: np.ndarray) -> np.ndarray:
-    M = np.asarray(M, dtype=np.float32)
-    norms = np.linalg.norm(M, axis=1, keepdims=True)
-    return M / np.where(norms == 0, 1, norms)
-
-
 def _margin_lf(name: str, keys: np.ndarray, key_labels: np.ndarray, margin: float, min_similarity: float | None) -> LabelingFunction:
-    keys = _unit(keys)
+    keys = unit_rows(keys)
 
     def fn(texts, X):
         idx, sims = cosine_top_k(np.asarray(X, dtype=np.float32), keys, 2)
@@ -279,7 +273,7 @@ def knn_lf(seed_X: np.ndarray, seed_labels: Sequence, k: int = 5, min_agreement:
     reaches ``min_agreement`` (ties go to the label of the nearer neighbour). Multi-label seeds vote for
     each of their labels (the neighbours are then (seed, label) entries)."""
     pos, labs = _explode(seed_labels)
-    keys = _unit(np.asarray(seed_X)[pos])
+    keys = unit_rows(np.asarray(seed_X)[pos])
     names = np.asarray(sorted(set(labs)), dtype=object)
     code = pd.Index(names).get_indexer(labs)
 
