@@ -1,19 +1,153 @@
-"""Text embeddings and the LanceDB vector store. No Dagster here.
+"""Text embeddings, the :class:`EmbeddingIndex` value and the LanceDB vector store. No Dagster here.
 
 :class:`Embedder` wraps the offline embedding model (default: the packaged all-MiniLM-L6-v2; vectors are
-L2-normalised so a dot product is the cosine similarity). :class:`VectorStore` keeps vectors in LanceDB
-keyed by (text hash, model) so re-embedding a text the store has already seen costs nothing.
+L2-normalised so a dot product is the cosine similarity). :class:`EmbeddingIndex` is what the asset graph
+passes around: ids, a float32 matrix of unit rows and the model name, with lookup by id, subset and
+concatenation. :class:`VectorStore` keeps vectors in LanceDB keyed by (text hash, model) so re-embedding
+a text the store has already seen costs nothing.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from labelflow.data import text_id
+
+
+class EmbeddingIndex:
+    """Vectors keyed by id: ``ids`` (n,), ``matrix`` (n, d) float32 unit rows, ``model`` (the embedding
+    model's name), and optional row-aligned ``columns`` (a DataFrame of extra per-row fields such as
+    ``split`` or ``text_hash`` that are stored with the vectors). Ids are unique.
+
+    ``index.lookup(ids)`` returns the matrix rows for ``ids`` in that order (``KeyError`` naming the first
+    id it does not hold); ``subset(ids)`` the same as an index; ``EmbeddingIndex.concat(a, b)`` joins
+    indexes of one model (an id held by several keeps its first vector)."""
+
+    def __init__(self, ids: Iterable, matrix, model: str, columns: pd.DataFrame | None = None):
+        ids = np.asarray([str(i) for i in ids], dtype=object)
+        matrix = np.asarray(matrix, dtype=np.float32)
+        if matrix.ndim != 2:
+            matrix = matrix.reshape(len(ids), -1)
+        if matrix.shape[0] != len(ids):
+            raise ValueError(f"EmbeddingIndex: {len(ids)} ids for {matrix.shape[0]} vectors")
+        if len(set(ids)) != len(ids):
+            dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
+            raise ValueError(f"EmbeddingIndex: duplicate id {dup!r}")
+        if columns is not None:
+            columns = columns.reset_index(drop=True)
+            if len(columns) != len(ids):
+                raise ValueError(f"EmbeddingIndex: {len(columns)} rows of columns for {len(ids)} ids")
+        self.ids = ids
+        if len(matrix) and np.abs(np.linalg.norm(matrix, axis=1) - 1.0).max() > 1e-4:
+            matrix = unit_rows(matrix)  # vectors from the Embedder are unit already and kept bit for bit
+        self.matrix = matrix
+        self.model = str(model)
+        self.columns = columns
+        self._pos: dict[str, int] | None = None
+
+    @classmethod
+    def empty(cls, dim: int = 0, model: str = "") -> "EmbeddingIndex":
+        return cls([], np.zeros((0, dim), np.float32), model)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"EmbeddingIndex({len(self)} x {self.dim}, model={self.model!r})"
+
+    @property
+    def dim(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @property
+    def positions(self) -> dict[str, int]:
+        if self._pos is None:
+            self._pos = {i: n for n, i in enumerate(self.ids)}
+        return self._pos
+
+    def __contains__(self, id_) -> bool:
+        return str(id_) in self.positions
+
+    def rows(self, ids: Iterable) -> np.ndarray:
+        """Row positions of ``ids``; ``KeyError`` naming the first id not held."""
+        pos = self.positions
+        ids = [str(i) for i in ids]
+        missing = [i for i in ids if i not in pos]
+        if missing:
+            raise KeyError(f"{len(missing)} of {len(ids)} ids have no vector in the {self.model or 'embedding'} "
+                           f"index of {len(self)} texts, e.g. {missing[0]!r}")
+        return np.fromiter((pos[i] for i in ids), dtype=np.int64, count=len(ids))
+
+    def lookup(self, ids: Iterable) -> np.ndarray:
+        """(len(ids), dim) float32 vectors of ``ids``, in that order."""
+        return self.matrix[self.rows(ids)]
+
+    def subset(self, ids: Iterable) -> "EmbeddingIndex":
+        ids = [str(i) for i in ids]
+        rows = self.rows(ids)
+        cols = None if self.columns is None else self.columns.iloc[rows]
+        return EmbeddingIndex(self.ids[rows], self.matrix[rows], self.model, cols)
+
+    @classmethod
+    def concat(cls, *indexes: "EmbeddingIndex") -> "EmbeddingIndex":
+        """One index holding every id of ``indexes`` (the first vector of an id wins). Empty indexes
+        are skipped; the others must share the model and dimension."""
+        parts = [ix for ix in indexes if ix is not None and len(ix)]
+        if not parts:
+            return next((ix for ix in indexes if ix is not None), cls.empty())
+        models = {ix.model for ix in parts}
+        dims = {ix.dim for ix in parts}
+        if len(models) > 1 or len(dims) > 1:
+            raise ValueError(f"cannot concatenate embeddings of different models/dimensions: {sorted(models)} {sorted(dims)}")
+        ids = np.concatenate([ix.ids for ix in parts])
+        keep = ~pd.Series(ids).duplicated().to_numpy()
+        M = np.vstack([ix.matrix for ix in parts])[keep]
+        cols = None
+        if all(ix.columns is not None for ix in parts):
+            cols = pd.concat([ix.columns for ix in parts], ignore_index=True)[keep]
+        return cls(ids[keep], M, parts[0].model, cols)
+
+    def to_frame(self) -> pd.DataFrame:
+        """(id, <columns>, model, vector) rows: the stored form."""
+        df = pd.DataFrame({"id": self.ids})
+        if self.columns is not None:
+            df = pd.concat([df, self.columns.drop(columns=["id", "model", "vector"], errors="ignore")], axis=1)
+        return df.assign(model=self.model, vector=list(self.matrix))
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, model: str | None = None) -> "EmbeddingIndex":
+        """Inverse of :meth:`to_frame`: an ``id`` and a ``vector`` column; ``model`` from the argument or
+        the frame's ``model`` column; every other column is kept as ``columns``."""
+        if model is None:
+            models = sorted(set(df["model"].astype(str))) if "model" in df and len(df) else [""]
+            if len(models) > 1:
+                raise ValueError(f"embeddings of several models in one table: {models}")
+            model = models[0]
+        extra = df.drop(columns=["id", "vector", "model"], errors="ignore").reset_index(drop=True)
+        M = np.vstack(df["vector"].to_numpy()).astype(np.float32) if len(df) else np.zeros((0, 0), np.float32)
+        return cls(df["id"].astype(str), M, model, extra if len(extra.columns) else None)
+
+
+def embed_index(ids: Sequence, texts: Sequence[str], embedder: "Embedder", cache: "VectorStore | None" = None,
+                columns: pd.DataFrame | None = None,
+                progress: Callable[[int, int], None] | None = None) -> tuple[EmbeddingIndex, int]:
+    """Embed ``texts`` into an :class:`EmbeddingIndex` keyed by ``ids`` (row-aligned ``columns`` kept;
+    a ``text_hash`` column is added). With ``cache`` (a :class:`VectorStore`) every (text hash, model)
+    already embedded is reused. Returns (index, number of texts reused)."""
+    texts = [str(t) for t in texts]
+    if cache is not None:
+        X, reused = cache.embed_cached(texts, embedder, progress=progress)
+    else:
+        X, reused = embedder.encode(texts, progress=progress), 0
+    cols = (columns.reset_index(drop=True).copy() if columns is not None else pd.DataFrame(index=range(len(texts))))
+    cols["text_hash"] = [text_id(t) for t in texts]
+    if not len(texts):
+        X = np.zeros((0, X.shape[1] if X.ndim == 2 else 0), np.float32)
+    return EmbeddingIndex(ids, X, embedder.name, cols), reused
 
 
 
