@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from labelflow.data import label_lists
+from labelflow.data import label_lists, text_id
 from labelflow.embedding import EmbeddingIndex, unit_rows
 
 
@@ -69,14 +69,15 @@ class LabelSpace:
     def build(cls, seeds: pd.DataFrame, seed_vectors: EmbeddingIndex | np.ndarray, multilabel: bool = False,
               descriptions: pd.DataFrame | Mapping[str, str] | None = None,
               description_vectors: EmbeddingIndex | None = None) -> "LabelSpace":
-        """From the seeds (id, text, label; '|'-joined sets when ``multilabel``) and their vectors (an
-        :class:`EmbeddingIndex` holding every seed id, or a matrix aligned with the rows);
-        ``descriptions`` (label, description) rows or a mapping; ``description_vectors`` an index keyed
+        """From the seeds (id (else the text's hash), text, label; '|'-joined sets when ``multilabel``)
+        and their vectors (an :class:`EmbeddingIndex` holding every seed id, or a matrix aligned with the
+        rows); ``descriptions`` (label, description) rows or a mapping; ``description_vectors`` an index keyed
         by label (the label_embeddings asset)."""
         sets = [list(s) for s in label_lists(seeds["label"], multilabel)]
         labels = sorted({lab for s in sets for lab in s})
+        ids = seeds["id"].astype(str).tolist() if "id" in seeds else [text_id(t) for t in seeds["text"]]
         if isinstance(seed_vectors, EmbeddingIndex):
-            X, model = seed_vectors.lookup(seeds["id"]), seed_vectors.model
+            X, model = seed_vectors.lookup(ids), seed_vectors.model
         else:
             X, model = np.asarray(seed_vectors, dtype=np.float32), ""
         if len(X) != len(seeds):
@@ -86,7 +87,7 @@ class LabelSpace:
         given = {str(k): v for k, v in (descriptions or {}).items() if isinstance(v, str) and v.strip()}
         desc = {lab: given.get(lab) or name_description(lab) for lab in labels}
         DX = description_vectors.lookup(labels) if description_vectors is not None else None
-        return cls(labels=labels, multilabel=multilabel, seed_ids=seeds["id"].astype(str).tolist(),
+        return cls(labels=labels, multilabel=multilabel, seed_ids=ids,
                    seed_texts=seeds["text"].astype(str).tolist(), seed_sets=sets, seed_X=X,
                    centroids=seed_centroids(X, sets, labels), descriptions=desc, description_X=DX, model=model)
 

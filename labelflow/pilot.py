@@ -28,18 +28,11 @@ from labelflow.expert import ACCEPT, REJECT, UNPARSEABLE, Expert, ValidationItem
 
 
 def label_centroids(seeds_df: pd.DataFrame, seeds_X: np.ndarray, multilabel: bool = False) -> dict[str, np.ndarray]:
-    """Unit-length mean seed vector per label (multi-label: every label of a row gets its vector)."""
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for value, x in zip(seeds_df["label"], np.asarray(seeds_X, dtype=np.float32)):
-        for lab in (split_labels(value) if multilabel else [value]):
-            sums[lab] = sums.get(lab, 0) + x
-            counts[lab] = counts.get(lab, 0) + 1
-    out = {}
-    for lab in sorted(sums):
-        v = sums[lab] / counts[lab]
-        out[lab] = v / max(float(np.linalg.norm(v)), 1e-9)
-    return out
+    """Unit-length mean seed vector per label (multi-label: every label of a row gets its vector): the
+    :class:`~labelflow.labelspace.LabelSpace` centroids as a mapping."""
+    from labelflow.labelspace import LabelSpace
+
+    return LabelSpace.build(seeds_df, seeds_X, multilabel).centroid_map()
 
 
 def pilot_pairs(

@@ -39,6 +39,7 @@ from threadpoolctl import threadpool_limits
 
 from labelflow.embedding import unit_rows
 from labelflow.expert import BudgetExceeded, Usage, ValidationItem
+from labelflow.labelspace import seed_centroids
 
 log = logging.getLogger("labelflow.red")
 
@@ -293,7 +294,7 @@ class REDLabeler:
     def fit(self, seed_X: np.ndarray, seed_labels: Sequence[str], label_vectors=None,
             seed_texts: Sequence[str] | None = None):
         """``label_vectors``: a mapping label -> vector, an array aligned with the sorted labels, or
-        ``None`` (mean of each label's seed embeddings)."""
+        ``None`` (each label's seed centroid, :func:`~labelflow.labelspace.seed_centroids`)."""
         seed_X = np.asarray(seed_X, dtype=np.float32)
         seed_labels = np.asarray([str(v) for v in seed_labels], dtype=object)
         self.labels_ = sorted(set(seed_labels))
@@ -302,7 +303,7 @@ class REDLabeler:
         self.label_index_ = {lab: i for i, lab in enumerate(self.labels_)}
         y = np.array([self.label_index_[v] for v in seed_labels], dtype=np.int64)
         if label_vectors is None:
-            V = np.vstack([seed_X[y == i].mean(axis=0) for i in range(len(self.labels_))])
+            V = seed_centroids(seed_X, seed_labels, self.labels_)
         elif isinstance(label_vectors, Mapping):
             V = np.vstack([np.asarray(label_vectors[lab], dtype=np.float64) for lab in self.labels_])
         else:

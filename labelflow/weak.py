@@ -250,13 +250,11 @@ def _margin_lf(name: str, keys: np.ndarray, key_labels: np.ndarray, margin: floa
 def centroid_lf(seed_X: np.ndarray, seed_labels: Sequence, margin: float = 0.03,
                 min_similarity: float | None = None, name: str = "emb_centroid") -> LabelingFunction:
     """Vote the label whose seed centroid is nearest (cosine) when it beats the runner-up by ``margin``."""
-    pos, labs = _explode(seed_labels)
+    from labelflow.labelspace import seed_centroids
+
+    _, labs = _explode(seed_labels)
     names = np.asarray(sorted(set(labs)), dtype=object)
-    code = pd.Index(names).get_indexer(labs)
-    X = np.asarray(seed_X, dtype=np.float32)
-    sums = np.zeros((len(names), X.shape[1]), dtype=np.float64)
-    np.add.at(sums, code, X[pos])
-    return _margin_lf(name, sums, names, margin, min_similarity)
+    return _margin_lf(name, seed_centroids(seed_X, seed_labels, list(names)), names, margin, min_similarity)
 
 
 def description_lf(label_X: np.ndarray, labels: Sequence[str], margin: float = 0.03,
