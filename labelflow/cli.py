@@ -40,11 +40,71 @@ def _bench_parser(sub) -> None:
             mod.add_arguments(p)
 
 
+# User-facing errors: bad input, config, a store in use, a spent budget, a tampered file. The CLI prints
+# them as one line and exits 2; anything else is a bug and keeps its traceback. Looked up by name in
+# the modules already imported (an error of a module never imported cannot have been raised).
+USER_ERRORS = [("labelflow.data", "IngestError"), ("labelflow.config", "ConfigError"), ("labelflow.lock", "LockHeld"),
+               ("labelflow.commands.export", "ExportError"), ("labelflow.expert", "BudgetExceeded"),
+               ("labelflow.llm.budget", "BudgetExceeded"), ("labelflow.modelstore", "ModelIntegrityError"),
+               ("labelflow.weak", "LFFileError"), ("labelflow.review", "ReviewError"), ("labelflow.review", "MissingInput"),
+               ("labelflow.llm.local", "LocalModelError"), ("duckdb", "IOException")]
+USER_ERROR_EXIT = 2
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, IsADirectoryError]
+    for module, name in USER_ERRORS:
+        t = getattr(sys.modules.get(module), name, None)
+        if isinstance(t, type) and issubclass(t, BaseException):
+            types.append(t)
+    return tuple(types)
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user-facing error behind ``exc`` (itself, its cause/context chain, or the user exception a
+    Dagster run wrapped), else None."""
+    types = _user_error_types()
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, types):
+            return e
+        todo += [getattr(e, "user_exception", None), e.__cause__, e.__context__]
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """The error as one line: its message's lines joined with '; ' (no traceback)."""
+    if isinstance(exc, FileNotFoundError) and exc.filename and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; a user-facing error prints ``labelflow: error: <one line>`` on stderr and
+    returns 2."""
+    try:
+        return _main(argv)
+    except Exception as exc:  # noqa: BLE001 - sorted into user errors (one line) and bugs (re-raised)
+        err = user_error(exc)
+        if err is None:
+            raise
+        sys.stdout.flush()
+        print(f"labelflow: error: {one_line(err)}", file=sys.stderr, flush=True)
+        return USER_ERROR_EXIT
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labelflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _bench_parser(sub)
-    for name in ("demo", "llm", "runs", "export"):
+    for name in ("demo", "llm", "runs", "export", "plan", "review"):
         try:
             mod = importlib.import_module(f"labelflow.commands.{name}")
         except ModuleNotFoundError:
@@ -63,7 +123,15 @@ def entry() -> None:
     harmless "nanobind: leaked ..." lines after the command's own output."""
     import os
 
-    code = main()
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse usage errors (2), --help (0), explicit exits
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else (print(exc.code, file=sys.stderr) or 1))
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
