@@ -2,7 +2,10 @@
 
 :class:`EmbeddingSVM` — multi-class LinearSVC with balanced class weights on embeddings, with
 calibrated probabilities (sigmoid calibration by cross-validation when every class has at least two
-examples; a softmax over the decision function otherwise, said in ``calibration_``).
+examples; a softmax over the decision function otherwise, said in ``calibration_``). One-vs-rest
+sigmoids renormalised over many classes make the top-class probability under-confident, so with
+``confidence_folds >= 2`` it also fits ``confidence_calibrator_``: an isotonic (Platt with little data)
+map from the out-of-fold top-class probability to P(right), used by :meth:`EmbeddingSVM.predict_confidence`.
 :class:`MultiLabelSVM` — one-vs-rest calibrated LinearSVCs giving a score per label.
 Both follow scikit-learn conventions (hyper-parameters in ``__init__``, learned state ending in ``_``).
 """
@@ -24,11 +27,13 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 class EmbeddingSVM(BaseEstimator, ClassifierMixin):
-    def __init__(self, C: float = 1.0, calibration_folds: int = 3, random_state: int = 0, max_iter: int = 5000):
+    def __init__(self, C: float = 1.0, calibration_folds: int = 3, random_state: int = 0, max_iter: int = 5000,
+                 confidence_folds: int = 0):
         self.C = C
         self.calibration_folds = calibration_folds
         self.random_state = random_state
         self.max_iter = max_iter
+        self.confidence_folds = confidence_folds
 
     def _svc(self):
         return LinearSVC(C=self.C, class_weight="balanced", random_state=self.random_state, max_iter=self.max_iter)
@@ -48,7 +53,29 @@ class EmbeddingSVM(BaseEstimator, ClassifierMixin):
             self.model_ = self._svc()
             self.calibration_ = "softmax of decision function (a class has a single example)"
         self.model_.fit(X, y, sample_weight=sample_weight)
+        self.confidence_calibrator_ = None
+        cfolds = min(self.confidence_folds, int(counts.min()))
+        if cfolds >= 2:
+            from sklearn.base import clone
+            from sklearn.model_selection import cross_val_predict
+
+            from labelflow.calibration import top_class_calibrator
+
+            cv = StratifiedKFold(n_splits=cfolds, shuffle=True, random_state=self.random_state + 1)
+            inner = clone(self).set_params(confidence_folds=0)
+            params = {"sample_weight": sample_weight} if sample_weight is not None else None
+            oof = cross_val_predict(inner, X, y, cv=cv, method="predict_proba", params=params)
+            self.confidence_calibrator_ = top_class_calibrator(oof, np.searchsorted(self.classes_, y))
         return self
+
+    def predict_confidence(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels, calibrated P(label right), raw top-class probability) per row; the calibrated value
+        is the raw one when no ``confidence_calibrator_`` was fitted."""
+        P = self.predict_proba(X)
+        idx = P.argmax(axis=1)
+        raw = P[np.arange(len(idx)), idx]
+        cal = self.confidence_calibrator_.predict(raw) if getattr(self, "confidence_calibrator_", None) is not None else raw
+        return self.classes_[idx], cal, raw
 
     def predict_proba(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
@@ -116,14 +143,15 @@ class MultiLabelSVM(BaseEstimator, ClassifierMixin):
         return Y
 
 
-def fit_classifier(label_values, X, multilabel: bool, sample_weight=None, classes=None):
+def fit_classifier(label_values, X, multilabel: bool, sample_weight=None, classes=None, confidence_folds: int = 0):
     """Train the product's classifier on a training set: ``label_values`` are labels (multi-class) or
-    '|'-joined label sets (multi-label) aligned with the rows of ``X``."""
+    '|'-joined label sets (multi-label) aligned with the rows of ``X``. ``confidence_folds >= 2``
+    also calibrates the multi-class top-class confidence (see :class:`EmbeddingSVM`)."""
     from labelflow.data import split_labels
 
     if multilabel:
         return MultiLabelSVM().fit(X, [split_labels(v) for v in label_values], classes=classes)
-    return EmbeddingSVM().fit(X, list(label_values), sample_weight=sample_weight)
+    return EmbeddingSVM(confidence_folds=confidence_folds).fit(X, list(label_values), sample_weight=sample_weight)
 
 
 def predict_labels(model, X, multilabel: bool, threshold: float = 0.5):
@@ -140,3 +168,14 @@ def predict_labels(model, X, multilabel: bool, threshold: float = 0.5):
     labels = ["|".join(sorted(classes[row.astype(bool)])) for row in Y]
     conf = [float(P[i, Y[i].astype(bool)].mean()) for i in range(len(Y))]
     return labels, conf
+
+
+def predict_with_confidence(model, X, multilabel: bool, threshold: float = 0.5):
+    """(labels, calibrated confidence, raw confidence) per row. Multi-class: see
+    :meth:`EmbeddingSVM.predict_confidence`. Multi-label: the per-label scores are already calibrated
+    per (text, label) by the one-vs-rest sigmoids, so both are :func:`predict_labels`' set score."""
+    if not multilabel and hasattr(model, "predict_confidence"):
+        labels, cal, raw = model.predict_confidence(X)
+        return list(labels), [float(v) for v in cal], [float(v) for v in raw]
+    labels, conf = predict_labels(model, X, multilabel, threshold)
+    return labels, conf, conf
