@@ -147,7 +147,8 @@ def nightly_schedule(ds: DatasetConfig, cfg: ProjectConfig, job) -> dg.ScheduleD
 def inbox_sensor(ds: DatasetConfig, job) -> dg.SensorDefinition:
     @dg.sensor(name=f"{ds.name}__inbox_sensor", job=job, minimum_interval_seconds=60,
                default_status=dg.DefaultSensorStatus.RUNNING,
-               description=f"Starts the nightly job for a day when a file for it appears or changes in {ds.inbox}.")
+               description=f"Starts the nightly job for a day when a file for it appears or changes in {ds.inbox} "
+                           "(unless a run, e.g. `labelflow demo`, already relabelled the day from that file).")
     def sensor(context: dg.SensorEvaluationContext):
         # the nightly stages need the dataset's base graph (seeds, descriptions, pilot threshold) first
         for base in ("label_embeddings", "pilot_validation"):
@@ -161,10 +162,33 @@ def inbox_sensor(ds: DatasetConfig, job) -> dg.SensorDefinition:
                 if f.is_file() and f.name not in now and not f.name.startswith(".") and f.name.lower() != "readme.md":
                     context.log.warning(f"ignoring {f}: inbox files must be named YYYY-MM-DD*.csv|parquet|jsonl")
         for name, mtime in sorted(now.items()):
-            if seen.get(name) != mtime:
-                day = INBOX_FILE.match(name).group(1)
-                if day >= ds.inbox_start:
-                    yield dg.RunRequest(partition_key=day, run_key=f"{name}:{mtime}")
+            if seen.get(name) == mtime:
+                continue
+            day = INBOX_FILE.match(name).group(1)
+            if day < ds.inbox_start:
+                continue
+            if relabelled_since(context.instance, ds.name, day, name, mtime):
+                context.log.info(f"{name}: day {day} was already relabelled from this file (e.g. by `labelflow demo`)")
+                continue
+            yield dg.RunRequest(partition_key=day, run_key=f"{name}:{mtime}")
         context.update_cursor(json.dumps(now))
 
     return sensor
+
+
+def relabelled_since(instance: dg.DagsterInstance, dataset: str, day: str, file_name: str, mtime: float) -> bool:
+    """Whether a run this sensor did not start (``labelflow demo``, a run launched from the UI) already
+    relabelled ``day`` from this version of the file: inbox_texts read the file after it last changed,
+    and inbox_rac_labels was materialised for the day after that."""
+
+    def latest(asset: str):
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey([dataset, asset]), asset_partitions=[day], after_timestamp=mtime),
+            limit=1).records
+        return records[0] if records else None
+
+    texts, labels = latest("inbox_texts"), latest("inbox_rac_labels")
+    if texts is None or labels is None or labels.timestamp < texts.timestamp:
+        return False
+    files = texts.asset_materialization.metadata.get("files")
+    return files is not None and file_name in (files.value or [])

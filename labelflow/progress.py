@@ -1,0 +1,152 @@
+"""What a long step shows while it works, and what a command keeps off the terminal. No Dagster here.
+
+:class:`Progress` is a ``(done, total)`` callback, the shape :meth:`labelflow.embedding.Embedder.encode`
+and :class:`labelflow.llm.LLMExpert` report in. It logs a plain line (done/total, rate, ETA) to the
+``labelflow.progress`` logger every ``every_s`` seconds (in a Dagster run these reach the run's logs).
+While a command (``labelflow demo``, ``labelflow bench``) shows progress with :func:`to_terminal`, it
+also draws there: a tqdm bar on a TTY, the same plain lines otherwise.
+
+:func:`quiet_output` sends everything written to the process's stdout/stderr file descriptors (native
+libraries' warnings, event streams, servers' chatter) to a log file and hands back a stream on the real
+terminal for the command's own lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+log = logging.getLogger("labelflow.progress")
+
+_terminal: list[IO[str]] = []  # the stream progress is drawn on while a command shows progress
+
+
+@contextmanager
+def to_terminal(stream: IO[str] | None = None) -> Iterator[IO[str]]:
+    """Draw every :class:`Progress` on ``stream`` (default stderr) inside the block."""
+    _terminal.append(stream or sys.stderr)
+    try:
+        yield _terminal[-1]
+    finally:
+        _terminal.pop()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Progress of one step as a ``(done, total)`` callback. A caller that works in rounds (each
+    starting again at 0, e.g. RAC asking rank 1, then rank 2 for the rejected texts) is shown
+    cumulatively: done and total add up over the rounds, the rate is over the whole step."""
+
+    def __init__(self, what: str, unit: str = "texts", every_s: float = 30.0, stream: IO[str] | None = None):
+        self.what, self.unit, self.every_s = what, unit, float(every_s)
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._offset = 0  # work of the rounds before this one
+        self._done = self._total = 0  # of the current round
+        self._start: float | None = None
+        self._last_line = 0.0
+        self._bar = None
+
+    @property
+    def done(self) -> int:
+        return self._offset + self._done
+
+    @property
+    def total(self) -> int:
+        return self._offset + self._total
+
+    def __call__(self, done: int, total: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._start is None:
+                self._start = self._last_line = now
+            if total != self._total or done < self._done:  # a new round
+                self._offset += self._done
+                self._close_bar()
+            self._done, self._total = int(done), int(total)
+            stream = self._stream or (_terminal[-1] if _terminal else None)
+            finished = self._done >= self._total
+            if stream is not None and _isatty(stream):
+                self._draw(stream, finished)
+            if now - self._last_line >= self.every_s:
+                self._last_line = now
+                line = self.line(now)
+                log.info(line)
+                if stream is not None and not _isatty(stream):
+                    print(f"  {line}", file=stream, flush=True)
+            if finished:
+                self._close_bar()
+                log.debug(self.line(now))
+
+    def line(self, now: float | None = None) -> str:
+        """``what: done/total unit (pct), rate, ETA``."""
+        elapsed = max((now or time.monotonic()) - (self._start or time.monotonic()), 1e-9)
+        done, total = self.done, self.total
+        rate = done / elapsed
+        pct = f" ({100 * done / total:.0f}%)" if total else ""
+        eta = f", ETA {_clock((total - done) / rate)}" if rate > 0 and done < total else ""
+        return f"{self.what}: {done:,}/{total:,} {self.unit}{pct}, {rate:,.1f} {self.unit}/s{eta}"
+
+    def _draw(self, stream: IO[str], finished: bool) -> None:
+        if self._bar is None and not finished:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, initial=self.done, desc=f"  {self.what}", unit=f" {self.unit}",
+                             file=stream, leave=False, dynamic_ncols=True, mininterval=0.5)
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.update(self.done - self._bar.n)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_bar()
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextmanager
+def quiet_output(log_path: str | Path) -> Iterator[IO[str]]:
+    """Inside the block, file descriptors 1 and 2 (everything Python, native libraries and child
+    processes write to stdout/stderr) append to ``log_path``; yields a line-buffered stream on the
+    original stdout for the command's own lines. Both are restored on exit, also on an error, so a
+    traceback still reaches the terminal."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
+    with open(log_path, "a", encoding="utf-8") as logf:
+        os.dup2(logf.fileno(), 1)
+        os.dup2(logf.fileno(), 2)
+        try:
+            yield terminal
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            terminal.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            terminal.close()
