@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -58,15 +59,34 @@ def tiny_dataset(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def materialised_ui_project(tmp_path_factory):
+    """One temporary project for the session's UI tests (webserver, browser, notebook): every asset of
+    the tiny dataset materialised once in-process on the project's own Dagster instance, with a fake
+    OpenAI-compatible LLM (:func:`labelflow_tests.uiproject.tiny_expert_policy`) that stays up until the
+    session ends (runs launched from the UI reach it too)."""
+    from labelflow_tests.fake_openai import FakeOpenAI
+    from labelflow_tests.uiproject import materialise_all, tiny_expert_policy, write_project
+
+    with FakeOpenAI(policy=tiny_expert_policy) as srv:
+        project = write_project(tmp_path_factory.mktemp("ui_project"), llm_api_base=srv.api_base)
+        materialise_all(project)
+        yield project
+
+
+def _shutdown_stderr_to_file() -> None:
+    path = REPO / "test-artifacts" / "pytest-shutdown.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def pytest_unconfigure(config):
-    # duckdb 2.0's nanobind prints "leaked ..." lines at interpreter exit, after pytest's summary; exit
-    # now so the pass/fail line stays the last line CI reads.
-    status = getattr(config, "_labelflow_exitstatus", None)
-    if status is not None and os.environ.get("LABELFLOW_FAST_EXIT", "1") == "1":
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(int(status))
-
-
-def pytest_sessionfinish(session, exitstatus):
-    session.config._labelflow_exitstatus = exitstatus
+    # duckdb 2.0's nanobind bindings print "leaked ..." lines while the interpreter shuts down, after
+    # pytest's summary: what is written to stderr from the exit handlers on goes to
+    # test-artifacts/pytest-shutdown.log, so the pass/fail line stays the last line CI reads. The exit
+    # itself (atexit handlers, exit status) is the normal one.
+    if os.environ.get("LABELFLOW_SHUTDOWN_LOG", "1") == "1":
+        atexit.register(_shutdown_stderr_to_file)

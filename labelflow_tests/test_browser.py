@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from labelflow_tests.uiproject import (ARTIFACTS, FOUNDATION, graphql, launch_dagster, launch_mlflow_ui,
-                                       shared_materialised_project, wait_dagster, wait_mlflow_ui)
+from labelflow_tests.uiproject import (ARTIFACTS, FOUNDATION, graphql, launch_dagster, launch_mlflow_ui, wait_dagster,
+                                       wait_mlflow_ui)
 
 pytestmark = pytest.mark.slow
 
@@ -32,10 +32,10 @@ RUNS_QUERY = """{ runsOrError { __typename ... on Runs { results { runId status 
 
 
 @pytest.fixture(scope="module")
-def project(request, tmp_path_factory):
+def project(request):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium and chromium-driver packages (make browser)")
-    return shared_materialised_project(request, tmp_path_factory)
+    return request.getfixturevalue("materialised_ui_project")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from labelflow_tests.conftest import REPO
-from labelflow_tests.uiproject import ARTIFACTS, OFFLINE_ENV, shared_materialised_project
+from labelflow_tests.uiproject import ARTIFACTS, OFFLINE_ENV
 
 NOTEBOOK = REPO / "notebooks" / "labelflow_runs.ipynb"
 
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow  # materialising the tiny project takes about a mi
 
 
 @pytest.fixture(scope="module")
-def project(request, tmp_path_factory):
-    return shared_materialised_project(request, tmp_path_factory)
+def project(materialised_ui_project):
+    return materialised_ui_project
 
 
 def test_notebook_runs_top_to_bottom(project, tmp_path, monkeypatch):

@@ -98,10 +98,12 @@ def tiny_expert_policy(body: dict):
     return Reply("\n".join(f"{n}: {'yes' if y else 'no'}" for n, y in answers), top=[top(y) for _, y in answers])
 
 
-def write_project(root: Path, dataset: str = DATASET, llm_api_base: str | None = None) -> UIProject:
+def write_project(root: Path, dataset: str = DATASET, llm_api_base: str | None = None,
+                  dataset_options: dict | None = None) -> UIProject:
     """A project folder: the tiny 3-label dataset, a labelflow.yaml with relative store paths, and a
     DAGSTER_HOME with telemetry off. ``llm_api_base``: an OpenAI-compatible server (e.g. a running
-    :class:`FakeOpenAI`) as the project's expert instead of the local model."""
+    :class:`FakeOpenAI`) as the project's expert instead of the local model. ``dataset_options``: more
+    settings of the dataset's labelflow.yaml entry (e.g. an ``inbox``)."""
     root = Path(root)
     folder = root / "datasets" / dataset
     write_csv(folder / "train.csv", TINY_TRAIN, ["text", "label"])
@@ -113,7 +115,7 @@ def write_project(root: Path, dataset: str = DATASET, llm_api_base: str | None =
                    "mlflow_artifacts": "data/mlartifacts", "models": "data/models"},
         "llm": ({"model": "openai/fake", "api_base": llm_api_base, "api_key_env": FAKE_KEY_ENV, "timeout_s": 10,
                  "max_retries": 1} if llm_api_base else {"model": "local"}),
-        "datasets": [{"name": dataset, "path": f"datasets/{dataset}", "task": "multiclass"}],
+        "datasets": [{"name": dataset, "path": f"datasets/{dataset}", "task": "multiclass", **(dataset_options or {})}],
     }
     config_path = root / "labelflow.yaml"
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -315,19 +317,3 @@ def wait_mlflow_ui(server: Server, timeout: float = 180.0) -> Server:
 def start_mlflow_ui(project: UIProject, log_dir: Path, timeout: float = 180.0) -> Server:
     """`mlflow ui` on the project's sqlite store, returned once it answers HTTP."""
     return wait_mlflow_ui(launch_mlflow_ui(project, log_dir), timeout)
-
-
-_SHARED: dict[str, UIProject] = {}
-
-
-def shared_materialised_project(request, tmp_path_factory) -> UIProject:
-    """One project per test session, every asset of the tiny dataset materialised once in-process on the
-    project's Dagster instance, with a fake OpenAI-compatible LLM (:func:`tiny_expert_policy`) that stays
-    up for the session (runs launched from the UI reach it too)."""
-    if "project" not in _SHARED:
-        srv = FakeOpenAI(policy=tiny_expert_policy).start()
-        request.config.add_cleanup(srv.stop)
-        project = write_project(tmp_path_factory.mktemp("ui_project"), llm_api_base=srv.api_base)
-        materialise_all(project)
-        _SHARED["project"] = project
-    return _SHARED["project"]
