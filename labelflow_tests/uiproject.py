@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from labelflow_tests.conftest import REPO, TINY_POOL, TINY_TEST, TINY_TRAIN, write_csv
-from labelflow_tests.fake_openai import FakeOpenAI, Reply, extract_texts
+from labelflow_tests.fake_openai import Reply, extract_texts
 from labelflow_tests.project import free_port
 
 VENV_BIN = REPO / ".venv" / "bin"
@@ -128,7 +128,6 @@ def write_project(root: Path, dataset: str = DATASET, llm_api_base: str | None =
 def materialise_all(project: UIProject, times: int = 1) -> list[str]:
     """Materialise every asset of the dataset in-process on the project's own Dagster instance (so the UI
     shows the history), ``times`` times; returns the run ids."""
-    import dagster as dg
 
     from labelflow.defs.factory import build_definitions
 
