@@ -6,12 +6,16 @@ Paths in the file are relative to the file's folder. Secrets never live here: th
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from labelflow.data import LABEL_CONFLICT_POLICIES
 
 CONFIG_ENV = "LABELFLOW_CONFIG"
 DEFAULT_CONFIG_NAME = "labelflow.yaml"
@@ -19,6 +23,35 @@ DEFAULT_CONFIG_NAME = "labelflow.yaml"
 
 class ConfigError(ValueError):
     pass
+
+
+DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+RESERVED_SCHEMAS = frozenset({"main", "information_schema", "pg_catalog", "temp"})
+
+
+@functools.lru_cache(maxsize=1)
+def duckdb_keywords() -> frozenset[str]:
+    """Every keyword of the installed DuckDB (reserved or not), lower-case."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        return frozenset(r[0].lower() for r in con.execute("select keyword_name from duckdb_keywords()").fetchall())
+    finally:
+        con.close()
+
+
+def check_dataset_name(name, where: str) -> None:
+    """A dataset name is a DuckDB schema, a Dagster key prefix and part of LanceDB table names:
+    ``^[a-z][a-z0-9_]*$``, not a DuckDB keyword, not a reserved schema name."""
+    if not isinstance(name, str) or not DATASET_NAME.match(name):
+        raise ConfigError(f"{where}: name {name!r} must match ^[a-z][a-z0-9_]*$ (lower-case letters, digits and '_', "
+                          "starting with a letter)")
+    if name in RESERVED_SCHEMAS:
+        raise ConfigError(f"{where}: name {name!r} is a reserved DuckDB schema ({', '.join(sorted(RESERVED_SCHEMAS))}); "
+                          "choose another name")
+    if name in duckdb_keywords():
+        raise ConfigError(f"{where}: name {name!r} is a DuckDB keyword; choose another name (e.g. {name + '_data'!r})")
 
 
 @dataclass
@@ -53,7 +86,11 @@ class DatasetConfig:
     pilot_min_accuracy: float = 0.8
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     f1_drop_warning: float = 0.05
+    min_confidence: float | None = 0.5  # labels with a calibrated confidence below it are marked needs_review
+    drop_label_issues: bool = False  # drop weak/LLM training labels that label_issues suspects (never gold seeds)
+    per_class_f1_min: float = 0.70  # the evaluation check lists classes whose gold F1 is below it
     owners: list[str] = field(default_factory=list)
+    label_conflicts: str = "error"  # a text with two gold labels: error | drop | keep_first | merge (multilabel)
 
     @property
     def multilabel(self) -> bool:
@@ -92,6 +129,7 @@ class ProjectConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     nightly_cron: str = "0 2 * * *"
     datasets: list[DatasetConfig] = field(default_factory=list)
+    lock_wait_s: float = 60.0  # stores.lock_wait_s: how long a second writer waits for the project lock
 
     def dataset(self, name: str) -> DatasetConfig:
         for ds in self.datasets:
@@ -159,8 +197,15 @@ def config_from_dict(raw: dict[str, Any], root: Path) -> ProjectConfig:
         dc = _build(DatasetConfig, ds, where)
         if dc.task not in ("multiclass", "multilabel"):
             raise ConfigError(f"{where}: task must be 'multiclass' or 'multilabel', got {dc.task!r}")
-        if not dc.name.isidentifier():
-            raise ConfigError(f"{where}: name {dc.name!r} must be a Python identifier (it is a Dagster key prefix)")
+        check_dataset_name(dc.name, where)
+        clash = [j for j, other in enumerate(datasets) if other.name.lower() == dc.name.lower()]
+        if clash:
+            raise ConfigError(f"{where}: name {dc.name!r} is already used by datasets[{clash[0]}]; dataset names must be unique")
+        if dc.label_conflicts not in LABEL_CONFLICT_POLICIES:
+            raise ConfigError(f"{where}: label_conflicts must be one of {list(LABEL_CONFLICT_POLICIES)}, got {dc.label_conflicts!r}")
+        if dc.label_conflicts == "merge" and not dc.multilabel:
+            raise ConfigError(f"{where}: label_conflicts 'merge' (label union) needs task: multilabel; "
+                              "use error, drop or keep_first")
         datasets.append(dc)
     llm = _build(LLMConfig, dict(raw.get("llm") or {}), "llm")
     if os.environ.get("LABELFLOW_LLM_MODEL"):
@@ -176,4 +221,15 @@ def config_from_dict(raw: dict[str, Any], root: Path) -> ProjectConfig:
         llm=llm,
         nightly_cron=raw.get("nightly_cron", "0 2 * * *"),
         datasets=datasets,
+        lock_wait_s=_seconds(stores.get("lock_wait_s", 60.0), "stores.lock_wait_s"),
     )
+
+
+def _seconds(value, where: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: must be a number of seconds, got {value!r}") from None
+    if seconds < 0:
+        raise ConfigError(f"{where}: must be >= 0 seconds, got {value!r}")
+    return seconds

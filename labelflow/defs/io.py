@@ -1,38 +1,230 @@
-"""The DuckDB IO manager: dagster-duckdb-pandas, except that an empty DataFrame is stored as an empty
-table (with VARCHAR columns where the type is unknown) instead of being skipped, so downstream assets
-(e.g. hidden_pool_labels outside benchmark mode, an empty queue) always find their table."""
+"""IO managers: DuckDB tables (atomic, one writer at a time) and model files (one per materialisation).
 
+``WarehouseIOManager`` is dagster-duckdb-pandas with three changes:
+
+- **Atomic replace**: a table is replaced in one transaction (``CREATE OR REPLACE TABLE "schema"."t"
+  AS SELECT * FROM <registered frame>``), so a write that fails (a column DuckDB cannot convert, a
+  crash) leaves the previous table as it was, never empty or half-written. A partition is replaced by
+  ``DELETE`` + ``INSERT`` in one transaction. Identifiers are quoted.
+- **Multi-output steps commit together**: when one step has several required outputs on this IO manager
+  (the ingest multi-asset: seeds, pool, gold, ...), each output is written to a staging table and the
+  last one swaps them all into place in one transaction; a failure before the last output changes
+  none of the tables.
+- **The project lock** (:mod:`labelflow.lock`): the IO manager is part of every step, so taking the lock
+  when it is set up for a run (and releasing it at the end) makes every run of the project one writer;
+  a second run waits ``lock_wait_s`` and then fails with "data/warehouse.duckdb is in use by run ...".
+
+An empty DataFrame is stored as an empty table (VARCHAR where the type is unknown) instead of being
+skipped, so downstream assets (e.g. hidden_pool_labels outside benchmark mode) always find their table.
+
+``ModelIOManager`` stores each fitted model as ``<models_dir>/<dataset>/<run_id>.joblib`` (temp + fsync +
+rename, :mod:`labelflow.modelstore`), puts its path and sha256 into the asset metadata, and on every
+load checks the file against the sha256 recorded in the latest materialisation.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager
+
+import dagster as dg
 import pandas as pd
+from dagster_duckdb.io_manager import DbIOManager, DuckDbClient, _partition_where_clause
 from dagster_duckdb_pandas import DuckDBPandasIOManager, DuckDBPandasTypeHandler
+from pydantic import PrivateAttr
+
+from labelflow.lock import ProjectLock, wait_seconds
+from labelflow.modelstore import ModelIntegrityError, load_model, save_model
+from labelflow.sql import qualified
+from labelflow.sql import quote_ident as quote
+
+STAGING_PREFIX = "_labelflow_staging__"
+
+
+def _table_exists(connection, schema: str, table: str) -> bool:
+    return bool(connection.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [schema, table]).fetchone()[0])
+
+
+class _Client(DuckDbClient):
+    """Quoted identifiers; no separate DELETE before a write (the type handler replaces the table or
+    partition in one transaction); the connection is closed even when a write fails."""
+
+    @staticmethod
+    @contextmanager
+    def connect(context, table_slice):
+        with DuckDbClient.connect(context, table_slice) as conn:  # dagster-duckdb's retrying connect
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+    @staticmethod
+    def delete_table_slice(context, table_slice, connection) -> None:
+        return None
+
+    @staticmethod
+    def ensure_schema_exists(context, table_slice, connection) -> None:
+        connection.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(table_slice.schema)}")
+
+    @staticmethod
+    def get_select_statement(table_slice) -> str:
+        cols = ", ".join(quote(c) for c in table_slice.columns) if table_slice.columns else "*"
+        query = f"SELECT {cols} FROM {qualified(table_slice.schema, table_slice.table)}"
+        if table_slice.partition_dimensions:
+            query += " WHERE\n" + _partition_where_clause(table_slice.partition_dimensions)
+        return query
 
 
 class _TypeHandler(DuckDBPandasTypeHandler):
-    def handle_output(self, context, table_slice, obj: pd.DataFrame, connection):
-        if obj is not None and obj.empty and not table_slice.partition_dimensions:
-            typed = obj.astype({c: "string" for c in obj.columns if obj[c].dtype == object})
-            connection.execute(f"create schema if not exists {table_slice.schema}")
-            connection.register("_labelflow_empty", typed)
-            connection.execute(f"create or replace table {table_slice.schema}.{table_slice.table} as select * from _labelflow_empty")
-            connection.unregister("_labelflow_empty")
-            context.add_output_metadata({"dagster/row_count": 0})
-            return
-        super().handle_output(context, table_slice, obj, connection)
+    def __init__(self, resource_key: str = "io_manager"):
+        self.resource_key = resource_key
+        # (run id, step key) -> {output name: (schema, table, staging table)}
+        self._staged: dict[tuple[str, str], dict[str, tuple[str, str, str]]] = {}
 
+    def _group(self, context) -> list[str]:
+        """Output names of this step that go through this IO manager, when they must commit together."""
+        outs = [o for o in context.op_def.output_defs if o.io_manager_key == self.resource_key]
+        if len(outs) < 2 or not all(o.is_required for o in outs):
+            return []
+        return [o.name for o in outs]
+
+    def handle_output(self, context, table_slice, obj: pd.DataFrame, connection):
+        frame = obj
+        if obj.empty:
+            frame = obj.astype({c: "string" for c in obj.columns if obj[c].dtype == object})
+        schema, table = table_slice.schema, table_slice.table
+        name = f"_labelflow_frame_{uuid.uuid4().hex}"
+        connection.register(name, frame)
+        try:
+            if table_slice.partition_dimensions:
+                self._replace_partition(connection, table_slice, name)
+            else:
+                group = self._group(context)
+                if group:
+                    self._stage(context, connection, group, schema, table, name)
+                else:
+                    _transaction(connection, [f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}",
+                                              f"CREATE OR REPLACE TABLE {qualified(schema, table)} AS SELECT * FROM {quote(name)}"])
+        finally:
+            connection.unregister(name)
+        context.add_output_metadata({
+            ("dagster/partition_row_count" if context.has_partition_key else "dagster/row_count"): len(obj),
+            "dagster/storage_kind": "duckdb",
+            "dataframe_columns": dg.MetadataValue.table_schema(dg.TableSchema(
+                columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in obj.dtypes.items()])),
+        })
+
+    @staticmethod
+    def _replace_partition(connection, table_slice, name: str) -> None:
+        target = qualified(table_slice.schema, table_slice.table)
+        if _table_exists(connection, table_slice.schema, table_slice.table):
+            where = _partition_where_clause(table_slice.partition_dimensions)
+            statements = [f"DELETE FROM {target} WHERE {where}", f"INSERT INTO {target} SELECT * FROM {quote(name)}"]
+        else:
+            statements = [f"CREATE TABLE {target} AS SELECT * FROM {quote(name)}"]
+        _transaction(connection, statements)
+
+    def _stage(self, context, connection, group: list[str], schema: str, table: str, name: str) -> None:
+        staging = STAGING_PREFIX + table
+        _transaction(connection, [f"CREATE OR REPLACE TABLE {qualified(schema, staging)} AS SELECT * FROM {quote(name)}"])
+        key = (context.run_id, context.step_key)
+        staged = self._staged.setdefault(key, {})
+        staged[context.name] = (schema, table, staging)
+        if set(staged) != set(group):
+            context.log.debug(f"staged {schema}.{table}; {len(group) - len(staged)} more output(s) before the commit")
+            return
+        statements = []
+        for s, t, st in staged.values():
+            statements += [f"CREATE OR REPLACE TABLE {qualified(s, t)} AS SELECT * FROM {qualified(s, st)}",
+                           f"DROP TABLE {qualified(s, st)}"]
+        _transaction(connection, statements)
+        del self._staged[key]
+        context.log.info(f"committed {len(staged)} tables together: {', '.join(t for _, t, _ in staged.values())}")
 
     def load_input(self, context, table_slice, connection) -> pd.DataFrame:
         # A partitioned upstream with no partition materialised yet (e.g. an empty inbox) reads as empty.
-        if table_slice.partition_dimensions:
-            exists = connection.execute(
-                "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
-                [table_slice.schema, table_slice.table]).fetchone()[0]
-            if not exists:
-                return pd.DataFrame()
-        return super().load_input(context, table_slice, connection)
+        if table_slice.partition_dimensions and not _table_exists(connection, table_slice.schema, table_slice.table):
+            return pd.DataFrame()
+        if table_slice.partition_dimensions and len(context.asset_partition_keys) == 0:
+            return pd.DataFrame()
+        return connection.execute(_Client.get_select_statement(table_slice)).fetchdf()
+
+
+def _transaction(connection, statements: list[str]) -> None:
+    connection.execute("BEGIN TRANSACTION")
+    try:
+        for sql in statements:
+            connection.execute(sql)
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
 
 
 class WarehouseIOManager(DuckDBPandasIOManager):
-    """DuckDB tables, one schema per dataset (the asset key prefix)."""
+    """DuckDB tables, one schema per dataset (the asset key prefix); atomic writes; holds the project
+    lock for the whole run when ``lock_path`` is set."""
+
+    lock_path: str | None = None
+    lock_resource: str = "the warehouse"
+    lock_wait_s: float | None = None
+
+    _lock = PrivateAttr(default=None)
 
     @staticmethod
     def type_handlers():
         return [_TypeHandler()]
+
+    def create_io_manager(self, context) -> DbIOManager:
+        return DbIOManager(db_client=_Client(), database=self.database, schema=self.schema_,
+                           type_handlers=self.type_handlers(), default_load_type=self.default_load_type(),
+                           io_manager_name="WarehouseIOManager")
+
+    def setup_for_execution(self, context) -> None:
+        if not self.lock_path:
+            return
+        run = context.dagster_run
+        lock = ProjectLock(self.lock_path, run_id=context.run_id or f"adhoc-{uuid.uuid4().hex[:8]}",
+                           resource=self.lock_resource, wait_s=wait_seconds(self.lock_wait_s),
+                           command=f"dagster job {run.job_name}" if run is not None else "dagster")
+        lock.acquire()
+        self._lock = lock
+
+    def teardown_after_execution(self, context) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+class ModelIOManager(dg.ConfigurableIOManager):
+    """Fitted models as files: ``<models_dir>/<dataset>/<run_id>.joblib`` per materialisation, written
+    atomically; path and sha256 in the asset metadata; loads are checked against that sha256."""
+
+    models_dir: str
+
+    def _path(self, context):
+        from pathlib import Path
+
+        dataset = context.asset_key.path[0]
+        stem = context.run_id + (f"_{context.partition_key}" if context.has_partition_key else "")
+        return Path(self.models_dir) / dataset / f"{stem}.joblib"
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        if obj is None:
+            return
+        path = self._path(context)
+        digest = save_model(obj, path)
+        context.add_output_metadata({"model_path": str(path), "model_sha256": digest})
+
+    def load_input(self, context: dg.InputContext):
+        key = context.asset_key
+        event = context.instance.get_latest_materialization_event(key)
+        if event is None or event.asset_materialization is None:
+            raise ModelIntegrityError(f"{key.to_user_string()} has not been materialised yet")
+        meta = event.asset_materialization.metadata
+        if "model_path" not in meta or "model_sha256" not in meta:
+            raise ModelIntegrityError(f"the latest {key.to_user_string()} materialisation records no model file and sha256: "
+                                      "materialise it again")
+        return load_model(meta["model_path"].value, meta["model_sha256"].value)
