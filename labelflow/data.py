@@ -1,21 +1,32 @@
-"""Dataset folders: reading, validation and the benchmark split. No Dagster here.
+"""Dataset folders: reading, validation, label-conflict policies and the benchmark split. No Dagster here.
 
 The folder format (the one contract with users) is in the README: ``train`` (gold seeds), optional
 ``test`` (gold for evaluation only), optional ``unlabeled`` (the pool), optional ``labels.csv``
-(``label,description``). Each table may be ``.csv``, ``.parquet`` or ``.jsonl``.
+(``label,description``), optional ``lfs.yaml`` (declarative labelling functions). Each table may be
+``.csv``, ``.parquet`` or ``.jsonl``.
 
 Internal tables always carry a ``label`` column; for multi-label datasets it holds the ``|``-joined,
 sorted label set (see :func:`split_labels` / :func:`join_labels`).
 
-Every rejection raises :class:`IngestError` naming the file, the 1-based data row and the field, and
-validation finishes before anything is returned, so a rejected dataset writes nothing.
+Every rejection raises :class:`IngestError` naming the file, the 1-based data row (header excluded),
+the physical line where it differs from the row (CSV quoted multi-line fields, blank JSONL lines) and
+the field. Validation finishes before anything is returned, so a rejected dataset writes nothing.
+Nothing is changed silently: identical duplicate rows are removed and counted in ``Dataset.report``,
+and texts carrying two gold labels are handled by an explicit policy (``label_conflicts``) whose every
+affected row is listed in ``Dataset.conflicts``.
 """
 
 from __future__ import annotations
 
+import csv
+import functools
 import hashlib
 import io
 import json
+import math
+import re
+import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,18 +35,25 @@ import pandas as pd
 
 SUFFIXES = (".csv", ".parquet", ".jsonl")
 LABEL_SEP = "|"
+LABEL_CONFLICT_POLICIES = ("error", "drop", "keep_first", "merge")
+CONFLICT_COLUMNS = ["file", "row", "line", "id", "text", "label", "action", "resolved_label"]
+_MAX_LISTED = 10
 
 
 class IngestError(ValueError):
-    """Bad input. ``file``, ``row`` (1-based data row, header excluded) and ``field`` say where."""
+    """Bad input. ``file``, ``row`` (1-based data row, header excluded), ``field`` and ``line`` (the
+    1-based physical line of the file where the row starts; None for Parquet) say where."""
 
-    def __init__(self, file: Path | str, row: int | None, field_name: str | None, message: str):
-        self.file, self.row, self.field = str(file), row, field_name
+    def __init__(self, file: Path | str, row: int | None, field_name: str | None, message: str,
+                 line: int | None = None):
+        self.file, self.row, self.field, self.line = str(file), row, field_name, line
         where = str(file)
         if row is not None:
             where += f", row {row}"
         if field_name:
             where += f", field '{field_name}'"
+        if line is not None:
+            where += f", line {line}"
         super().__init__(f"{where}: {message}")
 
 
@@ -52,32 +70,214 @@ def join_labels(labels) -> str:
     return LABEL_SEP.join(sorted(set(labels)))
 
 
+# --- characters ---------------------------------------------------------------------------------------
+
+# Characters that show nothing on their own: controls (Cc), format characters (Cf: zero-width space /
+# joiners, BOM, bidi marks, soft hyphen, tags), spaces and separators (Z*), plus the variation selectors,
+# the combining grapheme joiner, the Hangul fillers and the blank Braille pattern.
+_EXTRA_INVISIBLE = [(0x034F, 0x034F), (0x115F, 0x1160), (0x2800, 0x2800), (0x3164, 0x3164), (0xFE00, 0xFE0F),
+                    (0xFFA0, 0xFFA0), (0xE0100, 0xE01EF)]
+
+
+def _ranges(cps: list[int]) -> str:
+    out, start, prev = [], None, None
+    for cp in sorted(set(cps)):
+        if start is None:
+            start = prev = cp
+        elif cp == prev + 1:
+            prev = cp
+        else:
+            out.append((start, prev))
+            start = prev = cp
+    if start is not None:
+        out.append((start, prev))
+    esc = lambda c: f"\\U{c:08x}"  # noqa: E731
+    return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in out)
+
+
+@functools.lru_cache(maxsize=None)
+def _char_classes() -> tuple[re.Pattern, re.Pattern]:
+    """(visible: any character that shows something, bad_label: control/format/line-separator chars)."""
+    invisible, control = [], []
+    for cp in [*range(0x20000), *range(0xE0000, 0xE1000)]:
+        cat = unicodedata.category(chr(cp))
+        if cat in ("Cc", "Cf", "Zs", "Zl", "Zp"):
+            invisible.append(cp)
+        if cat in ("Cc", "Cf", "Zl", "Zp"):
+            control.append(cp)
+    for a, b in _EXTRA_INVISIBLE:
+        invisible.extend(range(a, b + 1))
+    return re.compile(f"[^{_ranges(invisible)}]"), re.compile(f"[{_ranges(control)}]")
+
+
+def _json_type(v) -> str:
+    if isinstance(v, bool) or isinstance(v, np.bool_):
+        return "a boolean"
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return "a number"
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return f"a {type(v).__name__}"
+
+
+def _missing(v) -> bool:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return True
+    return isinstance(v, (float, np.floating)) and math.isnan(v)
+
+
+def _as_int_string(v) -> str | None:
+    """The decimal string of an integer value (bool is not an integer here), else None."""
+    if isinstance(v, (bool, np.bool_)):
+        return None
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return None
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+def _case_variants(folder: Path, stem: str, suffixes=SUFFIXES) -> list[str]:
+    """Files in ``folder`` that look meant as ``stem`` but do not match exactly (case, other suffix)."""
+    if not folder.is_dir():
+        return []
+    wanted = {f"{stem}{s}" for s in suffixes}
+    out = []
+    for p in sorted(folder.iterdir()):
+        name = p.name
+        if name in wanted:
+            continue
+        if name.lower() in {w.lower() for w in wanted} or name.lower().split(".")[0] == stem.lower():
+            out.append(name)
+    return out
+
+
 def find_table(folder: Path, stem: str) -> Path | None:
+    """``folder/stem.csv|.parquet|.jsonl`` (exactly one, names are case-sensitive) or None. A file that
+    only differs in case (``train.CSV``) or suffix (``train.tsv``) is an error that says what was found."""
+    folder = Path(folder)
     found = [folder / f"{stem}{s}" for s in SUFFIXES if (folder / f"{stem}{s}").exists()]
     if len(found) > 1:
         raise IngestError(folder, None, None, f"several files for '{stem}': {[p.name for p in found]}; keep one")
+    if not found:
+        near = _case_variants(folder, stem)
+        if near:
+            raise IngestError(folder / f"{stem}.csv", None, None,
+                              f"not found, but the folder has {near}: names are case-sensitive and must be one of "
+                              f"{[stem + s for s in SUFFIXES]}; rename the file")
     return found[0] if found else None
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV / Parquet / JSONL file as strings, rejecting undecodable bytes and empty files."""
+@dataclass
+class _Table:
+    """A file read as columns of Python values, with each data row's 1-based row and line numbers."""
+
+    path: Path
+    df: pd.DataFrame
+    lines: np.ndarray | None  # None for Parquet (no lines)
+    all_str: bool = False  # every value is a string (CSV)
+
+    def fail(self, i: int, field_name: str | None, message: str):
+        line = int(self.lines[i]) if self.lines is not None else None
+        raise IngestError(self.path, i + 1, field_name, message, line=line)
+
+    def line(self, i: int) -> int | None:
+        return int(self.lines[i]) if self.lines is not None else None
+
+
+def _read_csv(path: Path, content: str) -> _Table:
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    reader = csv.reader(io.StringIO(content, newline=""), strict=True)
+    header, records, lines = None, [], []
+    prev = 0
+    try:
+        for rec in reader:
+            start, prev = prev + 1, reader.line_num
+            if not rec:  # a blank line
+                continue
+            if header is None:
+                header = [h.strip() for h in rec]
+                continue
+            if len(rec) != len(header):
+                what = "more" if len(rec) > len(header) else "fewer"
+                raise IngestError(path, len(records) + 1, None,
+                                  f"row has {len(rec)} fields, {what} than the header's {len(header)} ({header}); "
+                                  "quote fields that contain commas", line=start)
+            records.append(rec)
+            lines.append(start)
+    except csv.Error as exc:
+        start = prev + 1
+        msg = (f"a quoted field opened on line {start} is never closed" if "unexpected end of data" in str(exc)
+               else f"not valid CSV ({exc})")
+        raise IngestError(path, len(records) + 1, None, msg, line=start) from None
+    if header is None:
+        raise IngestError(path, None, None, "file is empty (no header, zero rows)")
+    _check_header(path, header)
+    df = pd.DataFrame(records, columns=header, dtype=object)
+    if "\x00" in content:
+        for col in df.columns:
+            has_nul = df[col].str.contains("\x00", regex=False).to_numpy()
+            if has_nul.any():
+                i = int(np.flatnonzero(has_nul)[0])
+                raise IngestError(path, i + 1, col, "contains a NUL byte (\\x00); remove it (it would cut the text there)",
+                                  line=lines[i])
+    return _Table(path, df, np.asarray(lines, dtype=np.int64), all_str=True)
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    seen = set()
+    for h in header:
+        if h in seen:
+            raise IngestError(path, None, h, f"column '{h}' appears twice in the header {header}")
+        seen.add(h)
+
+
+def _read_jsonl(path: Path, content: str) -> _Table:
+    records, lines = [], []
+    for n, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise IngestError(path, len(records) + 1, None, f"not valid JSON: {exc.msg}", line=n) from exc
+        if not isinstance(rec, dict):
+            raise IngestError(path, len(records) + 1, None, f"each line must be a JSON object, got {_json_type(rec)}", line=n)
+        records.append(rec)
+        lines.append(n)
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    _check_header(path, [str(c).strip() for c in columns])
+    df = pd.DataFrame({c: [r.get(c) for r in records] for c in columns}, dtype=object)
+    return _Table(path, df, np.asarray(lines, dtype=np.int64))
+
+
+def _read_parquet(path: Path) -> _Table:
+    try:
+        df = pd.read_parquet(path, dtype_backend="numpy_nullable")
+    except Exception as exc:  # pyarrow raises several types
+        raise IngestError(path, None, None, f"not a readable Parquet file: {exc}") from exc
+    df = df.astype(object)
+    for col in df.columns:
+        is_bytes = df[col].map(lambda v: isinstance(v, bytes)).to_numpy()
+        for i in np.flatnonzero(is_bytes):
+            try:
+                df.iat[i, df.columns.get_loc(col)] = df[col].iat[i].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise IngestError(path, int(i) + 1, str(col), f"bytes are not valid UTF-8 ({exc.reason})") from exc
+    _check_header(path, [str(c).strip() for c in df.columns])
+    return _Table(path, df.reset_index(drop=True), None)
+
+
+def _read(path: Path) -> _Table:
     path = Path(path)
     if not path.exists():
         raise IngestError(path, None, None, "file not found")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        try:
-            df = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several types
-            raise IngestError(path, None, None, f"not a readable Parquet file: {exc}") from exc
-        for col in df.columns:
-            for i, value in enumerate(df[col]):
-                if isinstance(value, bytes):
-                    try:
-                        df.at[df.index[i], col] = value.decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        raise IngestError(path, i + 1, str(col), f"bytes are not valid UTF-8 ({exc.reason})") from exc
-    else:
+        t = _read_parquet(path)
+    elif suffix in (".csv", ".jsonl"):
         raw = path.read_bytes()
         try:
             content = raw.decode("utf-8")
@@ -87,33 +287,22 @@ def read_table(path: Path) -> pd.DataFrame:
             raise IngestError(path, row, None, f"bytes are not valid UTF-8 at byte {exc.start} (line {line})") from exc
         if content.startswith("\ufeff"):
             content = content[1:]
-        if suffix == ".csv":
-            try:
-                df = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False)
-            except pd.errors.EmptyDataError:
-                raise IngestError(path, None, None, "file is empty (no header, zero rows)") from None
-            except pd.errors.ParserError as exc:
-                raise IngestError(path, None, None, f"not valid CSV: {exc}") from exc
-        elif suffix == ".jsonl":
-            records = []
-            for n, line in enumerate(content.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise IngestError(path, n, None, f"not valid JSON: {exc.msg}") from exc
-                if not isinstance(rec, dict):
-                    raise IngestError(path, n, None, "each line must be a JSON object")
-                records.append(rec)
-            df = pd.DataFrame.from_records(records)
-        else:
-            raise IngestError(path, None, None, f"unsupported file type '{suffix}' (use {', '.join(SUFFIXES)})")
-    if len(df) == 0:
+        t = _read_csv(path, content) if suffix == ".csv" else _read_jsonl(path, content)
+    else:
+        raise IngestError(path, None, None, f"unsupported file type '{suffix}' (use {', '.join(SUFFIXES)})")
+    if len(t.df) == 0:
         raise IngestError(path, None, None, "file has zero rows")
-    df.columns = [str(c).strip() for c in df.columns]
-    return df.reset_index(drop=True)
+    t.df.columns = [str(c).strip() for c in t.df.columns]
+    return t
 
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV / Parquet / JSONL file (CSV values as strings; JSON/Parquet values as given), rejecting
+    undecodable bytes, NUL bytes in CSV, rows with more or fewer fields than the header and empty files."""
+    return _read(path).df
+
+
+# --- per-column validation ------------------------------------------------------------------------------
 
 def _require(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
     for col in columns:
@@ -121,84 +310,242 @@ def _require(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
             raise IngestError(path, None, col, f"missing column '{col}' (columns present: {list(df.columns)})")
 
 
-def _clean_texts(df: pd.DataFrame, path: Path, max_chars: int) -> pd.Series:
-    texts = df["text"]
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            if t is None or (isinstance(t, float) and np.isnan(t)):
-                raise IngestError(path, i + 1, "text", "text is empty")
-            t = str(t)
-        if not t.strip():
-            raise IngestError(path, i + 1, "text", "text is empty or whitespace only")
-        if len(t) > max_chars:
-            raise IngestError(path, i + 1, "text", f"text has {len(t)} characters, over the limit of {max_chars} (max_text_chars)")
-    return texts.astype(str)
+def _first(mask) -> int | None:
+    idx = np.flatnonzero(np.asarray(mask, dtype=bool))
+    return int(idx[0]) if len(idx) else None
 
 
-def _labels_column(df: pd.DataFrame, path: Path, multilabel: bool) -> pd.Series:
+def _texts(t: _Table, max_chars: int) -> pd.Series:
+    _require(t.df, t.path, ["text"])
+    values = t.df["text"]
+    if not t.all_str:
+        missing = values.map(_missing).to_numpy(dtype=bool)
+        if (i := _first(missing)) is not None:
+            t.fail(i, "text", "text is missing (null)")
+        not_str = values.map(lambda v: not isinstance(v, str)).to_numpy(dtype=bool)
+        if (i := _first(not_str)) is not None:
+            v = values.iat[i]
+            t.fail(i, "text", f"text must be a string, got {_json_type(v)} ({str(v)[:40]!r})")
+    texts = values.astype(str)
+    if (i := _first(texts.str.contains("\x00", regex=False))) is not None:
+        t.fail(i, "text", "text contains a NUL character (\\x00)")
+    visible, _ = _char_classes()
+    shown = texts.str.contains("[!-~]").to_numpy(dtype=bool)  # fast path: any printable ASCII character
+    if not shown.all():
+        shown[~shown] = texts[~shown].str.contains(visible).to_numpy(dtype=bool)
+    if (i := _first(~shown)) is not None:
+        t.fail(i, "text", "text is empty, whitespace only or only invisible characters (e.g. zero-width spaces)")
+    if (i := _first(texts.str.len() > max_chars)) is not None:
+        t.fail(i, "text", f"text has {len(texts.iat[i])} characters, over the limit of {max_chars} (max_text_chars)")
+    return texts.reset_index(drop=True)
+
+
+def _label_value(v, multilabel: bool) -> tuple[str | list | None, str | None]:
+    """(value, problem): a label as a string, a list (multi-label only) or None with the reason."""
+    if _missing(v):
+        return None, "label is missing (null)"
+    if isinstance(v, str):
+        return v, None
+    if (s := _as_int_string(v)) is not None:
+        return s, None
+    if multilabel and isinstance(v, (list, tuple, np.ndarray)):
+        out = []
+        for x in list(v):
+            if isinstance(x, str):
+                out.append(x)
+            elif (s := _as_int_string(x)) is not None:
+                out.append(s)
+            else:
+                return None, f"label set must hold strings or integers, got {_json_type(x)} ({str(x)[:40]!r})"
+        return out, None
+    kind = "a string, an integer" + (" or a list of those" if multilabel else "")
+    return None, f"label must be {kind}, got {_json_type(v)} ({str(v)[:40]!r})"
+
+
+def _labels(t: _Table, multilabel: bool) -> pd.Series:
     col = "labels" if multilabel else "label"
-    if multilabel and "labels" not in df.columns and "label" in df.columns:
+    if multilabel and "labels" not in t.df.columns and "label" in t.df.columns:
         col = "label"
-    _require(df, path, [col])
+    _require(t.df, t.path, [col])
+    _, bad_chars = _char_classes()
+    forbidden = re.compile(bad_chars.pattern[:-1] + "<>" + ("" if multilabel else r"\|") + "]")
     out = []
-    for i, v in enumerate(df[col]):
-        v = "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+    if t.all_str and not multilabel:  # CSV, one label per row: vectorised
+        values = t.df[col].str.strip()
+        if (i := _first(values == "")) is not None:
+            t.fail(i, col, "label is empty")
+        out = [[v] for v in values]
+    for i, v in enumerate([] if out else t.df[col].tolist()):
+        value, problem = _label_value(v, multilabel)
+        if problem:
+            t.fail(i, col, problem)
         if multilabel:
-            parts = [p.strip() for p in v.split(LABEL_SEP)]
-            if not v.strip() or any(not p for p in parts):
-                raise IngestError(path, i + 1, col, f"cannot parse label set {v!r}: expected labels joined by '{LABEL_SEP}', none empty")
-            out.append(join_labels(parts))
+            parts = [p.strip() for p in (value.split(LABEL_SEP) if isinstance(value, str) else value)]
+            if not parts or any(not p for p in parts) or (not isinstance(value, str) and any(LABEL_SEP in p for p in parts)):
+                t.fail(i, col, f"cannot parse label set {v!r}: expected labels joined by '{LABEL_SEP}' "
+                               "(or a list of labels), none empty")
+            out.append(parts)
         else:
-            if not v.strip():
-                raise IngestError(path, i + 1, col, "label is empty")
-            out.append(v.strip())
-    return pd.Series(out, index=df.index)
+            value = value.strip()
+            if not value:
+                t.fail(i, col, "label is empty")
+            out.append([value])
+    flat = pd.Series([lab for parts in out for lab in parts], dtype=object)
+    owner = np.repeat(np.arange(len(out)), [len(p) for p in out])
+    bad = flat.str.contains(forbidden).to_numpy(dtype=bool) if len(flat) else np.zeros(0, bool)
+    if (j := _first(bad)) is not None:
+        lab = flat.iat[j]
+        ch = forbidden.search(lab).group(0)
+        why = ("'|' separates the labels of a multi-label set" if ch == LABEL_SEP
+               else f"character {ch!r} (U+{ord(ch):04X}) is not allowed in a label (no control or invisible characters, '<' or '>')")
+        t.fail(int(owner[j]), col, f"label {lab!r}: {why}")
+    return pd.Series([join_labels(p) if multilabel else p[0] for p in out], dtype=object)
 
 
-def _ids(df: pd.DataFrame, path: Path, texts: pd.Series) -> pd.Series:
-    if "id" in df.columns:
-        ids = df["id"].astype(str).str.strip()
-        for i, v in enumerate(ids):
-            if not v:
-                raise IngestError(path, i + 1, "id", "id is empty (leave the column out to use text hashes)")
-        return ids
-    return texts.map(text_id)
+def _ids(t: _Table, texts: pd.Series) -> pd.Series:
+    if "id" not in t.df.columns:
+        return texts.map(text_id)
+    values = t.df["id"]
+    ids = []
+    for i, v in enumerate(values.tolist()):
+        if _missing(v):
+            t.fail(i, "id", "id is missing (null); give every row an id or leave the column out to use text hashes")
+        if isinstance(v, str):
+            s = v.strip()
+        elif (s := _as_int_string(v)) is None:
+            t.fail(i, "id", f"id must be a string or an integer, got {_json_type(v)} ({str(v)[:40]!r})")
+        if not s:
+            t.fail(i, "id", "id is empty (leave the column out to use text hashes)")
+        if "\x00" in s:
+            t.fail(i, "id", "id contains a NUL character (\\x00)")
+        ids.append(s)
+    return pd.Series(ids, dtype=object)
 
 
-def _labelled_frame(path: Path, multilabel: bool, max_chars: int) -> pd.DataFrame:
-    df = read_table(path)
-    _require(df, path, ["text"])
-    texts = _clean_texts(df, path, max_chars)
-    labels = _labels_column(df, path, multilabel)
-    out = pd.DataFrame({"id": _ids(df, path, texts), "text": texts, "label": labels, "row": np.arange(1, len(df) + 1)})
-    _check_conflicts(out, path)
-    return out.drop_duplicates(subset=["id"]).reset_index(drop=True)
+def _frame(t: _Table, ids: pd.Series, texts: pd.Series, labels: pd.Series | None) -> pd.DataFrame:
+    n = len(t.df)
+    out = pd.DataFrame({"id": ids.to_numpy(), "text": texts.to_numpy()})
+    if labels is not None:
+        out["label"] = labels.to_numpy()
+    out["file"] = t.path.name
+    out["path"] = str(t.path)
+    out["row"] = np.arange(1, n + 1)
+    out["line"] = t.lines if t.lines is not None else pd.array([pd.NA] * n, dtype="Int64")
+    return out
 
 
-def _check_conflicts(df: pd.DataFrame, path: Path, other: pd.DataFrame | None = None, other_path: Path | None = None) -> None:
-    """The same id, or the same text, must not carry two different labels (within a file or across)."""
-    frames = [df.assign(_file=str(path))]
-    if other is not None:
-        frames.append(other.assign(_file=str(other_path)))
-    both = pd.concat(frames, ignore_index=True)
-    for key in ("text", "id"):
-        n_labels = both.groupby(key)["label"].transform("nunique")
-        bad = both[n_labels > 1]
-        if len(bad):
-            first = bad.iloc[0]
-            clash = bad[bad[key] == first[key]]
-            other_row = clash.iloc[1]
-            raise IngestError(
-                other_row["_file"], int(other_row["row"]), "label",
-                f"the same {key} ({str(first[key])[:60]!r}) has label {other_row['label']!r} here and "
-                f"{clash.iloc[0]['label']!r} at {clash.iloc[0]['_file']} row {int(clash.iloc[0]['row'])}",
-            )
+def read_labelled(path: Path, multilabel: bool, max_chars: int = 5000) -> pd.DataFrame:
+    """One validated labelled table: id, text, label, file, path, row, line (duplicates not yet removed)."""
+    t = _read(path)
+    texts = _texts(t, max_chars)
+    labels = _labels(t, multilabel)
+    return _frame(t, _ids(t, texts), texts, labels)
+
+
+def read_unlabelled(path: Path, max_chars: int = 5000) -> pd.DataFrame:
+    """One validated unlabelled table: id, text, file, path, row, line (duplicates not yet removed)."""
+    t = _read(path)
+    texts = _texts(t, max_chars)
+    return _frame(t, _ids(t, texts), texts, None)
+
+
+def _where(r) -> str:
+    line = r["line"]
+    return f"{r['file']} row {int(r['row'])}" + ("" if pd.isna(line) else f" (line {int(line)})")
+
+
+def check_ids(frames: list[pd.DataFrame]) -> None:
+    """An id names one text: the same id with two different texts (within a file or across files) is an
+    error at the later row."""
+    frames = [f for f in frames if f is not None and len(f)]
+    if not frames:
+        return
+    both = pd.concat([f[["id", "text", "file", "path", "row", "line"]] for f in frames], ignore_index=True)
+    n_texts = both.groupby("id", sort=False)["text"].transform("nunique")
+    bad = both[n_texts > 1]
+    if len(bad):
+        first_id = bad["id"].iat[0]
+        grp = bad[bad["id"] == first_id]
+        a = grp.iloc[0]
+        b = grp[grp["text"] != a["text"]].iloc[0]
+        line = None if pd.isna(b["line"]) else int(b["line"])
+        raise IngestError(b["path"], int(b["row"]), "id",
+                          f"the same id {first_id!r} has another text here ({b['text'][:50]!r}) than at {_where(a)} "
+                          f"({a['text'][:50]!r}); an id must name one text ({len(bad['id'].unique())} such id(s) in all)",
+                          line=line)
+
+
+def resolve_label_conflicts(rows: pd.DataFrame, policy: str, multilabel: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Texts carrying two or more different gold labels (within a file or across train and test).
+
+    ``rows``: labelled rows in file order (id, text, label, file, path, row, line). ``policy``:
+    ``error`` raises :class:`IngestError` listing every conflict (count, the first ten with
+    file/row/label); ``drop`` removes every row of a conflicting text; ``keep_first`` keeps the rows
+    carrying the first row's label and removes the others; ``merge`` (multi-label only) gives every row
+    of the text the union of the label sets. Returns ``(rows after the policy, conflicts)``; conflicts
+    lists every affected row (``CONFLICT_COLUMNS``: ``action`` is dropped / kept / merged and
+    ``resolved_label`` the label it carries afterwards, empty when dropped)."""
+    if policy not in LABEL_CONFLICT_POLICIES:
+        raise ValueError(f"label_conflicts must be one of {list(LABEL_CONFLICT_POLICIES)}, got {policy!r}")
+    if policy == "merge" and not multilabel:
+        raise ValueError("label_conflicts='merge' (label union) needs a multi-label dataset (task: multilabel)")
+    empty = pd.DataFrame(columns=CONFLICT_COLUMNS)
+    if not len(rows):
+        return rows, empty
+    n_labels = rows.groupby("text", sort=False)["label"].transform("nunique")
+    is_bad = (n_labels > 1).to_numpy()
+    if not is_bad.any():
+        return rows, empty
+    bad = rows[is_bad]
+    n_texts = bad["text"].nunique()
+    if policy == "error":
+        listed = []
+        for text, grp in list(bad.groupby("text", sort=False))[:_MAX_LISTED]:
+            listed.append(f"{text[:50]!r}: " + ", ".join(f"{_where(r)} {r['label']!r}" for _, r in grp.iterrows()))
+        first_text = bad["text"].iat[0]
+        grp = bad[bad["text"] == first_text]
+        b = grp[grp["label"] != grp["label"].iat[0]].iloc[0]
+        raise IngestError(
+            b["path"], int(b["row"]), "label",
+            f"label conflicts: {n_texts} text(s) carry two or more different labels (the same text with another label "
+            f"here than at {_where(grp.iloc[0])}); first {min(n_texts, _MAX_LISTED)}: " + "; ".join(listed)
+            + ". Fix the data, or set label_conflicts: drop | keep_first" + (" | merge" if multilabel else "")
+            + " for this dataset (every affected row is then recorded in the label_conflicts table)",
+            line=None if pd.isna(b["line"]) else int(b["line"]))
+    first_label = bad.groupby("text", sort=False)["label"].transform("first")
+    if policy == "drop":
+        action = pd.Series("dropped", index=bad.index)
+        resolved = pd.Series("", index=bad.index)
+    elif policy == "keep_first":
+        keep = bad["label"] == first_label
+        action = keep.map({True: "kept", False: "dropped"})
+        resolved = bad["label"].where(keep, "")
+    else:  # merge
+        union = bad.groupby("text", sort=False)["label"].agg(lambda s: join_labels(l for v in s for l in split_labels(v)))
+        action = pd.Series("merged", index=bad.index)
+        resolved = bad["text"].map(union)
+    conflicts = bad.assign(action=action, resolved_label=resolved)[CONFLICT_COLUMNS].reset_index(drop=True)
+    out = rows.copy()
+    out.loc[resolved.index, "label"] = resolved
+    out = out.drop(index=action.index[action == "dropped"])
+    return out, conflicts
+
+
+def _dedupe(df: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Remove rows repeating an earlier row of the same file exactly (same ``columns``); returns the
+    rows kept and the number removed per file."""
+    dup = df.duplicated(subset=["file", *columns]).to_numpy()
+    counts = {str(k): int(v) for k, v in df.loc[dup, "file"].value_counts().items()}
+    return df[~dup].reset_index(drop=True), counts
 
 
 @dataclass
 class Dataset:
     """A validated dataset. Frames: ``seeds``/``gold``/``pool_truth`` (id, text, label), ``pool``
-    (id, text), ``descriptions`` (label, description) as given by the user."""
+    (id, text), ``descriptions`` (label, description) as given by the user, ``lf_definitions`` (the
+    validated ``lfs.yaml``, see :func:`labelflow.weak.parse_lf_file`), ``conflicts`` (every row a
+    label-conflict policy changed, ``CONFLICT_COLUMNS``). ``report`` counts what ingestion removed
+    (identical duplicates, pool texts that are already seeds) and the conflicts."""
 
     name: str
     multilabel: bool
@@ -209,6 +556,9 @@ class Dataset:
     descriptions: pd.DataFrame
     pool_truth: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["id", "text", "label"]))
     files: dict = field(default_factory=dict)
+    conflicts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CONFLICT_COLUMNS))
+    lf_definitions: pd.DataFrame | None = None
+    report: dict = field(default_factory=dict)
 
 
 def label_lists(series: pd.Series, multilabel: bool) -> list[list[str]]:
@@ -257,17 +607,38 @@ def load_dataset(
     seed: int = 0,
     max_text_chars: int = 5000,
     max_pool: int | None = None,
+    label_conflicts: str = "error",
 ) -> Dataset:
-    """Read and validate a dataset folder. Raises :class:`IngestError` on the first problem found."""
+    """Read and validate a dataset folder. Raises :class:`IngestError` on the first problem found
+    (with ``label_conflicts="error"``, on all label conflicts at once); see
+    :func:`resolve_label_conflicts` for the other policies."""
     folder = Path(folder)
     multilabel = task == "multilabel"
+    if label_conflicts not in LABEL_CONFLICT_POLICIES:
+        raise ValueError(f"label_conflicts must be one of {list(LABEL_CONFLICT_POLICIES)}, got {label_conflicts!r}")
+    if label_conflicts == "merge" and not multilabel:
+        raise ValueError("label_conflicts='merge' (label union) needs a multi-label dataset (task: multilabel)")
     if not folder.is_dir():
         raise IngestError(folder, None, None, "dataset folder not found")
     train_path = find_table(folder, "train")
     if train_path is None:
         raise IngestError(folder / "train.csv", None, None, f"file not found (need train{'/'.join(SUFFIXES)})")
-    train = _labelled_frame(train_path, multilabel, max_text_chars)
+    test_path = find_table(folder, "test")
+    unl_path = find_table(folder, "unlabeled")
+    train = read_labelled(train_path, multilabel, max_text_chars)
+    gold = read_labelled(test_path, multilabel, max_text_chars) if test_path is not None else None
+    unl = read_unlabelled(unl_path, max_text_chars) if unl_path is not None else None
+    check_ids([train, gold, unl])
+
+    labelled = pd.concat([train, gold], ignore_index=True) if gold is not None else train
+    labelled, conflicts = resolve_label_conflicts(labelled, label_conflicts, multilabel)
+    labelled, duplicates = _dedupe(labelled, ["id", "text", "label"])
+    train = labelled[labelled["file"] == train_path.name].reset_index(drop=True)
     files = {"train": str(train_path)}
+    report: dict = {"label_conflicts_policy": label_conflicts,
+                    "label_conflict_texts": int(conflicts["text"].nunique()) if len(conflicts) else 0,
+                    "label_conflict_rows": len(conflicts),
+                    "label_conflict_rows_dropped": int((conflicts["action"] == "dropped").sum()) if len(conflicts) else 0}
 
     pool_truth = pd.DataFrame(columns=["id", "text", "label"])
     if seed_per_class:
@@ -278,35 +649,50 @@ def load_dataset(
         seeds = train
     seed_labels = sorted({lab for s in label_lists(seeds["label"], multilabel) for lab in s})
 
-    gold = pd.DataFrame(columns=["id", "text", "label"])
-    test_path = find_table(folder, "test")
-    if test_path is not None:
-        gold = _labelled_frame(test_path, multilabel, max_text_chars)
-        _check_conflicts(train, train_path, gold, test_path)
+    if gold is not None:
+        gold = labelled[labelled["file"] == test_path.name].reset_index(drop=True)
         known = set(seed_labels)
-        for _, r in gold.iterrows():
-            for lab in (split_labels(r["label"]) if multilabel else [r["label"]]):
-                if lab not in known:
-                    raise IngestError(test_path, int(r["row"]), "labels" if multilabel else "label",
-                                      f"label {lab!r} has no seed example in {train_path.name}")
+        unknown = [any(lab not in known for lab in labs) for labs in label_lists(gold["label"], multilabel)]
+        if (i := _first(unknown)) is not None:
+            r = gold.iloc[i]
+            lab = next(lab for lab in label_lists(pd.Series([r["label"]]), multilabel)[0] if lab not in known)
+            raise IngestError(test_path, int(r["row"]), "labels" if multilabel else "label",
+                              f"label {lab!r} has no seed example in {train_path.name}",
+                              line=None if pd.isna(r["line"]) else int(r["line"]))
         files["test"] = str(test_path)
+    else:
+        gold = pd.DataFrame(columns=["id", "text", "label"])
 
     pool_parts = [pool_truth[["id", "text"]]] if len(pool_truth) else []
-    unl_path = find_table(folder, "unlabeled")
-    if unl_path is not None:
-        unl = read_table(unl_path)
-        _require(unl, unl_path, ["text"])
-        texts = _clean_texts(unl, unl_path, max_text_chars)
-        pool_parts.append(pd.DataFrame({"id": _ids(unl, unl_path, texts), "text": texts}))
+    if unl is not None:
+        unl, dup_unl = _dedupe(unl, ["id", "text"])
+        duplicates.update(dup_unl)
+        pool_parts.append(unl[["id", "text"]])
         files["unlabeled"] = str(unl_path)
-    pool = (pd.concat(pool_parts, ignore_index=True).drop_duplicates("id").reset_index(drop=True)
-            if pool_parts else pd.DataFrame(columns=["id", "text"]))
-    seed_ids = set(seeds["id"])
-    pool = pool[~pool["id"].isin(seed_ids)].reset_index(drop=True)
+    pool = (pd.concat(pool_parts, ignore_index=True) if pool_parts else pd.DataFrame(columns=["id", "text"]))
+    n_pool_dup = int(pool.duplicated("id").sum())
+    pool = pool.drop_duplicates("id").reset_index(drop=True)
+    in_seeds = pool["id"].isin(set(seeds["id"]))
+    pool = pool[~in_seeds].reset_index(drop=True)
+    report.update({"duplicate_rows_removed": {f: duplicates.get(f, 0) for f in
+                                              [Path(p).name for p in (train_path, test_path, unl_path) if p is not None]},
+                   "unlabeled_texts_also_in_benchmark_pool": n_pool_dup,
+                   "pool_texts_already_seeds": int(in_seeds.sum())})
 
     descriptions = read_label_descriptions(folder, seed_labels, train_path.name)
     if len(descriptions) or (folder / "labels.csv").exists():
         files["labels"] = str(folder / "labels.csv")
+    lf_definitions = None
+    lf_path = folder / "lfs.yaml"
+    near = _case_variants(folder, "lfs", (".yaml",))
+    if not lf_path.exists() and near:
+        raise IngestError(lf_path, None, None, f"not found, but the folder has {near}: the labelling-function file "
+                                               "must be named exactly 'lfs.yaml'; rename it")
+    if lf_path.exists():
+        from labelflow.weak import parse_lf_file
+
+        lf_definitions = parse_lf_file(lf_path, seed_labels)
+        files["lfs"] = str(lf_path)
 
     cols = ["id", "text", "label"]
     return Dataset(
@@ -319,36 +705,43 @@ def load_dataset(
         descriptions=descriptions,
         pool_truth=pool_truth[cols].reset_index(drop=True) if len(pool_truth) else pool_truth,
         files=files,
+        conflicts=conflicts,
+        lf_definitions=lf_definitions,
+        report=report,
     )
 
 
 def read_inbox_file(path: Path, max_text_chars: int = 5000) -> pd.DataFrame:
-    """An inbox file (new unlabelled texts): id, text. Validated like ``unlabeled``."""
-    df = read_table(path)
-    _require(df, path, ["text"])
-    texts = _clean_texts(df, path, max_text_chars)
-    return pd.DataFrame({"id": _ids(df, path, texts), "text": texts}).drop_duplicates("id").reset_index(drop=True)
+    """An inbox file (new unlabelled texts): id, text. Validated like ``unlabeled``: an id with two
+    different texts is an error; identical repeated rows are kept once."""
+    df = read_unlabelled(Path(path), max_text_chars)
+    check_ids([df])
+    return df.drop_duplicates("id")[["id", "text"]].reset_index(drop=True)
 
 
 def read_label_descriptions(folder: str | Path, seed_labels, train_name: str = "train") -> pd.DataFrame:
     """The user's label descriptions from ``labels.csv`` (label, description), validated: every label
-    must have a seed example, none described twice. Rows without a description are dropped."""
-    labels_path = Path(folder) / "labels.csv"
+    must have a seed example, none described twice. Rows without a description declare the label only."""
+    folder = Path(folder)
+    labels_path = folder / "labels.csv"
     if not labels_path.exists():
+        near = _case_variants(folder, "labels", (".csv",))
+        if near:
+            raise IngestError(labels_path, None, None, f"not found, but the folder has {near}: label descriptions must "
+                                                       "be in a file named exactly 'labels.csv'; rename it")
         return pd.DataFrame(columns=["label", "description"])
     known = set(seed_labels)
-    desc = read_table(labels_path)
-    _require(desc, labels_path, ["label"])
-    if "description" not in desc.columns:  # a bare list of labels declares the label set only
-        desc["description"] = ""
-    desc["label"] = desc["label"].astype(str).str.strip()
-    desc["description"] = desc["description"].astype(str).str.strip()
-    for i, r in desc.iterrows():
-        if not r["label"]:
-            raise IngestError(labels_path, i + 1, "label", "label is empty")
-        if r["label"] not in known:
-            raise IngestError(labels_path, i + 1, "label", f"label {r['label']!r} has no seed example in {train_name}")
-    dup = desc[desc.duplicated("label", keep=False)]
-    if len(dup):
-        raise IngestError(labels_path, int(dup.index[1]) + 1, "label", f"label {dup.iloc[0]['label']!r} is described twice")
+    t = _read(labels_path)
+    _require(t.df, labels_path, ["label"])
+    desc = pd.DataFrame({"label": t.df["label"].astype(str).str.strip(),
+                         "description": (t.df["description"].astype(str).str.strip() if "description" in t.df.columns
+                                         else "")})
+    for i, lab in enumerate(desc["label"]):
+        if not lab:
+            t.fail(i, "label", "label is empty")
+        if lab not in known:
+            t.fail(i, "label", f"label {lab!r} has no seed example in {train_name}")
+    dup = desc.duplicated("label").to_numpy()
+    if (i := _first(dup)) is not None:
+        t.fail(i, "label", f"label {desc['label'].iat[i]!r} is described twice")
     return desc.loc[desc["description"] != "", ["label", "description"]].reset_index(drop=True)

@@ -15,6 +15,7 @@ vote table ``(id, lf, label)`` plus the errors of LFs that raised (such an LF is
 
 from __future__ import annotations
 
+import json
 import re
 import traceback
 from dataclasses import dataclass
@@ -23,25 +24,26 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import re2
 import yaml
 
+from labelflow.data import IngestError
 from labelflow.embedding import cosine_top_k, unit_rows
 
 VOTE_COLUMNS = ["id", "lf", "label"]
 ERROR_COLUMNS = ["lf", "id", "error"]
 
 
-class LFFileError(ValueError):
-    """A bad ``lfs.yaml``. ``file``, ``index`` (0-based position in ``lfs``) and ``field`` say where."""
+class LFFileError(IngestError):
+    """A bad ``lfs.yaml`` (an :class:`~labelflow.data.IngestError`). ``file``, ``index`` (0-based position
+    in ``lfs``), ``name`` (the LF's name when it has one) and ``field`` say where."""
 
     def __init__(self, file, index: int | None, field_name: str | None, message: str, name: str | None = None):
-        self.file, self.index, self.field = str(file), index, field_name
-        where = str(file)
+        super().__init__(file, None, field_name, message)
+        self.index, self.name = index, name
         if index is not None:
-            where += f", lfs[{index}]" + (f" ({name!r})" if name else "")
-        if field_name:
-            where += f", field '{field_name}'"
-        super().__init__(f"{where}: {message}")
+            loc = f"{file}, lfs[{index}]" + (f" ({name!r})" if name else "") + (f", field '{field_name}'" if field_name else "")
+            ValueError.__init__(self, f"{loc}: {message}")
 
 
 class LFError(RuntimeError):
@@ -124,22 +126,64 @@ def labeling_function(name: str | None = None) -> Callable[[Callable], LabelingF
 _LF_KEYS = {"name", "label", "keywords", "regex", "case_sensitive"}
 
 
+# User regexes and keyword phrases run on RE2 (google-re2): matching is linear in the text's length, so a
+# pattern such as ``^(a+)+$`` cannot hang a run on a long text (Python's ``re`` backtracks exponentially).
+# RE2 has no look-around and no backreferences; such patterns are rejected when lfs.yaml is validated.
+_WORD = r"\pL\pN_"  # what Python's Unicode \w matches: letters, numbers and the underscore
+
+_UNSUPPORTED = [
+    (re.compile(r"\(\?<[=!]"), "a lookbehind ((?<=...) or (?<!...))"),
+    (re.compile(r"\(\?[=!]"), "a lookahead ((?=...) or (?!...))"),
+    (re.compile(r"\\[1-9]|\(\?P=\w+\)|\\g<"), "a backreference (\\1, (?P=name))"),
+    (re.compile(r"\(\?>"), "an atomic group ((?>...))"),
+    (re.compile(r"\(\?\("), "a conditional group ((?(...)...))"),
+    (re.compile(r"(?:[*+?}])\+"), "a possessive quantifier (*+, ++, ?+)"),
+    (re.compile(r"\\Z"), "\\Z (write \\z for the end of the text)"),
+]
+
+
+def _options(case_sensitive: bool) -> re2.Options:
+    opts = re2.Options()
+    opts.case_sensitive = bool(case_sensitive)
+    opts.never_capture = True
+    opts.log_errors = False
+    return opts
+
+
+def compile_pattern(pattern: str, case_sensitive: bool = False):
+    """Compile a user regex with RE2. Raises ``ValueError`` saying which unsupported feature it uses
+    (look-around, backreferences, ...) or why it is not a valid regular expression."""
+    try:
+        return re2.compile(pattern, _options(case_sensitive))
+    except re2.error as exc:
+        for rx, feature in _UNSUPPORTED:
+            if rx.search(pattern):
+                raise ValueError(f"uses {feature}, which the linear-time regex engine (RE2) does not support; "
+                                 "rewrite the pattern without it") from None
+        try:
+            re.compile(pattern)
+        except re.error as py_exc:
+            raise ValueError(f"invalid regular expression {pattern!r}: {py_exc}") from None
+        raise ValueError(f"not supported by the linear-time regex engine (RE2): {exc}") from None
+
+
 def keyword_pattern(keywords: Sequence[str]) -> str:
-    """One regex matching any keyword as a phrase: a word boundary is required on each side where the
-    keyword starts or ends with a word character (so ``"refund"`` does not match ``"refunded"`` but
-    ``"?"`` matches ``"dinner?"``); inner whitespace matches any run of whitespace."""
+    """One RE2 regex matching any keyword as a phrase: a word boundary is required on each side where
+    the keyword starts or ends with a word character (a letter, digit or ``_``, Unicode-aware; so
+    ``"refund"`` does not match ``"refunded"`` but ``"?"`` matches ``"dinner?"``); inner whitespace
+    matches any run of whitespace."""
     parts = []
     for kw in sorted(set(keywords), key=len, reverse=True):
         body = r"\s+".join(re.escape(w) for w in kw.split())
-        left = r"(?<!\w)" if re.match(r"\w", kw) else ""
-        right = r"(?!\w)" if re.search(r"\w$", kw) else ""
+        left = f"(?:^|[^{_WORD}])" if re.match(r"\w", kw) else ""
+        right = f"(?:[^{_WORD}]|$)" if re.search(r"\w$", kw) else ""
         parts.append(left + body + right)
     return "|".join(parts)
 
 
 def pattern_lf(name: str, label: str, pattern: str, case_sensitive: bool = False) -> LabelingFunction:
-    """An LF voting ``label`` on every text where the regex ``pattern`` is found (vectorised)."""
-    regex = re.compile(pattern, 0 if case_sensitive else re.IGNORECASE)
+    """An LF voting ``label`` on every text where the RE2 regex ``pattern`` is found (linear time per text)."""
+    regex = compile_pattern(pattern, case_sensitive)
 
     def fn(texts, X=None):
         hits = np.fromiter((regex.search(t) is not None for t in texts), dtype=bool, count=len(texts))
@@ -153,10 +197,15 @@ def keyword_lf(name: str, label: str, keywords: Sequence[str], case_sensitive: b
     return pattern_lf(name, label, keyword_pattern(keywords), case_sensitive)
 
 
-def load_lf_file(path: str | Path, labels: Sequence[str]) -> list[LabelingFunction]:
+LF_DEFINITION_COLUMNS = ["index", "name", "label", "kind", "keywords", "regex", "pattern", "case_sensitive"]
+
+
+def parse_lf_file(path: str | Path, labels: Sequence[str]) -> pd.DataFrame:
     """Read and validate an ``lfs.yaml`` (format: a top-level ``lfs:`` list; each item has ``name``,
-    ``label``, exactly one of ``keywords`` (list of phrases) or ``regex``, optional ``case_sensitive``).
-    Raises :class:`LFFileError` naming the file, the LF index and the field; nothing is returned on error."""
+    ``label``, exactly one of ``keywords`` (list of phrases) or ``regex`` (RE2 syntax), optional
+    ``case_sensitive``). Returns the validated definitions, one row per LF (``LF_DEFINITION_COLUMNS``;
+    ``pattern`` is the RE2 regex that runs, ``keywords`` the phrases as JSON). Raises
+    :class:`LFFileError` naming the file, the LF index and name and the field."""
     path = Path(path)
     known = set(labels)
     try:
@@ -169,24 +218,30 @@ def load_lf_file(path: str | Path, labels: Sequence[str]) -> list[LabelingFuncti
         raise LFFileError(path, None, None, f"not valid UTF-8: {exc.reason}") from exc
     if not isinstance(raw, dict) or "lfs" not in raw:
         raise LFFileError(path, None, "lfs", "expected a mapping with a top-level 'lfs:' list")
+    extra = set(raw) - {"lfs"}
+    if extra:
+        raise LFFileError(path, None, sorted(map(str, extra))[0], f"unknown top-level key(s) {sorted(map(str, extra))}; only 'lfs' is allowed")
     items = raw["lfs"]
     if not isinstance(items, list) or not items:
         raise LFFileError(path, None, "lfs", "'lfs' must be a non-empty list")
-    out: list[LabelingFunction] = []
+    rows: list[dict] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise LFFileError(path, i, None, f"each LF must be a mapping, got {type(item).__name__}")
         name = item.get("name")
-        unknown = set(item) - _LF_KEYS
+        shown = name if isinstance(name, str) else None
+        unknown = set(map(str, item)) - _LF_KEYS
         if unknown:
-            raise LFFileError(path, i, sorted(unknown)[0], f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_LF_KEYS)}", name)
+            raise LFFileError(path, i, sorted(unknown)[0], f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_LF_KEYS)}", shown)
         if not isinstance(name, str) or not name.strip():
             raise LFFileError(path, i, "name", "missing or empty name", None)
         if name in seen:
             raise LFFileError(path, i, "name", f"duplicate name (also lfs[{seen[name]}])", name)
         seen[name] = i
         label = item.get("label")
+        if isinstance(label, int) and not isinstance(label, bool):
+            label = str(label)
         if not isinstance(label, str) or not label:
             raise LFFileError(path, i, "label", "missing or empty label", name)
         if label not in known:
@@ -198,6 +253,7 @@ def load_lf_file(path: str | Path, labels: Sequence[str]) -> list[LabelingFuncti
         if has_kw == has_re:
             raise LFFileError(path, i, "keywords" if has_kw else "keywords/regex",
                               "an LF needs exactly one of 'keywords' or 'regex'" + (" (both given)" if has_kw else " (neither given)"), name)
+        kws, rx = None, None
         if has_kw:
             kws = item["keywords"]
             if isinstance(kws, str) or not isinstance(kws, list) or not kws:
@@ -205,18 +261,34 @@ def load_lf_file(path: str | Path, labels: Sequence[str]) -> list[LabelingFuncti
             for n, kw in enumerate(kws):
                 if not isinstance(kw, str) or not kw.strip():
                     raise LFFileError(path, i, "keywords", f"keyword {n} is empty or not a string: {kw!r}", name)
-            lf = keyword_lf(name, label, [k.strip() for k in kws], case)
+            kws = [k.strip() for k in kws]
+            pattern = keyword_pattern(kws)
         else:
             rx = item["regex"]
             if not isinstance(rx, str) or not rx:
                 raise LFFileError(path, i, "regex", "must be a non-empty string", name)
-            try:
-                re.compile(rx)
-            except re.error as exc:
-                raise LFFileError(path, i, "regex", f"invalid regular expression {rx!r}: {exc}", name) from exc
-            lf = pattern_lf(name, label, rx, case)
-        out.append(lf)
-    return out
+            pattern = rx
+        try:
+            compile_pattern(pattern, case)
+        except ValueError as exc:
+            raise LFFileError(path, i, "regex" if has_re else "keywords", str(exc), name) from None
+        rows.append({"index": i, "name": name, "label": label, "kind": "keywords" if has_kw else "regex",
+                     "keywords": json.dumps(kws, ensure_ascii=False) if kws else "", "regex": rx or "",
+                     "pattern": pattern, "case_sensitive": case})
+    return pd.DataFrame(rows, columns=LF_DEFINITION_COLUMNS)
+
+
+def lfs_from_definitions(definitions: pd.DataFrame | None) -> list[LabelingFunction]:
+    """The LFs of validated definitions (:func:`parse_lf_file`'s table, e.g. the ``lf_definitions`` asset)."""
+    if definitions is None or not len(definitions):
+        return []
+    return [pattern_lf(r["name"], r["label"], r["pattern"], bool(r["case_sensitive"]))
+            for _, r in definitions.sort_values("index").iterrows()]
+
+
+def load_lf_file(path: str | Path, labels: Sequence[str]) -> list[LabelingFunction]:
+    """Read and validate an ``lfs.yaml`` (see :func:`parse_lf_file`) and return its LFs."""
+    return lfs_from_definitions(parse_lf_file(path, labels))
 
 
 # --- built-in embedding LFs ------------------------------------------------------------------------------
@@ -378,12 +450,15 @@ def lf_analysis(votes: pd.DataFrame, lf_names: Sequence[str], n_texts: int, gold
     return out[cols]
 
 
-def standard_lfs(lf_file: str | Path | None, labels: Sequence[str], seed_X: np.ndarray, seed_label_sets: Sequence,
-                 label_X: np.ndarray) -> list[LabelingFunction]:
-    """The LFs a dataset runs with: its declarative ``lfs.yaml`` (when the file exists) plus the built-in
-    embedding LFs (nearest seed centroid, k nearest seeds, label-description similarity)."""
+def standard_lfs(lf_source: pd.DataFrame | str | Path | None, labels: Sequence[str], seed_X: np.ndarray,
+                 seed_label_sets: Sequence, label_X: np.ndarray) -> list[LabelingFunction]:
+    """The LFs a dataset runs with: its declarative LFs (``lf_source``: the validated definitions from
+    ingestion, or the path of an ``lfs.yaml``, read when it exists) plus the built-in embedding LFs
+    (nearest seed centroid, k nearest seeds, label-description similarity)."""
     lfs: list[LabelingFunction] = []
-    if lf_file is not None and Path(lf_file).exists():
-        lfs += load_lf_file(lf_file, labels)
+    if isinstance(lf_source, pd.DataFrame):
+        lfs += lfs_from_definitions(lf_source)
+    elif lf_source is not None and Path(lf_source).exists():
+        lfs += load_lf_file(lf_source, labels)
     lfs += [centroid_lf(seed_X, seed_label_sets), knn_lf(seed_X, seed_label_sets), description_lf(label_X, labels)]
     return lfs

@@ -21,9 +21,10 @@ def test_loads_valid_folder(tiny_dataset):
 
 
 def test_ids_are_stable_and_given_ids_win(tmp_path):
-    write_csv(tmp_path / "train.csv", [("a1", t, lab) for t, lab in TINY_TRAIN[:4]] + [("b1", "x y", "other")], ["id", "text", "label"])
+    write_csv(tmp_path / "train.csv", [(f"a{i}", t, lab) for i, (t, lab) in enumerate(TINY_TRAIN[:4])] + [("b1", "x y", "other")],
+              ["id", "text", "label"])
     d1, d2 = load_dataset(tmp_path), load_dataset(tmp_path)
-    assert list(d1.seeds["id"]) == list(d2.seeds["id"])
+    assert list(d1.seeds["id"]) == list(d2.seeds["id"]) == ["a0", "a1", "a2", "a3", "b1"]
     assert text_id("hello") == text_id("hello") != text_id("hello ")
 
 
@@ -68,7 +69,7 @@ def test_same_text_two_labels(tmp_path):
 
 def test_same_id_two_labels(tmp_path):
     write_csv(tmp_path / "train.csv", [("7", "one text", "a"), ("7", "another text", "b")], ["id", "text", "label"])
-    expect(tmp_path, "train.csv", 2, "label", "same id")
+    expect(tmp_path, "train.csv", 2, "id", "same id '7' has another text")
 
 
 def test_same_text_different_label_across_train_and_test(tmp_path):
