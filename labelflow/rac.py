@@ -4,7 +4,8 @@ Method of "Automatic Labelling with Open-source LLMs using Dynamic Label Schema 
 (arXiv 2501.12332): asking an LLM to pick one of many labels at once collapses, so
 
 1. :class:`LabelRetriever` ranks the labels for each text by cosine similarity to the label
-   description embeddings, optionally fused with the similarity to each label's seed examples;
+   description embeddings, fused with the similarity to each label's seed examples and, optionally,
+   the class scores of a classifier trained on the seeds (score or reciprocal-rank fusion);
 2. :class:`RAC` asks the expert one yes/no question per candidate label, in rank order
    (description + the seed examples of that label nearest to the text as evidence), and stops at the
    first "yes" (multi-class) or collects every "yes" among the top ``k`` (multi-label). Truncation:
@@ -47,53 +48,93 @@ def estimate_tokens(text: str) -> int:
     return int(math.ceil(len(text) / 4))
 
 
-class LabelRetriever:
-    """Ranks labels for texts: fused score = (desc_weight * cos(text, description) + seed_weight *
-    seed similarity) / (desc_weight + seed_weight).
+SIGNALS = ("description", "seeds", "classifier")
 
-    The seed similarity of a label is the max (``seed_agg="max"``) or the mean of the ``seed_top``
-    highest cosines (``seed_agg="mean_top"``) between the text and that label's seed examples. Without
-    seeds (or with ``seed_weight=0``) only the descriptions count. Inputs are embeddings; they are
+
+class LabelRetriever:
+    """Ranks the labels for texts by fusing up to three signals:
+
+    * ``description``: cosine between the text and the label description embedding;
+    * ``seeds``: the max (``seed_agg="max"``) or the mean of the ``seed_top`` highest cosines
+      (``seed_agg="mean_top"``) between the text and that label's seed examples;
+    * ``classifier``: the class scores (``predict_proba``) of a classifier trained on the seeds
+      (:class:`~labelflow.training.EmbeddingSVM`, or :class:`~labelflow.training.MultiLabelSVM` when a
+      seed carries a label list), or of a fitted classifier passed to :meth:`fit`.
+
+    ``fusion="rank"`` (reciprocal rank fusion, Cormack et al. 2009): fused score = Σ_s w_s / (rrf_k +
+    rank_s), rank_s the 1-based rank of the label under signal s; it needs no common scale, so
+    probabilities and cosines mix safely. ``fusion="score"``: the weighted mean of the raw signal values
+    (cosines; a classifier's probabilities are on another scale). A label a signal cannot score (no
+    seeds of that label, a class the classifier never saw) takes no part in that signal: it keeps its
+    other signals. ``signals_`` lists the signals in use after :meth:`fit` (a signal with weight 0 or
+    without its input — no descriptions, no seeds — is not used). Inputs are embeddings; they are
     L2-normalised here, so any embedding scale works.
     """
 
-    def __init__(self, desc_weight: float = 1.0, seed_weight: float = 1.0, seed_agg: str = "mean_top",
-                 seed_top: int = 3, chunk: int = 4096):
+    def __init__(self, desc_weight: float = 1.0, seed_weight: float = 1.0, clf_weight: float = 0.0,
+                 fusion: str = "score", rrf_k: float = 60.0, seed_agg: str = "mean_top", seed_top: int = 3,
+                 chunk: int = 4096):
         self.desc_weight = desc_weight
         self.seed_weight = seed_weight
+        self.clf_weight = clf_weight
+        self.fusion = fusion
+        self.rrf_k = rrf_k
         self.seed_agg = seed_agg
         self.seed_top = seed_top
         self.chunk = chunk
 
     def fit(self, label_names: Sequence[str], label_vectors: np.ndarray | None,
-            seed_vectors: np.ndarray | None = None, seed_labels: Sequence[str | Sequence[str]] | None = None):
-        """``label_vectors``: (L, d) description embeddings in the order of ``label_names`` (None = use
-        seeds only). ``seed_labels``: one label (str) or a list of labels (multi-label) per seed row."""
+            seed_vectors: np.ndarray | None = None, seed_labels: Sequence[str | Sequence[str]] | None = None,
+            classifier=None):
+        """``label_vectors``: (L, d) description embeddings in the order of ``label_names`` (None = no
+        description signal). ``seed_labels``: one label (str) or a list of labels (multi-label) per seed
+        row. ``classifier``: a fitted model with ``classes_`` and ``predict_proba`` over the same
+        embeddings; None trains one on the seeds when ``clf_weight > 0``."""
         if self.seed_agg not in ("max", "mean_top"):
             raise ValueError(f"seed_agg must be 'max' or 'mean_top', got {self.seed_agg!r}")
+        if self.fusion not in ("score", "rank"):
+            raise ValueError(f"fusion must be 'score' or 'rank', got {self.fusion!r}")
         self.labels_ = [str(x) for x in label_names]
         if len(set(self.labels_)) != len(self.labels_):
             raise ValueError("label_names must be unique")
         index = {lab: i for i, lab in enumerate(self.labels_)}
-        self.label_vectors_ = None if label_vectors is None else unit_rows(label_vectors)
-        if self.label_vectors_ is not None and self.label_vectors_.shape[0] != len(self.labels_):
-            raise ValueError(f"{self.label_vectors_.shape[0]} label vectors for {len(self.labels_)} labels")
+        self.label_vectors_ = None
+        if label_vectors is not None and self.desc_weight > 0:
+            self.label_vectors_ = unit_rows(label_vectors)
+            if self.label_vectors_.shape[0] != len(self.labels_):
+                raise ValueError(f"{self.label_vectors_.shape[0]} label vectors for {len(self.labels_)} labels")
+        have_seeds = seed_vectors is not None and len(seed_vectors) > 0
+        if have_seeds and (seed_labels is None or len(seed_labels) != len(seed_vectors)):
+            raise ValueError("seed_labels must give one label (or label list) per seed vector")
+        seed_sets = [[labs] if isinstance(labs, str) else list(labs) for labs in seed_labels] if have_seeds else []
+        for labs in seed_sets:
+            for lab in labs:
+                if lab not in index:
+                    raise ValueError(f"seed label {lab!r} is not among label_names")
         self.seed_vectors_ = None
         self.seed_slices_: list[np.ndarray] = []
-        if seed_vectors is not None and len(seed_vectors) and self.seed_weight > 0:
-            if seed_labels is None or len(seed_labels) != len(seed_vectors):
-                raise ValueError("seed_labels must give one label (or label list) per seed vector")
-            S = unit_rows(seed_vectors)
+        if have_seeds and self.seed_weight > 0:
             cols: list[list[int]] = [[] for _ in self.labels_]
-            for row, labs in enumerate(seed_labels):
-                for lab in ([labs] if isinstance(labs, str) else labs):
-                    if lab not in index:
-                        raise ValueError(f"seed label {lab!r} is not among label_names")
+            for row, labs in enumerate(seed_sets):
+                for lab in labs:
                     cols[index[lab]].append(row)
-            self.seed_vectors_ = S
+            self.seed_vectors_ = unit_rows(seed_vectors)
             self.seed_slices_ = [np.asarray(c, dtype=np.int64) for c in cols]
-        if self.label_vectors_ is None and self.seed_vectors_ is None:
-            raise ValueError("need label_vectors or seed vectors")
+        self.classifier_ = None
+        if self.clf_weight > 0:
+            if classifier is None and have_seeds:
+                classifier = _seed_classifier(np.asarray(seed_vectors, dtype=np.float32), seed_labels, seed_sets,
+                                              self.labels_)
+            if classifier is not None:
+                self.classifier_ = classifier
+                cls = [str(c) for c in classifier.classes_]
+                self.clf_columns_ = np.asarray([index.get(c, -1) for c in cls], dtype=np.int64)
+        self.signals_ = [name for name, on in zip(SIGNALS, (self.label_vectors_ is not None,
+                                                             self.seed_vectors_ is not None,
+                                                             self.classifier_ is not None)) if on]
+        if not self.signals_:
+            raise ValueError("no retrieval signal: give label vectors, seed vectors or a classifier "
+                             "(with a weight > 0)")
         return self
 
     def _seed_scores(self, Xc: np.ndarray) -> np.ndarray:
@@ -110,23 +151,48 @@ class LabelRetriever:
                 out[:, j] = np.partition(s, s.shape[1] - m, axis=1)[:, -m:].mean(axis=1)
         return out
 
+    def _clf_scores(self, Xc: np.ndarray) -> np.ndarray:
+        P = np.asarray(self.classifier_.predict_proba(Xc), dtype=np.float32)
+        out = np.full((Xc.shape[0], len(self.labels_)), np.nan, dtype=np.float32)
+        known = self.clf_columns_ >= 0
+        out[:, self.clf_columns_[known]] = P[:, known]
+        return out
+
+    def signal_scores(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """The raw (n, L) score matrix of each signal in use (NaN where a signal cannot score a label).
+        The cosine signals use the L2-normalised rows of ``X``; the classifier gets ``X`` as given."""
+        U = unit_rows(X)
+        out: dict[str, np.ndarray] = {}
+        if self.label_vectors_ is not None:
+            out["description"] = (U @ self.label_vectors_.T).astype(np.float32)
+        if self.seed_vectors_ is not None:
+            out["seeds"] = np.vstack([self._seed_scores(U[s : s + self.chunk])
+                                      for s in range(0, max(len(U), 1), self.chunk)])[: len(U)]
+        if self.classifier_ is not None:
+            out["classifier"] = self._clf_scores(np.asarray(X, dtype=np.float32))
+        return out
+
+    def _weight(self, name: str) -> float:
+        return {"description": self.desc_weight, "seeds": self.seed_weight, "classifier": self.clf_weight}[name]
+
     def scores(self, X: np.ndarray) -> np.ndarray:
-        """Fused (n, L) label scores."""
-        X = unit_rows(X)
+        """Fused (n, L) label scores (higher = better; -inf where no signal scores a label)."""
+        X = np.atleast_2d(np.asarray(X, dtype=np.float32))
         out = np.empty((X.shape[0], len(self.labels_)), dtype=np.float32)
         for start in range(0, X.shape[0], self.chunk):
-            Xc = X[start : start + self.chunk]
-            num = np.zeros((Xc.shape[0], len(self.labels_)), dtype=np.float32)
+            sig = self.signal_scores(X[start : start + self.chunk])
+            num = np.zeros((len(X[start : start + self.chunk]), len(self.labels_)), dtype=np.float64)
             den = np.zeros_like(num)
-            if self.label_vectors_ is not None and self.desc_weight > 0:
-                num += self.desc_weight * (Xc @ self.label_vectors_.T)
-                den += self.desc_weight
-            if self.seed_vectors_ is not None:
-                s = self._seed_scores(Xc)
-                have = ~np.isnan(s)  # a label without seeds keeps its description score
-                num += np.where(have, self.seed_weight * np.nan_to_num(s), 0.0)
-                den += np.where(have, self.seed_weight, 0.0)
-            out[start : start + self.chunk] = np.where(den > 0, num / np.maximum(den, 1e-9), -np.inf)
+            for name, S in sig.items():
+                w = self._weight(name)
+                have = ~np.isnan(S)
+                if self.fusion == "rank":
+                    num += np.where(have, w / (self.rrf_k + _ranks(S)), 0.0)
+                else:
+                    num += np.where(have, w * np.nan_to_num(S), 0.0)
+                den += np.where(have, w, 0.0)
+            fused = num if self.fusion == "rank" else num / np.maximum(den, 1e-12)
+            out[start : start + self.chunk] = np.where(den > 0, fused, -np.inf)
         return out
 
     def rank(self, X: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -145,15 +211,43 @@ class LabelRetriever:
                     ks: Sequence[int] = (1, 3, 5, 10)) -> dict[int, float]:
         """Share of texts with a gold label among the top k (multi-label: any of its gold labels)."""
         order, _ = self.rank(X, max(ks))
-        index = {lab: i for i, lab in enumerate(self.labels_)}
-        gold_rank = np.full(len(order), np.inf)
-        for i, labs in enumerate(true_labels):
-            labs = [labs] if isinstance(labs, str) else list(labs)
-            pos = [np.flatnonzero(order[i] == index[lab]) for lab in labs if lab in index]
-            hits = [int(p[0]) for p in pos if len(p)]
-            if hits:
-                gold_rank[i] = min(hits)
-        return {int(k): float((gold_rank < k).mean()) if len(gold_rank) else 0.0 for k in ks}
+        return recall_at_k(order, self.labels_, true_labels, ks)
+
+
+def recall_at_k(order: np.ndarray, labels: Sequence[str], true_labels: Sequence[str | Sequence[str]],
+                ks: Sequence[int] = (1, 3, 5, 10)) -> dict[int, float]:
+    """Recall@k of a ranking ``order`` ((n, >= max(ks)) label indices into ``labels``, best first): the
+    share of texts with a gold label (multi-label: any of its gold labels) among the top k."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    gold_rank = np.full(len(order), np.inf)
+    for i, labs in enumerate(true_labels):
+        labs = [labs] if isinstance(labs, str) else list(labs)
+        pos = [np.flatnonzero(order[i] == index[lab]) for lab in labs if lab in index]
+        hits = [int(p[0]) for p in pos if len(p)]
+        if hits:
+            gold_rank[i] = min(hits)
+    return {int(k): float((gold_rank < k).mean()) if len(gold_rank) else 0.0 for k in ks}
+
+
+def _ranks(S: np.ndarray) -> np.ndarray:
+    """1-based rank of each column within its row (highest value = 1; NaN ranked last; ties by
+    column order)."""
+    order = np.argsort(-np.nan_to_num(S, nan=-np.inf), axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(1, S.shape[1] + 1)[None].repeat(S.shape[0], axis=0), axis=1)
+    return ranks
+
+
+def _seed_classifier(X: np.ndarray, seed_labels, seed_sets: list[list[str]], labels: list[str]):
+    """The classifier signal's model: EmbeddingSVM on single-label seeds, MultiLabelSVM when a seed
+    carries a label list; None when the seeds hold fewer than two labels."""
+    from labelflow.training import EmbeddingSVM, MultiLabelSVM
+
+    if len({lab for s in seed_sets for lab in s}) < 2:
+        return None
+    if all(isinstance(s, str) for s in seed_labels):
+        return EmbeddingSVM().fit(X, [str(s) for s in seed_labels])
+    return MultiLabelSVM().fit(X, seed_sets, classes=labels)
 
 
 def validation_prompt_text(item: ValidationItem) -> str:
@@ -338,23 +432,51 @@ def truncate(result: pd.DataFrame, questions: pd.DataFrame, k: int, multilabel: 
 
 
 
-def label_queue(expert, queue: pd.DataFrame, X: np.ndarray, seeds: pd.DataFrame, seed_X: np.ndarray,
-                labels: Sequence[str], label_X: np.ndarray, descriptions: Mapping[str, str], k: int | None = 5,
-                multilabel: bool = False) -> tuple[pd.DataFrame, "RAC"]:
-    """RAC over a queue of texts (id, text) with vectors ``X``: builds the retriever from the label
-    description vectors and the seeds (id, text, label; '|'-joined sets for multi-label), runs
-    :class:`RAC`, and returns (result with the text, the RAC object with ``questions_``/``usage_``)."""
-    from labelflow.data import label_lists
-
-    seed_sets = label_lists(seeds["label"], multilabel)
-    retriever = LabelRetriever().fit(list(labels), label_X, seed_X, [s if multilabel else s[0] for s in seed_sets])
-    texts_by: dict[str, list[str]] = {}
-    vecs_by: dict[str, list[np.ndarray]] = {}
-    for text, x, labs in zip(seeds["text"], seed_X, seed_sets):
-        for lab in labs:
-            texts_by.setdefault(lab, []).append(text)
-            vecs_by.setdefault(lab, []).append(x)
-    rac = RAC(expert, k=k, multilabel=multilabel)
-    res = rac.label(queue["id"].astype(str).tolist(), queue["text"].tolist(), X, retriever, dict(descriptions),
-                    texts_by, {lab: np.vstack(v) for lab, v in vecs_by.items()})
+def label_queue(expert, queue: pd.DataFrame, X: np.ndarray, space, k: int | None = 5) -> tuple[pd.DataFrame, "RAC"]:
+    """RAC over a queue of texts (id, text) with vectors ``X``, given the
+    :class:`~labelflow.labelspace.LabelSpace` (labels, description vectors, seeds by label,
+    descriptions): builds the retriever, runs :class:`RAC`, and returns (result with the text, the RAC
+    object with ``questions_``/``usage_``)."""
+    retriever = LabelRetriever().fit(space.labels, space.description_X, space.seed_X, space.seed_labels)
+    rac = RAC(expert, k=k, multilabel=space.multilabel)
+    res = rac.label(queue["id"].astype(str).tolist(), queue["text"].tolist(), X, retriever, space.descriptions,
+                    space.seed_texts_by_label(), space.seed_vectors_by_label())
     return res.merge(queue[["id", "text"]].astype({"id": str}), on="id", how="left"), rac
+
+
+def coverage_over_k(result: pd.DataFrame, questions: pd.DataFrame, k_max: int, truth: pd.Series | None = None,
+                    labels: Sequence[str] | None = None, multilabel: bool = False) -> pd.DataFrame:
+    """RAC's trade-off over truncation: for k = 1..``k_max``, the result :func:`truncate` derives from
+    one run (``result`` and its ``questions`` log) scored as coverage, calls and prompt tokens per
+    labelled text and, with ``truth`` (id -> gold label; multi-class only), precision on the labelled."""
+    from labelflow.metrics import classification_metrics
+
+    rows = []
+    for k in range(1, int(k_max) + 1):
+        t = truncate(result, questions, k, multilabel=multilabel) if len(result) else result
+        labelled = int((t["label"] != "").sum())
+        row = {"k": k, "coverage": labelled / max(len(t), 1), "calls_per_labelled": t["calls"].sum() / max(labelled, 1),
+               "prompt_tokens_per_labelled": t["prompt_tokens"].sum() / max(labelled, 1)}
+        if truth is not None and len(t) and not multilabel:
+            row["precision"] = classification_metrics(t["id"].map(truth), t["label"], list(labels))["precision"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def coverage_figure(over_k: pd.DataFrame):
+    """Coverage (and precision, when scored) over the truncation k, from :func:`coverage_over_k`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(over_k["k"], over_k["coverage"], marker="o", label="coverage")
+    if "precision" in over_k:
+        ax.plot(over_k["k"], over_k["precision"], marker="s", label="precision")
+    ax.set_xlabel("truncation k")
+    ax.set_ylim(0, 1.05)
+    ax.legend()
+    ax.set_title("RAC coverage / precision over k")
+    fig.tight_layout()
+    return fig

@@ -212,3 +212,74 @@ def test_failed_question_leaves_the_text_unanswered():
     assert res.loc["t0", "status"] == "unanswered" and res.loc["t0", "label"] == "" and res.loc["t0", "questions"] == 0
     assert ("t0", "b") not in {(t, lab) for b in ex.batches for t, lab, _ in b}
     assert res.loc["t2", "label"] == "d" and res.loc["t2", "status"] == "labelled"
+
+
+class _FixedClassifier:
+    """A 'fitted classifier' whose class scores are given per text row (for exact retriever tests)."""
+
+    def __init__(self, classes, P):
+        self.classes_ = np.asarray(classes)
+        self.P = np.asarray(P, dtype=np.float64)
+
+    def predict_proba(self, X):
+        return self.P[: len(X)]
+
+
+# gold of both texts is "b"; the description signal ranks a > b > c > d for t0 and c > b > d > a for
+# t1, the classifier d > b > c > a for t0 and a > b > d > c for t1: gold is second under both signals,
+# each signal's winner is last under the other
+X2 = np.vstack([_x(4, 3, 2, 1), _x(1, 3, 4, 2)])
+P2 = np.array([[0.01, 0.30, 0.05, 0.60], [0.55, 0.35, 0.04, 0.06]])
+
+
+def test_rank_fusion_of_the_classifier_signal_beats_each_signal():
+    clf = _FixedClassifier(LABELS, P2)
+    desc = LabelRetriever(seed_weight=0.0).fit(LABELS, LV)
+    only_clf = LabelRetriever(desc_weight=0.0, seed_weight=0.0, clf_weight=1.0).fit(LABELS, None, classifier=clf)
+    fused = LabelRetriever(seed_weight=0.0, clf_weight=1.0, fusion="rank").fit(LABELS, LV, classifier=clf)
+    assert only_clf.signals_ == ["classifier"] and fused.signals_ == ["description", "classifier"]
+    gold = ["b", "b"]
+    r_desc, r_clf, r_fused = (r.recall_at_k(X2, gold, ks=(1, 2)) for r in (desc, only_clf, fused))
+    assert r_desc[1] == 0.0 and r_clf[1] == 0.0 and r_fused[1] == 1.0
+    assert all(r_fused[k] >= max(r_desc[k], r_clf[k]) for k in (1, 2))
+
+
+def test_rank_fusion_ignores_the_scale_of_a_signal():
+    # a monotone transform of the classifier's scores (sharper, shrunk) changes no rank, so the rank
+    # fusion is unchanged; the score fusion (weighted mean of raw values) does change
+    sharp = _FixedClassifier(LABELS, 1e-3 * P2 ** 4)
+    for fusion, same in (("rank", True), ("score", False)):
+        a = LabelRetriever(seed_weight=0.0, clf_weight=1.0, fusion=fusion).fit(LABELS, LV, classifier=_FixedClassifier(LABELS, P2))
+        b = LabelRetriever(seed_weight=0.0, clf_weight=1.0, fusion=fusion).fit(LABELS, LV, classifier=sharp)
+        assert (a.rank(X2)[0] == b.rank(X2)[0]).all() == same, fusion
+    # rank fusion score = sum of 1 / (rrf_k + rank): label b is 2nd under both signals
+    r = LabelRetriever(seed_weight=0.0, clf_weight=1.0, fusion="rank", rrf_k=60).fit(LABELS, LV, classifier=sharp)
+    assert r.scores(X2)[0, 1] == pytest.approx(2 / 62)
+
+
+def test_classifier_trained_on_seeds_and_missing_classes():
+    labels, centres, Xs, ids, truth, _ = _sim_setup(n=200, L=8, seed=5)
+    gold = [truth[i] for i in ids]
+    seed_X, seed_y, test_X, test_y = Xs[:80], gold[:80], Xs[80:], gold[80:]
+    # noisy descriptions: each label description is its centre plus noise
+    rng = np.random.default_rng(7)
+    desc_X = centres + 1.2 * rng.normal(size=centres.shape).astype(np.float32)
+    only_clf = LabelRetriever(desc_weight=0.0, seed_weight=0.0, clf_weight=1.0).fit(labels, None, seed_X, seed_y)
+    fused = LabelRetriever(clf_weight=1.0, fusion="rank").fit(labels, desc_X, seed_X, seed_y)
+    assert fused.signals_ == ["description", "seeds", "classifier"]
+    assert type(fused.classifier_).__name__ == "EmbeddingSVM"
+    # the classifier signal ranks by the SVM trained on the seeds: its top label is the SVM's prediction
+    assert [r[0] for r in only_clf.rank_labels(test_X, 1)] == [str(p) for p in only_clf.classifier_.predict(test_X)]
+    assert fused.recall_at_k(test_X, test_y, ks=(3,))[3] > 0.9
+    # a class the classifier never saw takes no part in that signal but keeps the others
+    clf = _FixedClassifier(["a", "b"], [[0.9, 0.1]])
+    r = LabelRetriever(seed_weight=0.0, clf_weight=1.0, fusion="rank").fit(LABELS, LV, classifier=clf)
+    s = r.signal_scores(X[:1])
+    assert np.isnan(s["classifier"][0, 2:]).all() and np.isfinite(r.scores(X[:1])).all()
+    # multi-label seeds train a MultiLabelSVM
+    ml = LabelRetriever(clf_weight=1.0, fusion="rank").fit(labels, desc_X, seed_X, [[y] for y in seed_y])
+    assert type(ml.classifier_).__name__ == "MultiLabelSVM"
+    with pytest.raises(ValueError, match="fusion"):
+        LabelRetriever(fusion="mean").fit(LABELS, LV)
+    with pytest.raises(ValueError, match="no retrieval signal"):
+        LabelRetriever(desc_weight=0.0, clf_weight=1.0).fit(LABELS, LV)

@@ -4,7 +4,9 @@ retrained on RAC labels.
     labelflow bench --method rac --dataset ../shared/datasets/banking77 --expert simulated --p 0.9
     labelflow bench --method rac --dataset ../shared/datasets/banking77 --expert local --sample 200
 
-Prints (and writes under ``--out``): recall@{1,3,5,10} of the label retriever on the test texts; a
+Prints (and writes under ``--out``): recall@{1,3,5,10} of each retriever signal (descriptions, seeds,
+the seed-trained classifier) and of their fusions on the test texts (multi-label datasets: only this,
+a hit = any gold label among the top k); a
 table with (a) one prompt listing every label, (b) one top-k few-shot prompt, (c) RAC without
 truncation, (d) RAC with k in ``--rac-ks``: precision, coverage, micro/macro-F1 (abstain = wrong),
 calls and prompt tokens per text and per labelled text, seconds per labelled text; and, with the
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -41,6 +44,13 @@ def add_arguments(p) -> None:
     g.add_argument("--desc-weight", type=float, default=1.0)
     g.add_argument("--seed-weight", type=float, default=1.0)
     g.add_argument("--seed-agg", default="mean_top", choices=["max", "mean_top"])
+    g.add_argument("--clf-weight", type=float, default=1.0,
+                   help="weight of the seed-trained classifier's class scores in the retriever (0 = off)")
+    g.add_argument("--fusion", default="rank", choices=["rank", "score"],
+                   help="retriever fusion: reciprocal rank fusion or the weighted mean of raw scores")
+    g.add_argument("--rrf-k", type=float, default=60.0, help="reciprocal rank fusion constant")
+    g.add_argument("--recall-only", action="store_true",
+                   help="report the retriever's recall only (multi-label datasets always do)")
     g.add_argument("--pool-sample", type=int, default=3000,
                    help="pool texts RAC labels (SimulatedExpert) before retraining the SVM; 0 = skip")
     g.add_argument("--pool-ks", default="3,10", help="RAC truncations used to label the pool for retraining")
@@ -127,9 +137,18 @@ def _make_expert(args, data, truth: dict, label_vectors: dict):
 
 def run(args) -> list[pd.DataFrame]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.task == "multilabel":
-        raise SystemExit("the RAC benchmark compares multi-class list-prompt baselines; use a multi-class dataset")
-    data = load_bench(args.dataset, args.seed_per_class or None, seed=0, max_gold=args.sample)
+    from labelflow.bench.common import infer_task
+
+    multilabel = (args.task or infer_task(Path(args.dataset))) == "multilabel"
+    recall_only = args.recall_only or multilabel
+    # the pool is only needed to retrain the SVM on RAC labels: leave it unembedded otherwise
+    if recall_only:
+        data = _recall_data(args, multilabel)
+        descriptions, desc_source = _descriptions(data, args)
+        return [_recall_table(args, data, descriptions, desc_source, multilabel)[0]]
+    data = load_bench(args.dataset, args.seed_per_class or None, seed=0, max_gold=args.sample,
+                      max_pool=0 if (not args.pool_sample or args.expert != "simulated") else None,
+                      embedding_model=getattr(args, "embedding_model", "minilm"))
     ds = data.ds
     out = Path(args.out)
     labels = ds.labels
@@ -150,20 +169,9 @@ def _run(args, data, expert, seed_texts, seed_vecs, centroids) -> list[pd.DataFr
     labels = ds.labels
     args._describer = expert if (args.describe and args.expert != "simulated") else None
     descriptions, desc_source = _descriptions(data, args)
-    label_X = data.embedder.encode([descriptions[lab] for lab in labels])
-    retr_kw = dict(desc_weight=args.desc_weight, seed_weight=args.seed_weight, seed_agg=args.seed_agg)
-    retriever = LabelRetriever(**retr_kw).fit(labels, label_X, data.seeds_X, list(ds.seeds["label"]))
+    rec_table, retriever, label_X, retr_kw = _recall_table(args, data, descriptions, desc_source, False)
     truth = list(ds.gold["label"])
-    ks = [1, 3, 5, 10]
-    rec_rows = []
-    for name, r in [("descriptions only", LabelRetriever(seed_weight=0.0).fit(labels, label_X)),
-                    ("seeds only", LabelRetriever(desc_weight=0.0, seed_agg=args.seed_agg).fit(labels, None, data.seeds_X, list(ds.seeds["label"]))),
-                    (f"fused (desc {args.desc_weight:g}, seeds {args.seed_weight:g}, {args.seed_agg}) [used]", retriever)]:
-        rec = r.recall_at_k(data.gold_X, truth, ks)
-        rec_rows.append({"retriever": name, **{f"recall@{k}": rec[k] for k in ks}})
-    tables = [pd.DataFrame(rec_rows)]
-    emit(tables[0], out, f"rac_recall_{ds.name}", f"RAC label retrieval on {ds.name} test (n={len(truth)})",
-         f"Descriptions: {desc_source}; embeddings: {data.embedder.name}; {args.seed_per_class} seeds per class.")
+    tables = [rec_table]
 
     rows = _compare(args, data, expert, retriever, descriptions, seed_texts, seed_vecs, truth)
     tables.append(pd.DataFrame(rows))
@@ -183,6 +191,90 @@ def _run(args, data, expert, seed_texts, seed_vecs, centroids) -> list[pd.DataFr
     if simulated and args.pool_sample:
         tables.append(_retrain(args, data, descriptions, label_X, seed_texts, seed_vecs, centroids, retr_kw))
     return tables
+
+
+def _recall_data(args, multilabel: bool) -> SimpleNamespace:
+    """Seeds (K per label from train) and test texts for the recall-only report, embedded through the
+    benchmark's vector cache. Read like ``--method rapt`` reads its tables: copies of a text within one
+    table are merged into one row with the union of their labels (GoEmotions and DailyDialog repeat
+    texts with different labels, which :func:`labelflow.data.load_dataset` refuses); in a multi-class
+    train table such a text cannot be a seed and is left out; a merged test text counts as a hit when
+    any of its labels is retrieved. The numbers merged and left out are printed."""
+    from labelflow.bench.common import DEFAULT_CACHE, _progress
+    from labelflow.bench.rapt import load_split
+    from labelflow.data import LABEL_SEP, benchmark_split, find_table, read_table
+    from labelflow.embedding import Embedder, VectorStore
+
+    folder = Path(args.dataset)
+    train, m_tr = load_split(folder, "train")
+    test, m_te = load_split(folder, "test")
+    dropped = 0
+    if not multilabel:
+        two = train["label"].str.contains(LABEL_SEP, regex=False)
+        dropped = int(two.sum())
+        train = train[~two].reset_index(drop=True)
+    seeds, _ = benchmark_split(train, args.seed_per_class or 10, 0, multilabel)
+    if args.sample and len(test) > args.sample:
+        test = test.sample(n=args.sample, random_state=0).reset_index(drop=True)
+    labels = sorted({lab for v in train["label"] for lab in v.split(LABEL_SEP)})
+    desc_path = find_table(folder, "labels")
+    desc = read_table(desc_path) if desc_path is not None else pd.DataFrame(columns=["label"])
+    desc = pd.DataFrame({"label": desc["label"].astype(str),
+                         "description": desc["description"].astype(str) if "description" in desc else ""})
+    print(f"{folder.name}: {len(seeds)} seeds ({args.seed_per_class or 10} per label), {len(test)} test texts, "
+          f"{len(labels)} labels; repeated texts merged (label union): train {m_tr}, test {m_te}"
+          + (f"; {dropped} train texts with two labels left out of the seed candidates" if dropped else ""), flush=True)
+    embedder = Embedder(getattr(args, "embedding_model", "minilm"))
+    store = VectorStore(DEFAULT_CACHE / folder.resolve().name)
+    X, _ = store.embed_cached(list(seeds["text"]) + list(test["text"]), embedder, progress=_progress("embedding"))
+    ds = SimpleNamespace(name=folder.resolve().name, labels=labels, seeds=seeds, gold=test, descriptions=desc)
+    return SimpleNamespace(ds=ds, embedder=embedder, seeds_X=X[: len(seeds)], gold_X=X[len(seeds):])
+
+
+def _recall_table(args, data, descriptions, desc_source, multilabel):
+    """recall@{1,3,5,10} on the test texts of each retriever signal alone and of the fusions; returns
+    (table, the retriever RAC uses, label description vectors, its keyword arguments)."""
+    from labelflow.data import label_lists
+
+    ds = data.ds
+    labels = ds.labels
+    t0 = time.perf_counter()
+    label_X = data.embedder.encode([descriptions[lab] for lab in labels])
+    seed_y = list(ds.seeds["label"]) if not multilabel else label_lists(ds.seeds["label"], True)
+    truth = label_lists(ds.gold["label"], True)  # a list per text (a merged repeat may carry several)
+    retr_kw = dict(desc_weight=args.desc_weight, seed_weight=args.seed_weight, clf_weight=args.clf_weight,
+                   fusion=args.fusion, rrf_k=args.rrf_k, seed_agg=args.seed_agg)
+    retriever = LabelRetriever(**retr_kw).fit(labels, label_X, data.seeds_X, seed_y)
+    agg = args.seed_agg
+    clf = retriever.classifier_ if retriever.classifier_ is not None else LabelRetriever(desc_weight=0.0, seed_weight=0.0, clf_weight=1.0).fit(
+        labels, None, data.seeds_X, seed_y).classifier_  # trained once, shared by the rows below
+    candidates = [
+        ("descriptions only", LabelRetriever(seed_weight=0.0).fit(labels, label_X)),
+        (f"seeds only ({agg})", LabelRetriever(desc_weight=0.0, seed_agg=agg).fit(labels, None, data.seeds_X, seed_y)),
+        (f"classifier only ({type(clf).__name__} on the seeds)",
+         LabelRetriever(desc_weight=0.0, seed_weight=0.0, clf_weight=1.0).fit(labels, None, classifier=clf)),
+        ("score fusion: descriptions + seeds (previous default)",
+         LabelRetriever(seed_agg=agg).fit(labels, label_X, data.seeds_X, seed_y)),
+        (f"rank fusion (k={args.rrf_k:g}): descriptions + seeds",
+         LabelRetriever(fusion="rank", rrf_k=args.rrf_k, seed_agg=agg).fit(labels, label_X, data.seeds_X, seed_y)),
+        (f"rank fusion (k={args.rrf_k:g}): descriptions + seeds + classifier",
+         LabelRetriever(clf_weight=1.0, fusion="rank", rrf_k=args.rrf_k, seed_agg=agg).fit(
+             labels, label_X, data.seeds_X, seed_y, classifier=clf)),
+    ]
+    used = (f"{args.fusion} fusion (desc {args.desc_weight:g}, seeds {args.seed_weight:g}, "
+            f"classifier {args.clf_weight:g}{f', k={args.rrf_k:g}' if args.fusion == 'rank' else ''})")
+    ks = [1, 3, 5, 10]
+    rec_rows = []
+    for name, r in candidates + [(used + " [used]", retriever)]:
+        rec = r.recall_at_k(data.gold_X, truth, ks)
+        rec_rows.append({"retriever": name, **{f"recall@{k}": rec[k] for k in ks}})
+    table = pd.DataFrame(rec_rows)
+    n_seeds = len(ds.seeds)
+    emit(table, args.out, f"rac_recall_{ds.name}", f"RAC label retrieval on {ds.name} test (n={len(truth)})",
+         f"Descriptions: {desc_source}; embeddings: {data.embedder.name}; {args.seed_per_class} seeds per class "
+         f"({n_seeds} seeds, {len(labels)} labels){'; multi-label: a hit = any gold label in the top k' if multilabel else ''}; "
+         f"{time.perf_counter() - t0:.1f} s for all rows.")
+    return table, retriever, label_X, retr_kw
 
 
 def _compare(args, data, expert, retriever, descriptions, seed_texts, seed_vecs, truth) -> list[dict]:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from labelflow.bench.common import DEFAULT_CACHE, _progress, emit
-from labelflow.data import _clean_texts, _labels_column, benchmark_split, find_table, join_labels, label_lists, read_table, text_id
+from labelflow.data import benchmark_split, find_table, join_labels, label_lists, read_labelled, text_id
 from labelflow.embedding import Embedder, VectorStore
 from labelflow.rapt import RAPT, CaseBase, ScoredBackbone, binarize, evaluate_all, evaluation_figure, out_of_fold_scores
 
@@ -48,10 +48,7 @@ def load_split(folder: Path, stem: str, max_chars: int = 100_000) -> tuple[pd.Da
     path = find_table(folder, stem)
     if path is None:
         raise FileNotFoundError(f"{folder}: no {stem}.csv/.parquet/.jsonl (RAPT needs train, val and test)")
-    raw = read_table(path)
-    texts = _clean_texts(raw, path, max_chars)
-    labels = _labels_column(raw, path, multilabel=True)
-    df = pd.DataFrame({"text": texts, "label": labels})
+    df = read_labelled(path, multilabel=True, max_chars=max_chars)[["text", "label"]]
     merged = df.groupby("text", sort=False)["label"].agg(lambda s: join_labels(l for v in s for l in v.split("|")))
     out = merged.reset_index()
     out.insert(0, "id", out["text"].map(text_id))
