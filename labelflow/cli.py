@@ -112,8 +112,18 @@ def _main(argv: list[str] | None = None) -> int:
         mod.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "bench":
+        import contextlib
+        from pathlib import Path
+
+        from labelflow.progress import quiet_output, to_terminal
+
         mod = importlib.import_module(f"labelflow.bench.{args.method}")
-        mod.run(args)
+        # the terminal gets the benchmark's own lines and progress bars; library warnings, model-loading
+        # bars and native libraries' logs go to the log file
+        log_path = Path(args.out) / "bench.log"
+        with quiet_output(log_path) as term, to_terminal(term), contextlib.redirect_stdout(term):
+            print(f"labelflow bench: full log in {log_path}")
+            mod.run(args)
         return 0
     return int(args.func(args) or 0)
 

@@ -192,7 +192,7 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         st = self._load()
-        chunk = max(self.batch_size * 16, 1)
+        chunk = max(self.batch_size * 4, 1)  # progress is reported after each chunk
         out = []
         for start in range(0, len(texts), chunk):
             part = texts[start : start + chunk]

@@ -103,7 +103,10 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
         if isinstance(v, (float, np.floating)):
             return format(float(v), floatfmt)
         return str(v)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(fmt(row[c]) for c in cols) + " |")
-    return "\n".join(lines)
+    cells = [[str(c) for c in cols]] + [[fmt(row[c]) for c in cols] for _, row in df.iterrows()]
+    widths = [max(3, *(len(r[i]) for r in cells)) for i in range(len(cols))]  # aligned when read as text
+
+    def line(r):
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |"
+
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])])

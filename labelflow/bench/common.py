@@ -62,19 +62,10 @@ def load_bench(dataset: str | Path, seed_per_class: int | None, seed: int = 0, t
 
 
 def _progress(what: str):
-    from tqdm import tqdm
+    """A (done, total) progress callback: a bar on the terminal of ``labelflow bench``."""
+    from labelflow.progress import Progress
 
-    bar = {"bar": None}
-
-    def update(done: int, total: int):
-        if bar["bar"] is None:
-            bar["bar"] = tqdm(total=total, desc=what, unit="text", leave=False)
-        bar["bar"].n = done
-        bar["bar"].refresh()
-        if done >= total:
-            bar["bar"].close()
-
-    return update
+    return Progress(what, unit="texts")
 
 
 def pool_truth_aligned(data: BenchData) -> pd.Series:

@@ -74,6 +74,7 @@ class ExpertResource(dg.ConfigurableResource):
     def get(self, threshold: float | None = None, budget_calls: int | None = None):
         """An :class:`~labelflow.llm.LLMExpert` (starting the local server when needed)."""
         from labelflow.llm import LLMExpert
+        from labelflow.progress import Progress
 
         model, api_base = self.model, self.api_base
         if self.model == "local":
@@ -93,6 +94,7 @@ class ExpertResource(dg.ConfigurableResource):
             threshold=self.threshold if threshold is None else threshold,
             budget_calls=budget_calls, temperature=self.temperature,
             name=("local:qwen2.5-coder-1.5b" if self.model == "local" else self.model),
+            progress=Progress("LLM questions", unit="questions"),
         )
 
     def teardown_after_execution(self, context) -> None:
