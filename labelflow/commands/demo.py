@@ -1,12 +1,52 @@
 """`labelflow demo`: materialise every asset of every dataset in labelflow.yaml, then print the results
 and where to look next. Runs are recorded in the Dagster instance under $DAGSTER_HOME (the Makefile sets
-it to the project folder, storage in .dagster/), so they show in `make ui`."""
+it to the project folder, storage in .dagster/), so they show in `make ui`.
+
+The terminal shows one line per asset as it finishes (its time and key figures), a progress bar while
+texts are embedded or the LLM is asked, and a closing table. Dagster's event stream, library warnings and
+the local LLM server's output go to the run logs instead: the Dagster instance (`make ui`), its compute
+logs under .dagster/logs/, and one log file per demo (named on the first line)."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import IO
 
-import pandas as pd
+# metadata shown on an asset's line, per asset (the keys present, in this order); other assets show
+# the first few of GENERIC that they have
+FIGURES = {
+    "seed_labels": ("dagster/row_count", "labels"),
+    "text_embeddings": ("texts", "computed", "reused"),
+    "label_embeddings": ("labels", "reused"),
+    "label_descriptions": ("by_source",),
+    "pilot_validation": ("n", "accuracy", "gate_accuracy", "threshold"),
+    "llm_queue": ("dagster/row_count", "queued"),
+    "rac_labels": ("labelled", "coverage", "llm_calls"),
+    "red_labels": ("labelled", "rounds", "llm_calls"),
+    "svm_model": ("training_rows", "classes"),
+    "pool_predictions": ("dagster/row_count", "low_confidence_share"),
+    "evaluation": ("accuracy", "macro_f1", "micro_f1", "coverage"),
+    "rapt_evaluation": ("best_method", "best_macro_f1"),
+    "inbox_texts": ("dagster/row_count",),
+    "inbox_embeddings": ("texts", "computed"),
+    "inbox_queue": ("dagster/row_count", "queued"),
+    "inbox_rac_labels": ("labelled", "llm_calls"),
+}
+GENERIC = ("dagster/row_count", "macro_f1", "accuracy", "coverage", "labelled", "queued", "llm_calls")
+NAMES = {"dagster/row_count": "rows", "llm_calls": "LLM calls", "macro_f1": "macro-F1", "micro_f1": "micro-F1",
+         "best_macro_f1": "best macro-F1", "best_method": "best", "by_source": "", "n": "questions",
+         "low_confidence_share": "low-confidence share", "training_rows": "training rows"}
+# the closing table: (row name, asset, metadata key)
+SUMMARY = (("accuracy", "evaluation", "accuracy"), ("macro-F1", "evaluation", "macro_f1"),
+           ("micro-F1", "evaluation", "micro_f1"), ("coverage", "evaluation", "coverage"),
+           ("pilot accuracy", "pilot_validation", "accuracy"), ("RAC labelled", "rac_labels", "labelled"),
+           ("RAC coverage", "rac_labels", "coverage"), ("RAC LLM calls", "rac_labels", "llm_calls"),
+           ("R.E.D. labelled", "red_labels", "labelled"), ("RAPT best", "rapt_evaluation", "best_method"),
+           ("RAPT best macro-F1", "rapt_evaluation", "best_macro_f1"), ("texts embedded", "text_embeddings", "computed"),
+           ("embeddings reused", "text_embeddings", "reused"))
 
 
 def add_parser(sub) -> None:
@@ -16,54 +56,211 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import dagster as dg
-
     from labelflow.config import load_config
-    from labelflow.defs.factory import build_definitions
-    from labelflow.metrics import markdown_table
+    from labelflow.lock import for_project
 
     cfg = load_config()
+    # one writer at a time: the demo holds the project lock; its in-process runs take it again (re-entrant)
+    with for_project(cfg, command="labelflow demo"):
+        return _run(args, cfg)
+
+
+def _run(args, cfg) -> int:
+    import dagster as dg
+
+    from labelflow.progress import quiet_output, to_terminal
+
+    log_path = cfg.root / ".dagster" / "logs" / f"demo-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.log"
+    with quiet_output(log_path) as out, to_terminal(out):
+        print(f"labelflow demo: full log in {_shown(log_path, cfg.root)}", file=out)
+        with dg.DagsterInstance.get() as instance:
+            rows = demo(cfg, instance, out, datasets=args.dataset)
+        _where_next(cfg, out)
+    return 0 if rows else 2
+
+
+def demo(cfg, instance, out: IO[str], datasets: list[str] | None = None) -> list[dict]:
+    """Materialise each dataset's graph (then its inbox days) on ``instance``, printing one line per asset
+    to ``out`` as it finishes; returns one summary row per dataset (also printed as the closing table)."""
+    from labelflow.defs.factory import build_definitions
+
     defs = build_definitions(cfg)
-    instance = dg.DagsterInstance.get()
-    rows = []
-    for ds in cfg.datasets:
-        if args.dataset and ds.name not in args.dataset:
-            continue
-        print(f"\n== {ds.name}: materialising every asset ({ds.task}, {ds.path}) ==", flush=True)
-        t0 = time.perf_counter()
-        result = defs.resolve_job_def(f"{ds.name}__all").execute_in_process(instance=instance, raise_on_error=True)
-        seconds = time.perf_counter() - t0
-        row = {"dataset": ds.name, "task": ds.task, "run_id": result.run_id[:8], "seconds": round(seconds, 1)}
-        for asset, keys in (("text_embeddings", ["texts", "reused"]),
-                            ("evaluation", ["accuracy", "macro_f1", "micro_f1", "coverage"]),
-                            ("pilot_validation", ["accuracy"]), ("rac_labels", ["coverage", "llm_calls"]),
-                            ("rapt_evaluation", ["best_method", "best_macro_f1"])):
-            event = instance.get_latest_materialization_event(dg.AssetKey([ds.name, asset]))
-            if event is None or event.run_id != result.run_id:
-                continue
-            meta = event.asset_materialization.metadata
-            for k in keys:
-                if k in meta:
-                    value = meta[k].value
-                    row[f"{asset}.{k}" if asset != "evaluation" else k] = round(value, 4) if isinstance(value, float) else value
+    chosen = [ds for ds in cfg.datasets if not datasets or ds.name in datasets]
+    if not chosen:
+        print(f"no dataset named {', '.join(datasets or [])} in the project's labelflow.yaml", file=out)
+        return []
+    rows, t_all = [], time.perf_counter()
+    for ds in chosen:
+        print(f"\n== {ds.name}: every asset ({ds.task}, {_shown(ds.path, cfg.root)}) ==", file=out, flush=True)
+        main = _execute(defs.resolve_job_def(f"{ds.name}__all"), instance, out)
+        row = {"dataset": ds.name, "task": ds.task, "run": main.run_id[:8], "seconds": main.seconds}
+        row.update({name: main.figure(asset, key) for name, asset, key in SUMMARY})
+        checks = [main.report.checks_passed, len(main.report.checks_failed)]
         if ds.inbox is not None:
             from labelflow.defs.nightly import INBOX_FILE, inbox_files
 
+            nightly_s = 0.0
             for day in sorted({INBOX_FILE.match(f.name).group(1) for f in inbox_files(ds.inbox)}):
-                print(f"== {ds.name}: nightly relabelling of inbox day {day} ==", flush=True)
-                night = defs.resolve_job_def(f"{ds.name}__nightly").execute_in_process(
-                    partition_key=day, instance=instance, raise_on_error=True)
-                event = instance.get_latest_materialization_event(dg.AssetKey([ds.name, "inbox_queue"]))
-                if event is not None and event.run_id == night.run_id:
-                    row[f"inbox {day} queued"] = event.asset_materialization.metadata["queued"].value
+                print(f"== {ds.name}: nightly relabelling of inbox day {day} ==", file=out, flush=True)
+                night = _execute(defs.resolve_job_def(f"{ds.name}__nightly"), instance, out, partition_key=day)
+                nightly_s += night.seconds
+                checks = [checks[0] + night.report.checks_passed, checks[1] + len(night.report.checks_failed)]
+                row[f"inbox {day} queued"] = night.figure("inbox_queue", "queued")
+            row["nightly seconds"] = round(nightly_s, 1)
+        row["checks failed"] = checks[1]
+        print(f"{ds.name}: {row['seconds'] + row.get('nightly seconds', 0.0):.0f} s, checks: {checks[0]} passed, "
+              f"{checks[1]} failed", file=out, flush=True)
         rows.append(row)
-    table = pd.DataFrame(rows)
-    print("\n" + markdown_table(table.fillna("")) + "\n")
+    print(f"\n{aligned_table(rows)}\n\ntotal {time.perf_counter() - t_all:.0f} s", file=out, flush=True)
+    return rows
+
+
+class RunReport:
+    """Listens to one run's events (``instance.add_event_listener``) and prints a line per asset as its
+    step finishes: the step's time and the asset's key figures. Warnings are counted per step, the
+    first one shown; failed checks and steps get a line each."""
+
+    def __init__(self, out: IO[str], width: int = 22):
+        self.out = out
+        self.lock = threading.Lock()
+        self.started: dict[str, float] = {}
+        self.assets: dict[str, list] = defaultdict(list)  # step -> [(asset name, metadata)]
+        self.warnings: dict[str, list[str]] = defaultdict(list)
+        self.metadata: dict[str, dict] = {}  # asset name -> its metadata in this run
+        self.checks_failed: list[str] = []
+        self.checks_passed = 0
+        self.width = width  # of the asset-name column
+
+    def __call__(self, entry) -> None:
+        with self.lock:
+            self._handle(entry)
+
+    def _handle(self, entry) -> None:
+        event, step = entry.dagster_event, entry.step_key or ""
+        if event is None:  # a log message
+            level = entry.level if isinstance(entry.level, int) else 30 if str(entry.level).upper().startswith("WARN") else 40
+            if level >= 30:
+                self.warnings[step].append(entry.user_message)
+            return
+        kind = event.event_type_value
+        if kind == "STEP_START":
+            self.started[step] = entry.timestamp
+        elif kind == "ASSET_MATERIALIZATION":
+            name = event.asset_key.path[-1]
+            meta = {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
+            self.assets[step].append((name, meta))
+            self.metadata[name] = meta
+        elif kind == "ASSET_CHECK_EVALUATION":
+            check = event.asset_check_evaluation_data
+            if check.passed:
+                self.checks_passed += 1
+            else:
+                self.checks_failed.append(f"{check.asset_key.path[-1]}.{check.check_name}")
+                self._print(f"  check {check.asset_key.path[-1]}.{check.check_name} FAILED "
+                            f"({_figures('', {k: v.value for k, v in check.metadata.items()}, GENERIC) or 'see the UI'})")
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE"):
+            seconds = entry.timestamp - self.started.get(step, entry.timestamp)
+            shown = False
+            for name, meta in self.assets.pop(step, []):
+                figures = _figures(name, meta, FIGURES.get(name, GENERIC))
+                self._print(f"  {name:<{self.width}} {'' if shown else f'{seconds:6.1f} s':>8}  {figures}".rstrip())
+                shown = True
+            if kind == "STEP_FAILURE":
+                error = event.step_failure_data.error
+                while error is not None and error.cause is not None:  # the user code's error, not Dagster's wrapper
+                    error = error.cause
+                message = (error.message.strip().splitlines() or ["(no message)"])[0] if error else "(no message)"
+                self._print(f"  {step:<{self.width}} {seconds:6.1f} s  FAILED: {message[:200]}")
+            warnings = self.warnings.pop(step, [])
+            if warnings:
+                more = f" (+{len(warnings) - 1} more in the log)" if len(warnings) > 1 else ""
+                self._print(f"  {'':<{self.width}} warning: {warnings[0].strip().splitlines()[0][:120]}{more}")
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+
+class _Run:
+    def __init__(self, run_id: str, seconds: float, report: RunReport):
+        self.run_id, self.seconds, self.report = run_id, round(seconds, 1), report
+
+    def figure(self, asset: str, key: str):
+        value = self.report.metadata.get(asset, {}).get(key)
+        return round(value, 3) if isinstance(value, float) else value
+
+
+def _execute(job, instance, out: IO[str], partition_key: str | None = None) -> _Run:
+    """Run ``job`` in-process with Dagster's console logger at INFO (it reaches the log file, not the
+    terminal) and a :class:`RunReport` on the run's events."""
+    from dagster._core.utils import make_new_run_id
+
+    names = [key.path[-1] for key in job.asset_layer.executable_asset_keys]
+    run_id, report = make_new_run_id(), RunReport(out, width=max(map(len, names), default=20) + 1)
+    instance.add_event_listener(run_id, report)
+    t0 = time.perf_counter()
+    job.execute_in_process(instance=instance, run_id=run_id, partition_key=partition_key, raise_on_error=True,
+                           run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+    return _Run(run_id, time.perf_counter() - t0, report)
+
+
+def _figures(asset: str, meta: dict, keys) -> str:
+    parts = []
+    for key in keys:
+        if key not in meta or meta[key] is None:
+            continue
+        value, name = meta[key], NAMES.get(key, key.replace("_", " "))
+        if isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, int):
+            text = f"{value:,}"
+        elif isinstance(value, float):
+            text = f"{value:.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+        elif isinstance(value, dict) and len(value) <= 4:
+            text = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, str) and len(value) <= 40:
+            text = value
+        else:
+            continue
+        parts.append(f"{name} {text}".strip())
+        if len(parts) == 4:
+            break
+    return ", ".join(parts)
+
+
+def aligned_table(rows: list[dict]) -> str:
+    """The datasets side by side: one row per figure, one column per dataset, columns aligned; figures
+    no dataset has are left out."""
+    if not rows:
+        return ""
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "dataset"]
+    keys = [k for k in keys if any(r.get(k) not in (None, "") for r in rows)]
+
+    def cell(v) -> str:
+        if v is None or v == "":
+            return "-"
+        return f"{v:.3f}" if isinstance(v, float) and abs(v) < 100 else f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+    table = [["", *[r["dataset"] for r in rows]]] + [[k, *[cell(r.get(k)) for r in rows]] for k in keys]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+                     for line in table)
+
+
+def _shown(path, root) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _where_next(cfg, out: IO[str]) -> None:
     root = cfg.root
-    print("Where to look next:")
-    print("  make ui        Dagster UI on http://127.0.0.1:3000  (asset graph per dataset, metadata, plots, checks)")
-    print(f"  make mlflow    MLflow UI on http://127.0.0.1:5000   (one run per model/evaluation materialisation; store {cfg.mlflow_tracking_uri})")
-    print(f"  tables         DuckDB {cfg.warehouse.relative_to(root)} (schema per dataset), vectors in {cfg.lancedb.relative_to(root)}/")
-    print("  export         .venv/bin/labelflow export --dataset support_intents --out labelled.csv")
-    print("  compare runs   .venv/bin/labelflow runs compare --dataset support_intents -n 5")
-    return 0
+    print("Where to look next:", file=out)
+    print("  make ui        Dagster UI on http://127.0.0.1:3000  (asset graph per dataset, metadata, plots, checks, run logs)", file=out)
+    print(f"  make mlflow    MLflow UI on http://127.0.0.1:5000   (one run per model/evaluation materialisation; "
+          f"store {cfg.mlflow_tracking_uri})", file=out)
+    print(f"  tables         DuckDB {_shown(cfg.warehouse, root)} (schema per dataset), vectors in {_shown(cfg.lancedb, root)}/",
+          file=out)
+    name = cfg.datasets[0].name if cfg.datasets else "NAME"
+    print(f"  export         .venv/bin/labelflow export --dataset {name} --out labelled.csv", file=out)
+    print(f"  compare runs   .venv/bin/labelflow runs compare --dataset {name} -n 5", file=out, flush=True)
