@@ -15,7 +15,9 @@ import sys
 import labelflow  # noqa: F401  (sets the offline environment first)
 
 
-def _bench_parser(sub) -> None:
+def _bench_parser(sub, method_options: bool = True) -> None:
+    """The ``bench`` sub-command; ``method_options=False`` (another command runs) skips importing every
+    benchmark module for its extra flags (seconds of scikit-learn/torch imports)."""
     from labelflow.bench import METHODS
 
     p = sub.add_parser("bench", help="run a benchmark on a dataset folder and write a results table")
@@ -29,7 +31,7 @@ def _bench_parser(sub) -> None:
     p.add_argument("--p", type=float, default=0.9, help="SimulatedExpert accuracy")
     p.add_argument("--sample", type=int, default=None, help="score on a seeded sample of N test texts")
     p.add_argument("--out", default="data/bench", help="folder for CSV + Markdown results")
-    for method in METHODS:
+    for method in METHODS if method_options else []:
         try:
             mod = importlib.import_module(f"labelflow.bench.{method}")
         except ModuleNotFoundError as exc:
@@ -103,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labelflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    _bench_parser(sub)
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in args_list if not a.startswith("-")), None)
+    _bench_parser(sub, method_options=command in (None, "bench"))
     for name in ("demo", "llm", "runs", "export", "plan", "review"):
         try:
             mod = importlib.import_module(f"labelflow.commands.{name}")

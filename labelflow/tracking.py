@@ -13,7 +13,7 @@ import io
 import logging
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pandas as pd
 
@@ -50,14 +50,46 @@ class Tracker:
         with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={"dataset": dataset, **(tags or {})}) as run:
             yield run
 
+    @contextlib.contextmanager
+    def asset_run(self, dataset: str, asset: str, *, dagster_run_id: str | None = None, tags: dict | None = None,
+                  params: dict | None = None, metrics: dict | None = None, step_metrics: Iterable | None = None,
+                  tables: dict | None = None, figures: dict | None = None) -> Iterator["object"]:
+        """One MLflow run for one materialisation of ``asset`` (tagged ``asset`` and ``dagster_run_id``),
+        with its params, numeric metrics (:func:`scalar_metrics`), per-step metrics (``(step, dict)``
+        pairs, e.g. per round), tables (artifact file name -> DataFrame, as CSV) and figures (artifact
+        file name -> matplotlib figure) logged; the caller may log more (a model) inside the block."""
+        mlflow = self._client()
+        tags = {"asset": asset, **({"dagster_run_id": dagster_run_id} if dagster_run_id else {}), **(tags or {})}
+        with self.run(dataset, asset, tags=tags) as run:
+            if params:
+                mlflow.log_params(params)
+            if metrics:
+                mlflow.log_metrics(scalar_metrics(metrics))
+            for step, values in step_metrics or ():
+                mlflow.log_metrics(scalar_metrics(values), step=int(step))
+            for name, df in (tables or {}).items():
+                log_table(df, name)
+            for name, fig in (figures or {}).items():
+                if fig is not None:
+                    log_figure(fig, name)
+            yield run
+
+    def log_asset(self, dataset: str, asset: str, **values) -> str:
+        """:meth:`asset_run` with nothing more to log; returns the MLflow run id."""
+        with self.asset_run(dataset, asset, **values) as run:
+            pass
+        return run.info.run_id
+
     def previous_runs(self, dataset: str, asset: str, n: int = 10) -> pd.DataFrame:
         """The last ``n`` finished runs of an asset, newest first (params, metrics, tags as columns)."""
+        from labelflow.sql import mlflow_filter_value
+
         mlflow = self._client()
         exp = mlflow.get_experiment_by_name(f"labelflow/{dataset}")
         if exp is None:
             return pd.DataFrame()
         return mlflow.search_runs(
-            experiment_ids=[exp.experiment_id], filter_string=f"tags.asset = '{asset}' and attributes.status = 'FINISHED'",
+            experiment_ids=[exp.experiment_id], filter_string=f"tags.asset = {mlflow_filter_value(asset)} and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"], max_results=n,
         )
 

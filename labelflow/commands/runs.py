@@ -1,4 +1,7 @@
-"""`labelflow runs compare`: the last N evaluation runs of a dataset side by side (from MLflow)."""
+"""`labelflow runs compare`: the last N evaluation runs of a dataset side by side (from MLflow).
+
+The dataset must be one of labelflow.yaml's; ``--asset`` reaches MLflow's search only as a quoted
+filter value (:func:`labelflow.sql.mlflow_filter_value`), never as filter syntax."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ def compare_table(dataset: str, n: int = 5, asset: str = "evaluation"):
     from labelflow.tracking import Tracker
 
     cfg = load_config()
+    cfg.dataset(dataset)  # ConfigError (one line, exit 2) for a dataset that is not configured
     runs = Tracker(cfg.mlflow_tracking_uri, cfg.mlflow_artifacts).previous_runs(dataset, asset, n)
     if runs.empty:
         return pd.DataFrame()
@@ -40,9 +44,9 @@ def compare_table(dataset: str, n: int = 5, asset: str = "evaluation"):
 
 
 def run(args) -> int:
+    table = compare_table(args.dataset, args.n, args.asset)
     from labelflow.metrics import markdown_table
 
-    table = compare_table(args.dataset, args.n, args.asset)
     if table.empty:
         print(f"no finished {args.asset} runs for dataset {args.dataset!r} yet")
         return 1
