@@ -283,8 +283,13 @@ def _read(path: Path) -> _Table:
             content = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = raw[: exc.start].count(b"\n") + 1
-            row = line - 1 if suffix == ".csv" else line
-            raise IngestError(path, row, None, f"bytes are not valid UTF-8 at byte {exc.start} (line {line})") from exc
+            prefix = raw[: exc.start].decode("utf-8", errors="replace") + "x"  # the record holding the bad byte is last
+            if suffix == ".csv":
+                row = sum(1 for rec in csv.reader(io.StringIO(prefix, newline="")) if rec) - 1
+            else:
+                row = sum(1 for ln in prefix.splitlines() if ln.strip())
+            raise IngestError(path, row, None, f"bytes are not valid UTF-8 at byte {exc.start} (line {line})",
+                              line=line) from exc
         if content.startswith("\ufeff"):
             content = content[1:]
         t = _read_csv(path, content) if suffix == ".csv" else _read_jsonl(path, content)
@@ -358,7 +363,7 @@ def _label_value(v, multilabel: bool) -> tuple[str | list | None, str | None]:
             else:
                 return None, f"label set must hold strings or integers, got {_json_type(x)} ({str(x)[:40]!r})"
         return out, None
-    kind = "a string, an integer" + (" or a list of those" if multilabel else "")
+    kind = "a string, an integer or a list of those" if multilabel else "a string or an integer"
     return None, f"label must be {kind}, got {_json_type(v)} ({str(v)[:40]!r})"
 
 

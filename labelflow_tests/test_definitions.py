@@ -29,7 +29,8 @@ def test_rejected_input_writes_nothing(tmp_path):
     cfg = temp_project(tmp_path, [{"name": "bad", "path": str(folder)}])
     defs = build_definitions(cfg)
     job = defs.resolve_implicit_global_asset_job_def()
-    keys = [dg.AssetKey(["bad", n]) for n in ("seed_labels", "text_pool", "gold_eval", "hidden_pool_labels")]
+    keys = [dg.AssetKey(["bad", n]) for n in ("seed_labels", "text_pool", "gold_eval", "hidden_pool_labels",
+                                             "label_conflicts", "user_label_descriptions", "lf_definitions")]
     result = job.execute_in_process(asset_selection=keys, raise_on_error=False)
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]

@@ -11,10 +11,13 @@ import numpy as np
 import pandas as pd
 
 from labelflow.config import DatasetConfig, ProjectConfig
-from labelflow.data import label_lists, read_inbox_file, text_id
-from labelflow.defs.labelling import _description_map, _label_vectors, _pilot_threshold, _seed_vectors
-from labelflow.defs.resources import EmbedderResource, ExpertResource, StoresResource
-from labelflow.defs.util import OWNERS, md_table, usage_metadata
+from labelflow.data import read_inbox_file
+from labelflow.defs.resources import EmbedderResource, ExpertResource, StoresResource, budget_metadata
+from labelflow.defs.util import OWNERS, md_table, usage_metadata, rounded
+from labelflow.defs.vectors import embed
+from labelflow.embedding import EmbeddingIndex
+from labelflow.labelspace import LabelSpace
+from labelflow.pilot import pilot_threshold
 
 INBOX_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2}).*\.(csv|parquet|jsonl)$")
 NIGHTLY_ASSETS = ["inbox_texts", "inbox_embeddings", "inbox_queue", "inbox_rac_labels"]
@@ -60,34 +63,28 @@ def nightly_assets(ds: DatasetConfig) -> list:
         return dg.Output(df, metadata={"dagster/row_count": len(df), "files": dg.MetadataValue.json([f for f in df["file"].unique()])})
 
     @dg.asset(key=key("inbox_embeddings"), group_name=p, kinds={"lancedb"}, owners=owners, partitions_def=daily,
-              description="Embeddings of one day's inbox texts (LanceDB table <dataset>__inbox_embeddings); texts already "
-                          "embedded with the same model are reused.")
+              io_manager_key="vectors_io_manager", metadata=part_meta,
+              description="Embeddings of one day's inbox texts (an EmbeddingIndex; LanceDB table <dataset>__inbox_embeddings, "
+                          "one partition per day); texts already embedded with the same model are reused.")
     def inbox_embeddings(context: dg.AssetExecutionContext, stores: StoresResource, embedder: EmbedderResource,
-                         inbox_texts: pd.DataFrame) -> dg.MaterializeResult:
-        day = context.partition_key
-        store, emb = stores.vectors(), embedder.get()
-        X, reused = store.embed_cached(inbox_texts["text"].tolist(), emb)
-        name = f"{p}__inbox_embeddings"
-        store.delete(name, f"day = '{day}'")
-        if len(inbox_texts):
-            store.append(name, pd.DataFrame({"id": inbox_texts["id"].astype(str), "day": day, "model": emb.name,
-                                             "text_hash": inbox_texts["text"].map(text_id), "vector": list(X)}))
-        return dg.MaterializeResult(metadata={"texts": len(inbox_texts), "reused": reused, "computed": len(inbox_texts) - reused})
+                         inbox_texts: pd.DataFrame) -> dg.Output:
+        index, reused = embed(stores.lancedb_uri, embedder.get(), inbox_texts["id"], inbox_texts["text"])
+        return dg.Output(index, metadata={"texts": len(inbox_texts), "reused": reused, "computed": len(inbox_texts) - reused})
 
     @dg.asset(key=key("inbox_queue"), group_name=p, kinds={"duckdb", "pandas"}, owners=owners, partitions_def=daily,
-              metadata=part_meta, deps=[key("inbox_embeddings"), key("label_embeddings")],
+              metadata=part_meta,
               description="One day's weak labels and routing: labelling functions + label model on the new texts; kept, "
                           "queued for the LLM, or left to the model.")
-    def inbox_queue(context: dg.AssetExecutionContext, stores: StoresResource, seed_labels: pd.DataFrame,
-                    inbox_texts: pd.DataFrame) -> dg.Output:
+    def inbox_queue(context: dg.AssetExecutionContext, inbox_texts: pd.DataFrame, inbox_embeddings: EmbeddingIndex,
+                    label_space: LabelSpace, lf_definitions: pd.DataFrame) -> dg.Output:
         from labelflow import weak
         from labelflow.routing import aggregate_votes, route
 
-        labels, label_X = _label_vectors(stores, p)
-        seed_X = _seed_vectors(stores, p, seed_labels)
-        lfs = weak.standard_lfs(ds.path / "lfs.yaml", labels, seed_X, label_lists(seed_labels["label"], ds.multilabel), label_X)
+        labels = label_space.labels
+        lfs = weak.standard_lfs(lf_definitions, labels, label_space.seed_X, label_space.seed_sets,
+                                label_space.description_X)
         ids = inbox_texts["id"].astype(str).tolist()
-        X = stores.vectors().vectors_for(f"{p}__inbox_embeddings", ids) if ids else np.zeros((0, seed_X.shape[1]), np.float32)
+        X = inbox_embeddings.lookup(ids) if ids else np.zeros((0, label_space.seed_X.shape[1]), np.float32)
         votes, errors = weak.apply_lfs(lfs, ids, inbox_texts["text"].tolist(), X, labels=labels)
         for _, e in errors.iterrows():
             context.log.warning(f"labelling function {e['lf']} failed on text {e['id']}: {e['error']} (excluded)")
@@ -97,28 +94,26 @@ def nightly_assets(ds: DatasetConfig) -> list:
                                            "buckets": dg.MetadataValue.json(routed["bucket"].value_counts().to_dict() if len(routed) else {})})
 
     @dg.asset(key=key("inbox_rac_labels"), group_name=p, kinds={"duckdb", "pandas"}, owners=owners, partitions_def=daily,
-              metadata=part_meta, deps=[key("label_embeddings")],
+              metadata=part_meta,
               description="RAC over one day's queued texts (only new texts cost LLM calls; answers are cached).")
-    def inbox_rac_labels(context: dg.AssetExecutionContext, stores: StoresResource, expert: ExpertResource,
-                         seed_labels: pd.DataFrame, inbox_queue: pd.DataFrame, label_descriptions: pd.DataFrame,
-                         pilot_validation: pd.DataFrame) -> dg.Output:
+    def inbox_rac_labels(context: dg.AssetExecutionContext, expert: ExpertResource, inbox_queue: pd.DataFrame,
+                         pilot_validation: pd.DataFrame, inbox_embeddings: EmbeddingIndex,
+                         label_space: LabelSpace) -> dg.Output:
         from labelflow.rac import label_queue
 
         queue = inbox_queue[inbox_queue["queued"].astype(bool)].reset_index(drop=True) if len(inbox_queue) else inbox_queue
-        labels, label_X = _label_vectors(stores, p)
-        seed_X = _seed_vectors(stores, p, seed_labels)
         if not len(queue):
             empty = pd.DataFrame({c: pd.Series(dtype="string") for c in ("id", "label", "text")}).assign(
                 confidence=pd.Series(dtype=float), day=pd.Series(dtype="datetime64[ns]"))
             return dg.Output(empty, metadata={"dagster/row_count": 0, "llm_calls": 0})
-        exp = expert.get(threshold=_pilot_threshold(pilot_validation))
-        X = stores.vectors().vectors_for(f"{p}__inbox_embeddings", queue["id"])
-        res, _ = label_queue(exp, queue, X, seed_labels, seed_X, labels, label_X,
-                             _description_map(label_descriptions), ds.rac_k, ds.multilabel)
+        budget = expert.run_budget(context.run.run_id, p, ds.llm_budget_calls)  # the nightly run's own budget
+        exp = expert.get(threshold=pilot_threshold(pilot_validation), budget=budget)
+        res, _ = label_queue(exp, queue, inbox_embeddings.lookup(queue["id"]), label_space, ds.rac_k)
         res["day"] = pd.Timestamp(context.partition_key)
         meta = {"dagster/row_count": len(res), "labelled": int((res["label"] != "").sum()), "expert": exp.name}
         meta.update(usage_metadata(exp.usage))
-        return dg.Output(res, metadata=meta)
+        meta.update(budget_metadata(budget))
+        return dg.Output(res, metadata=rounded(meta))
 
     return [inbox_texts, inbox_embeddings, inbox_queue, inbox_rac_labels]
 
