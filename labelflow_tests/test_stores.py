@@ -187,6 +187,19 @@ def test_multi_output_step_commits_all_tables_together(tmp_path):
     assert tables == {"seeds", "pool", "gold"}, "no staging table may outlive a successful commit"
 
 
+def test_asset_with_a_check_is_written_at_once(tmp_path):
+    """Asset-check outputs share the step but are not tables: the asset's table is written directly."""
+    (tmp_path / "data").mkdir()
+
+    @dg.asset(key=["ds", "pilot"], check_specs=[dg.AssetCheckSpec("ok", asset=dg.AssetKey(["ds", "pilot"]))])
+    def pilot():
+        yield dg.Output(pd.DataFrame({"accuracy": [0.9]}))
+        yield dg.AssetCheckResult(check_name="ok", passed=True)
+
+    assert dg.materialize([pilot], resources={"io_manager": _io(tmp_path)}).success
+    assert _rows(tmp_path, "pilot") == [(0.9,)]
+
+
 def test_identifiers_are_quoted_and_empty_frames_stored(tmp_path):
     (tmp_path / "data").mkdir()
 
@@ -261,27 +274,37 @@ def test_model_io_manager_one_file_per_run_and_checked_loads(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ LLM cache
-def test_llm_cache_does_not_hold_its_file_between_operations(tmp_path):
+def test_llm_cache_is_shared_by_processes_while_held_open(tmp_path):
     from labelflow.llm.cache import CachedResponse, ResponseCache
 
-    path = tmp_path / "llm_cache.duckdb"
-    cache = ResponseCache(path)
+    cache = ResponseCache(tmp_path / "llm_cache.sqlite")
     cache.put("k1", "m", CachedResponse("yes", None, 10, 1, 0.0, 0.1))
-    # another process writes to the same file while this cache object is alive
+    # another process reads and writes the same file while this cache object is alive and open
     child = _child(f"""
         from labelflow.llm.cache import CachedResponse, ResponseCache
-        c = ResponseCache({str(path)!r}, busy_timeout_s=5)
+        c = ResponseCache({str(tmp_path / "llm_cache.sqlite")!r}, busy_timeout_s=5)
         assert c.get("k1").text == "yes"
         c.put("k2", "m", CachedResponse("no", [["no", [["no", -0.1]]]], 11, 1, 0.0, 0.2))
         print("WROTE")
         """)
     assert child.stdout.strip() == "WROTE", child.stderr
-    assert cache.get("k2").text == "no" and len(cache) == 2
-    with cache.session():  # a batch uses one connection
-        before = cache.opens
-        cache.get("k1"), cache.get("k2"), cache.put("k3", "m", CachedResponse("yes", None, 1, 1, 0.0, 0.0))
-        assert cache.opens == before
-    assert set(cache.get_many(["k1", "k3", "missing"])) == {"k1", "k3"}
+    assert cache.get("k2").logprobs == [["no", [["no", -0.1]]]] and len(cache) == 2
+    assert set(cache.get_many(["k1", "k2", "missing"])) == {"k1", "k2"}
+
+
+def test_llm_cache_imports_an_earlier_duckdb_cache_once(tmp_path):
+    from labelflow.llm.cache import ResponseCache
+
+    legacy = tmp_path / "llm_cache.duckdb"
+    con = duckdb.connect(str(legacy))
+    con.execute("CREATE TABLE llm_responses (key VARCHAR PRIMARY KEY, model VARCHAR, text VARCHAR, logprobs VARCHAR, "
+                "prompt_tokens BIGINT, completion_tokens BIGINT, cost DOUBLE, latency_s DOUBLE, created TIMESTAMP)")
+    con.execute("INSERT INTO llm_responses VALUES ('old', 'm', 'yes', NULL, 5, 1, 0.25, 0.5, current_timestamp)")
+    con.close()
+    cache = ResponseCache(legacy)  # the configured name of earlier versions
+    assert cache.path == tmp_path / "llm_cache.sqlite"
+    hit = cache.get("old")
+    assert (hit.text, hit.prompt_tokens, hit.cost) == ("yes", 5, 0.25)
 
 
 def test_lock_wait_from_config_and_environment(tmp_path, monkeypatch):

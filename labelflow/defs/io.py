@@ -85,7 +85,14 @@ class _TypeHandler(DuckDBPandasTypeHandler):
 
     def _group(self, context) -> list[str]:
         """Output names of this step that go through this IO manager, when they must commit together."""
-        outs = [o for o in context.op_def.output_defs if o.io_manager_key == self.resource_key]
+        try:
+            assets_def = context.step_context.assets_def
+        except Exception:  # noqa: BLE001 - a context built outside a run (unit tests): no grouping
+            return []
+        if assets_def is None:
+            return []
+        asset_outputs = set(assets_def.keys_by_output_name)  # not the asset-check outputs of the step
+        outs = [o for o in context.op_def.output_defs if o.name in asset_outputs and o.io_manager_key == self.resource_key]
         if len(outs) < 2 or not all(o.is_required for o in outs):
             return []
         return [o.name for o in outs]

@@ -1,42 +1,46 @@
-"""Persistent LLM response cache in DuckDB.
+"""Persistent LLM response cache in SQLite (WAL mode): several processes can read and write one cache.
 
 The key is the sha256 of (model, messages, parameters) as canonical JSON; the api_base and the API key
 are never part of it (the local server's port changes between runs, keys are secrets) and never stored.
-Each response is committed on its own, so a crash loses at most the answers in flight.
+Each response is committed in its own short transaction, so a crash loses at most the answers in
+flight.
 
-The cache never holds its DuckDB file open between operations: every read or write opens the file,
-runs one short transaction and closes it again (``session()`` keeps one connection for a batch of
-reads and writes). So an expert kept alive for a whole run, or one that is never closed, does not lock
-the file, and several processes (a run, a benchmark, ``labelflow llm``) can share one cache file; a
-process that finds the file busy retries for up to ``busy_timeout_s`` seconds. A lock serialises
-access from the expert's worker threads. ``None`` as the path keeps an in-memory cache.
+Why SQLite and not DuckDB: a DuckDB file has one writing process at a time, so a cache kept open for a
+whole run locked every other process (a benchmark, ``labelflow llm``, a second run) out of it, and
+opening DuckDB per operation costs ~100 ms. SQLite in WAL mode holds no lock between transactions;
+concurrent writers wait for each other up to ``busy_timeout_s``. Holding a :class:`ResponseCache` (or
+never closing it) is therefore harmless. A lock serialises access from the expert's worker threads.
+
+A path ending in ``.duckdb`` (the name earlier versions used) means the SQLite file beside it with the
+suffix ``.sqlite``; the answers of an existing DuckDB cache there are imported into it once, so an
+upgrade pays for nothing twice. ``None`` as the path keeps an in-memory cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import sqlite3
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
+log = logging.getLogger("labelflow.llm")
 
+_COLUMNS = "key, model, text, logprobs, prompt_tokens, completion_tokens, cost, latency_s"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS llm_responses (
-    key VARCHAR PRIMARY KEY,
-    model VARCHAR,
-    text VARCHAR,
-    logprobs VARCHAR,          -- JSON [[token, [[alt, logprob], ...]], ...] or NULL
-    prompt_tokens BIGINT,
-    completion_tokens BIGINT,
-    cost DOUBLE,
-    latency_s DOUBLE,
-    created TIMESTAMP DEFAULT current_timestamp
+    key TEXT PRIMARY KEY,
+    model TEXT,
+    text TEXT,
+    logprobs TEXT,             -- JSON [[token, [[alt, logprob], ...]], ...] or NULL
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    cost REAL,
+    latency_s REAL,
+    created TEXT DEFAULT CURRENT_TIMESTAMP
 )
 """
 
@@ -45,6 +49,12 @@ def cache_key(model: str, messages: list[dict], params: dict[str, Any]) -> str:
     payload = json.dumps({"model": model, "messages": messages, "params": params},
                          sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def sqlite_path(path: str | Path) -> Path:
+    """The SQLite file for a configured cache path (``x.duckdb`` -> ``x.sqlite``)."""
+    path = Path(path)
+    return path.with_suffix(".sqlite") if path.suffix == ".duckdb" else path
 
 
 @dataclass
@@ -58,82 +68,73 @@ class CachedResponse:
 
 
 class ResponseCache:
-    """``get(key)`` / ``put(key, ...)`` over a DuckDB file (``None`` path: in memory)."""
+    """``get(key)`` / ``put(key, ...)`` over a SQLite file (``None`` path: in memory)."""
 
     def __init__(self, path: str | Path | None, busy_timeout_s: float = 30.0):
-        self.path = Path(path) if path else None
-        self.busy_timeout_s = busy_timeout_s
+        self.path = sqlite_path(path) if path else None
+        self._lock = threading.RLock()
+        legacy = Path(path) if path and Path(path).suffix == ".duckdb" else None
+        new_file = self.path is not None and not self.path.exists()
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._memory = None if self.path else duckdb.connect(":memory:")
-        self._session = None  # the connection of an open session()
-        self.opens = 0  # how many times the file was opened (for tests and diagnostics)
-        with self.session() as con:
-            con.execute(_SCHEMA)
-
-    @contextmanager
-    def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One connection for a batch of reads and writes; the file is closed when the block ends."""
+        # autocommit mode: every statement is its own short transaction (no lock held in between)
+        self._con = sqlite3.connect(str(self.path) if self.path else ":memory:", timeout=busy_timeout_s,
+                                    check_same_thread=False, isolation_level=None)
         with self._lock:
-            if self._memory is not None:
-                yield self._memory
-                return
-            if self._session is not None:  # nested: reuse the batch's connection
-                yield self._session
-                return
-            con = self._open()
-            self._session = con
-            try:
-                yield con
-            finally:
-                self._session = None
-                con.close()
+            if self.path:
+                self._con.execute("PRAGMA journal_mode=WAL")
+                self._con.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash
+            self._con.execute(_SCHEMA)
+        if new_file and legacy is not None and legacy.exists():
+            self._import_duckdb(legacy)
 
-    def _open(self) -> duckdb.DuckDBPyConnection:
-        deadline = time.monotonic() + self.busy_timeout_s
-        delay = 0.05
-        while True:
+    def _import_duckdb(self, legacy: Path) -> None:
+        try:
+            import duckdb
+
+            con = duckdb.connect(str(legacy), read_only=True)
             try:
-                con = duckdb.connect(str(self.path))
-                self.opens += 1
-                return con
-            except duckdb.IOException as exc:  # another process has the file open right now
-                if time.monotonic() + delay > deadline:
-                    raise duckdb.IOException(f"LLM cache {self.path} stayed busy for {self.busy_timeout_s:.0f} s "
-                                             f"(another process keeps it open): {exc}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                rows = con.execute(f"SELECT {_COLUMNS} FROM llm_responses").fetchall()
+            finally:
+                con.close()
+        except Exception as exc:  # noqa: BLE001 - an old cache that cannot be read only costs re-asking
+            log.warning("could not import the earlier LLM cache %s (%s); its answers will be asked again", legacy, exc)
+            return
+        with self._lock:
+            self._con.execute("BEGIN IMMEDIATE")
+            self._con.executemany(f"INSERT OR IGNORE INTO llm_responses ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._con.execute("COMMIT")
+        log.info("imported %d cached LLM answers from %s into %s", len(rows), legacy, self.path)
 
     def get(self, key: str) -> CachedResponse | None:
         return self.get_many([key]).get(key)
 
     def get_many(self, keys: list[str]) -> dict[str, CachedResponse]:
-        """The cached responses among ``keys`` (one connection for all of them)."""
-        if not keys:
-            return {}
-        with self.session() as con:
-            rows = con.execute(
-                "SELECT key, text, logprobs, prompt_tokens, completion_tokens, cost, latency_s "
-                "FROM llm_responses WHERE key IN (SELECT unnest(?::VARCHAR[]))", [list(keys)]).fetchall()
-        return {r[0]: CachedResponse(r[1], json.loads(r[2]) if r[2] else None, int(r[3] or 0),
-                                     int(r[4] or 0), float(r[5] or 0.0), float(r[6] or 0.0)) for r in rows}
+        """The cached responses among ``keys``."""
+        out: dict[str, CachedResponse] = {}
+        keys = list(keys)
+        with self._lock:
+            for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+                chunk = keys[i:i + 500]
+                rows = self._con.execute(
+                    "SELECT key, text, logprobs, prompt_tokens, completion_tokens, cost, latency_s FROM llm_responses "
+                    f"WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+                for r in rows:
+                    out[r[0]] = CachedResponse(r[1], json.loads(r[2]) if r[2] else None, int(r[3] or 0),
+                                               int(r[4] or 0), float(r[5] or 0.0), float(r[6] or 0.0))
+        return out
 
     def put(self, key: str, model: str, resp: CachedResponse) -> None:
         lp = json.dumps(resp.logprobs, ensure_ascii=False) if resp.logprobs else None
-        with self.session() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO llm_responses "
-                "(key, model, text, logprobs, prompt_tokens, completion_tokens, cost, latency_s) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        with self._lock:
+            self._con.execute(
+                f"INSERT OR REPLACE INTO llm_responses ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [key, model, resp.text, lp, resp.prompt_tokens, resp.completion_tokens, resp.cost, resp.latency_s])
 
     def __len__(self) -> int:
-        with self.session() as con:
-            return int(con.execute("SELECT count(*) FROM llm_responses").fetchone()[0])
+        with self._lock:
+            return int(self._con.execute("SELECT count(*) FROM llm_responses").fetchone()[0])
 
     def close(self) -> None:
-        """Nothing stays open between operations; kept so callers can release an in-memory cache."""
         with self._lock:
-            if self._memory is not None:
-                self._memory.close()
+            self._con.close()
