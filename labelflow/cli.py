@@ -24,6 +24,8 @@ def _bench_parser(sub, method_options: bool = True) -> None:
     p.add_argument("--dataset", required=False, help="dataset folder (train/test[/unlabeled][/labels.csv])")
     p.add_argument("--method", default="baseline", choices=METHODS)
     p.add_argument("--task", choices=["multiclass", "multilabel"], help="default: multilabel if train has a 'labels' column")
+    p.add_argument("--label-conflicts", default="error", choices=["error", "drop", "keep_first", "merge"],
+                   help="a text with two gold labels: error (list them), drop, keep_first or merge (multi-label union)")
     p.add_argument("--seed-per-class", type=int, default=10, help="K gold seeds per class (0 = full train)")
     p.add_argument("--seeds", type=int, default=1, help="average over N random splits")
     p.add_argument("--expert", default="simulated", choices=["simulated", "local", "config"],

@@ -25,7 +25,6 @@ import io
 import json
 import math
 import re
-import sys
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -506,7 +505,10 @@ def resolve_label_conflicts(rows: pd.DataFrame, policy: str, multilabel: bool) -
     if policy == "error":
         listed = []
         for text, grp in list(bad.groupby("text", sort=False))[:_MAX_LISTED]:
-            listed.append(f"{text[:50]!r}: " + ", ".join(f"{_where(r)} {r['label']!r}" for _, r in grp.iterrows()))
+            firsts = grp.drop_duplicates("label").head(4)  # the first row of each label
+            shown = ", ".join(f"{_where(r)} {r['label']!r}" for _, r in firsts.iterrows())
+            more = f" (+{len(grp) - len(firsts)} more rows)" if len(grp) > len(firsts) else ""
+            listed.append(f"{text[:50]!r}: {shown}{more}")
         first_text = bad["text"].iat[0]
         grp = bad[bad["text"] == first_text]
         b = grp[grp["label"] != grp["label"].iat[0]].iloc[0]
@@ -515,7 +517,8 @@ def resolve_label_conflicts(rows: pd.DataFrame, policy: str, multilabel: bool) -
             f"label conflicts: {n_texts} text(s) carry two or more different labels (the same text with another label "
             f"here than at {_where(grp.iloc[0])}); first {min(n_texts, _MAX_LISTED)}: " + "; ".join(listed)
             + ". Fix the data, or set label_conflicts: drop | keep_first" + (" | merge" if multilabel else "")
-            + " for this dataset (every affected row is then recorded in the label_conflicts table)",
+            + " for this dataset (labelflow.yaml, or labelflow bench --label-conflicts); every affected row is then "
+            "recorded in the label_conflicts table",
             line=None if pd.isna(b["line"]) else int(b["line"]))
     first_label = bad.groupby("text", sort=False)["label"].transform("first")
     if policy == "drop":
@@ -526,7 +529,7 @@ def resolve_label_conflicts(rows: pd.DataFrame, policy: str, multilabel: bool) -
         action = keep.map({True: "kept", False: "dropped"})
         resolved = bad["label"].where(keep, "")
     else:  # merge
-        union = bad.groupby("text", sort=False)["label"].agg(lambda s: join_labels(l for v in s for l in split_labels(v)))
+        union = bad.groupby("text", sort=False)["label"].agg(lambda s: join_labels(lab for v in s for lab in split_labels(v)))
         action = pd.Series("merged", index=bad.index)
         resolved = bad["text"].map(union)
     conflicts = bad.assign(action=action, resolved_label=resolved)[CONFLICT_COLUMNS].reset_index(drop=True)

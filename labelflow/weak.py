@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import json
 import re
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -448,6 +447,17 @@ def lf_analysis(votes: pd.DataFrame, lf_names: Sequence[str], n_texts: int, gold
         tot = out["correct"] + out["incorrect"]
         out["emp_acc"] = np.where(tot > 0, out["correct"] / tot.where(tot > 0, 1), np.nan)
     return out[cols]
+
+
+def lf_report(pool_votes: pd.DataFrame, seed_votes: pd.DataFrame, lf_names: Sequence[str], n_pool: int,
+              seed_gold: pd.Series, pool_gold: pd.Series | None = None, multilabel: bool = False) -> pd.DataFrame:
+    """The LF report: :func:`lf_analysis` on the pool (with ``emp_acc`` when the pool's gold is known,
+    in benchmarks) beside each LF's coverage and accuracy on the gold seeds (``seeds_coverage``,
+    ``seeds_emp_acc``; optimistic for LFs built from the seeds)."""
+    pool = lf_analysis(pool_votes, lf_names, n_pool, pool_gold, multilabel)
+    seeds = lf_analysis(seed_votes, lf_names, len(seed_gold), seed_gold, multilabel)
+    seeds = seeds[["lf", "coverage", "emp_acc"]].rename(columns={"coverage": "seeds_coverage", "emp_acc": "seeds_emp_acc"})
+    return pool.merge(seeds, on="lf", how="left")
 
 
 def standard_lfs(lf_source: pd.DataFrame | str | Path | None, labels: Sequence[str], seed_X: np.ndarray,

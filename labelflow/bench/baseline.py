@@ -14,10 +14,19 @@ import numpy as np
 import pandas as pd
 
 from labelflow.bench.common import emit, infer_task, load_bench
-from labelflow.data import label_lists, load_dataset
+from labelflow.data import load_dataset
 from labelflow.embedding import Embedder, VectorStore
-from labelflow.metrics import classification_metrics, multilabel_metrics
+from labelflow.metrics import classification_metrics, multilabel_report
 from labelflow.training import fit_classifier, predict_labels
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--embedding-model", default="minilm",
+                   help="minilm (torch), minilm-int8 (int8 ONNX on onnxruntime; the onnx extra) or a local "
+                        "sentence-transformers folder (baseline and rac benchmarks)")
+    p.add_argument("--skip-full-train", action="store_true",
+                   help="baseline: only the K-shot setting (embeds seeds and test, not the pool)")
+    p.add_argument("--skip-timing", action="store_true", help="baseline: skip the pipeline-vs-embedding timing")
 
 
 def score(model, X, gold: pd.Series, multilabel: bool) -> dict:
@@ -25,17 +34,12 @@ def score(model, X, gold: pd.Series, multilabel: bool) -> dict:
     if not multilabel:
         m = classification_metrics(gold, pred, list(model.classes_))
         return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "micro_f1": m["micro_f1"]}
-    from sklearn.preprocessing import MultiLabelBinarizer
-
-    mlb = MultiLabelBinarizer(classes=list(model.classes_))
-    known = set(model.classes_)
-    Yt = mlb.fit_transform([[l for l in s if l in known] for s in label_lists(gold, True)])
-    Yp = mlb.transform(label_lists(pd.Series(pred), True))
-    m = multilabel_metrics(Yt, Yp)
-    return {"accuracy": float((Yt == Yp).all(axis=1).mean()), "macro_f1": m["macro_f1"], "micro_f1": m["micro_f1"]}
+    m, _ = multilabel_report(gold, pred, list(model.classes_))
+    return {"accuracy": m["subset_accuracy"], "macro_f1": m["macro_f1"], "micro_f1": m["micro_f1"]}
 
 
-def pipeline_timing(folder: Path, task: str, k: int | None, seed: int, model: str = "minilm") -> dict:
+def pipeline_timing(folder: Path, task: str, k: int | None, seed: int, model: str = "minilm",
+                    label_conflicts: str = "error") -> dict:
     """Time the whole library pipeline on a cold vector store (validate, embed into LanceDB, train,
     predict the pool, score the test set) and bare embedding of exactly the same texts."""
     embedder = Embedder(model)
@@ -43,7 +47,8 @@ def pipeline_timing(folder: Path, task: str, k: int | None, seed: int, model: st
     multilabel = task == "multilabel"
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        ds = load_dataset(folder, task=task, seed_per_class=k or None, seed=seed, max_text_chars=100_000)
+        ds = load_dataset(folder, task=task, seed_per_class=k or None, seed=seed, max_text_chars=100_000,
+                          label_conflicts=label_conflicts)
         store = VectorStore(Path(tmp) / "lancedb")
         texts = list(ds.seeds["text"]) + list(ds.pool["text"]) + list(ds.gold["text"])
         X, _ = store.embed_cached(texts, embedder)
@@ -64,11 +69,13 @@ def run(args) -> list[pd.DataFrame]:
     task = args.task or infer_task(folder)
     multilabel = task == "multilabel"
     rows = []
-    settings = ([args.seed_per_class] if args.seed_per_class else []) + [0]
+    model = getattr(args, "embedding_model", "minilm")
+    settings = ([args.seed_per_class] if args.seed_per_class else []) + ([] if args.skip_full_train else [0])
     for k in settings:
         results = []
         for seed in range(args.seeds if k else 1):
-            data = load_bench(folder, k or None, seed=seed, task=task, max_gold=args.sample)
+            data = load_bench(folder, k or None, seed=seed, task=task, max_gold=args.sample, embedding_model=model,
+                              max_pool=0 if args.skip_full_train else None, label_conflicts=getattr(args, "label_conflicts", "error"))
             X = data.seeds_X
             t0 = time.perf_counter()
             clf = fit_classifier(data.ds.seeds["label"], X, multilabel)
@@ -84,8 +91,10 @@ def run(args) -> list[pd.DataFrame]:
                      "macro_f1": df["macro_f1"].mean(), "micro_f1": df["micro_f1"].mean(), "fit_s": df["fit_s"].mean()})
     table = pd.DataFrame(rows)
     emit(table, args.out, f"baseline_{folder.name}", f"Seed-only SVM baseline on {folder.name} ({task})",
-         "SVM = LinearSVC (balanced class weights, sigmoid-calibrated) on all-MiniLM-L6-v2 embeddings.")
-    timing = pipeline_timing(folder, task, args.seed_per_class, 0)
+         f"SVM = LinearSVC (balanced class weights, sigmoid-calibrated) on {data.embedder.name} embeddings.")
+    if args.skip_timing:
+        return [table]
+    timing = pipeline_timing(folder, task, args.seed_per_class, 0, model, label_conflicts=getattr(args, "label_conflicts", "error"))
     tdf = pd.DataFrame([timing])
     emit(tdf, args.out, f"baseline_timing_{folder.name}", f"Pipeline vs bare embedding time on {folder.name} (same run)",
          "pipeline = validate + embed into a cold LanceDB store + train + predict pool + score test; "

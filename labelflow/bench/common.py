@@ -43,13 +43,19 @@ def infer_task(folder: Path) -> str:
 
 def load_bench(dataset: str | Path, seed_per_class: int | None, seed: int = 0, task: str | None = None,
                max_pool: int | None = None, max_gold: int | None = None, cache: Path | None = None,
-               embedding_model: str = "minilm", max_text_chars: int = 100_000) -> BenchData:
-    """Load a dataset folder in benchmark mode and embed seeds, pool and gold through the vector cache
-    (so a second benchmark run re-embeds nothing)."""
+               embedding_model: str = "minilm", max_text_chars: int = 100_000,
+               label_conflicts: str = "error") -> BenchData:
+    """Load a dataset folder in benchmark mode with :func:`labelflow.data.load_dataset` (the product's
+    validation and ``label_conflicts`` policy, ``labelflow bench --label-conflicts``) and embed seeds,
+    pool and gold through the vector cache (so a second benchmark run re-embeds nothing)."""
     folder = Path(dataset)
     task = task or infer_task(folder)
     ds = load_dataset(folder, task=task, seed_per_class=seed_per_class, seed=seed,
-                      max_text_chars=max_text_chars, max_pool=max_pool)
+                      max_text_chars=max_text_chars, max_pool=max_pool, label_conflicts=label_conflicts)
+    if len(ds.conflicts):
+        r = ds.report
+        print(f"{folder.name}: label_conflicts={label_conflicts}: {r['label_conflict_texts']} texts with two labels, "
+              f"{len(ds.conflicts)} rows affected ({r['label_conflict_rows_dropped']} dropped)", flush=True)
     if max_gold is not None and len(ds.gold) > max_gold:
         ds.gold = ds.gold.sample(n=max_gold, random_state=seed).reset_index(drop=True)
     embedder = Embedder(embedding_model)
@@ -66,6 +72,24 @@ def _progress(what: str):
     from labelflow.progress import Progress
 
     return Progress(what, unit="texts")
+
+
+def bench_expert(args, truth: dict, label_vectors: dict | None, cache_path: str | Path | None = None,
+                 budget=None, **options):
+    """The expert a benchmark's ``--expert`` names, through :func:`labelflow.expert.make_expert`:
+    ``simulated`` (answers from ``truth`` with accuracy ``--p``), ``local`` (the bundled model, started
+    here and stopped by the expert's ``close()``) or ``config`` (the ``llm:`` section of labelflow.yaml).
+    ``budget``: a :class:`~labelflow.llm.budget.Budget` to spend from; ``options``: expert options."""
+    from labelflow.config import LLMConfig, load_config
+    from labelflow.expert import make_expert
+    from labelflow.simulated import SimulatedConfig
+
+    if args.expert == "simulated":
+        return make_expert(SimulatedConfig(truth, p=args.p, label_vectors=label_vectors, seed=0), budget=budget)
+    cfg = load_config().llm if args.expert == "config" else LLMConfig(model="local", timeout_s=300)
+    if cache_path is not None:
+        Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
+    return make_expert(cfg, cache_path=cache_path, budget=budget, **options)
 
 
 def pool_truth_aligned(data: BenchData) -> pd.Series:

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from labelflow.bench.common import emit, load_bench
+from labelflow.bench.common import bench_expert, emit, load_bench
 from labelflow.data import split_labels
 from labelflow.pilot import label_centroids, pilot_pairs, run_pilot
-from labelflow.simulated import SimulatedExpert
 
 log = logging.getLogger(__name__)
 DEFAULT_N = 100
@@ -38,47 +37,20 @@ def add_arguments(p) -> None:
     # --describe (have an LLM expert write the missing descriptions first) is shared with the RAC benchmark
 
 
-def _make_expert(args, truth: dict, label_vectors: dict):
-    """(expert, server or None)."""
-    if args.expert == "simulated":
-        return SimulatedExpert(truth, p=args.p, label_vectors=label_vectors, seed=0), None
-    from labelflow.llm import LLMExpert
-    from labelflow.llm.local import LocalLLMServer, ensure_model
-
-    cache = Path(args.llm_cache)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cfg = None
-    if args.expert == "config":
-        from labelflow.config import load_config
-
-        cfg = load_config().llm
-    if args.expert == "local" or cfg.model == "local":
-        server = LocalLLMServer(ensure_model(), n_ctx=cfg.local_ctx if cfg else 4096,
-                                threads=cfg.local_threads if cfg else None).start()
-        try:
-            kwargs = dict(cache_path=cache, name="local:qwen2.5-coder-1.5b")
-            expert = (LLMExpert.from_config(cfg, api_base=server.api_base, model=server.model, **kwargs) if cfg
-                      else LLMExpert(server.model, api_base=server.api_base, timeout_s=300, **kwargs))
-        except BaseException:
-            server.stop()
-            raise
-        return expert, server
-    return LLMExpert.from_config(cfg, cache), None
-
-
 def run(args) -> list[pd.DataFrame]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     n = args.sample or DEFAULT_N
     rows, confusions = [], []
     for split in range(max(1, args.seeds)):
         # only the seeds are needed: no pool or gold embeddings
-        data = load_bench(args.dataset, args.seed_per_class or None, seed=split, task=args.task, max_pool=0, max_gold=0)
+        data = load_bench(args.dataset, args.seed_per_class or None, seed=split, task=args.task, max_pool=0, max_gold=0,
+                          label_conflicts=getattr(args, "label_conflicts", "error"))
         ds = data.ds
         vectors = label_centroids(ds.seeds, data.seeds_X, ds.multilabel)
         truth = {i: (split_labels(v) if ds.multilabel else v) for i, v in zip(ds.seeds["id"], ds.seeds["label"])}
         given = {lab: d for lab, d in zip(ds.descriptions["label"], ds.descriptions["description"])
                  if isinstance(d, str) and d.strip()}
-        expert, server = _make_expert(args, truth, vectors)
+        expert = bench_expert(args, truth, vectors, cache_path=args.llm_cache)
         try:
             items, y = pilot_pairs(ds.seeds, vectors, n, seed=split, multilabel=ds.multilabel,
                                    descriptions=given, n_examples=args.pilot_examples)
@@ -98,10 +70,7 @@ def run(args) -> list[pd.DataFrame]:
             log.info("pilot: %d questions on %s with %s", len(items), ds.name, expert.name)
             res = run_pilot(expert, items, y, min_accuracy=args.pilot_min_accuracy, seed=split)
         finally:
-            if hasattr(expert, "close"):
-                expert.close()
-            if server is not None:
-                server.stop()
+            expert.close()  # stops the local server it started
         row = {"dataset": ds.name, "split": split, "expert": res.expert, "n": res.n,
                "accuracy": res.accuracy, "precision_yes": res.precision_yes, "recall_yes": res.recall_yes,
                "threshold_default": res.threshold_default, "threshold_calibrated": res.threshold,

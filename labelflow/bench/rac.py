@@ -24,11 +24,13 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from labelflow.bench.common import emit, load_bench, pool_truth_aligned
+from labelflow.bench.common import bench_expert, emit, load_bench, pool_truth_aligned
+from labelflow.labelspace import LabelSpace
 from labelflow.metrics import classification_metrics
 from labelflow.rac import RAC, LabelRetriever, truncate
 from labelflow.rac_baselines import naive_all_labels, topk_fewshot
-from labelflow.simulated import SimulatedExpert
+from labelflow.expert import make_expert
+from labelflow.simulated import SimulatedConfig
 from labelflow.training import EmbeddingSVM
 
 log = logging.getLogger(__name__)
@@ -80,14 +82,6 @@ def _descriptions(data, args) -> tuple[dict, str]:
         else f"labels.csv, label names for {len(missing)} labels")
 
 
-def _by_label(frame: pd.DataFrame, X: np.ndarray) -> tuple[dict, dict]:
-    texts, vecs = {}, {}
-    for lab, idx in frame.groupby("label").indices.items():
-        texts[lab] = list(frame["text"].iloc[idx])
-        vecs[lab] = X[idx]
-    return texts, vecs
-
-
 def _row(name, truth, pred_df, labels, seconds, all_labels_tokens=None, note=""):
     row = _row_values(name, truth, pred_df, labels, seconds, all_labels_tokens, note)
     log.info("result: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
@@ -116,23 +110,8 @@ def _row_values(name, truth, pred_df, labels, seconds, all_labels_tokens=None, n
 
 
 def _make_expert(args, data, truth: dict, label_vectors: dict):
-    if args.expert == "simulated":
-        return SimulatedExpert(truth, p=args.p, label_vectors=label_vectors, seed=0), None
-    from labelflow.llm import LLMExpert  # the LLM engineer's module; imported only for LLM runs
-
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    cache = Path(args.out) / "rac_llm_cache.duckdb"
-    if args.expert == "local":
-        from labelflow.llm.local import LocalLLMServer, ensure_model
-
-        ensure_model()
-        server = LocalLLMServer().start()
-        return LLMExpert(server.model, api_base=server.api_base, cache_path=cache), server
-    from labelflow.config import load_config
-
-    cfg = load_config().llm
-    return LLMExpert(cfg.model, api_base=cfg.api_base, api_key_env=cfg.api_key_env, cache_path=cache,
-                     threshold=cfg.threshold), None
+    """The ``--expert`` (:func:`labelflow.bench.common.bench_expert`); LLM answers are cached under ``--out``."""
+    return bench_expert(args, truth, label_vectors, cache_path=Path(args.out) / "rac_llm_cache.duckdb")
 
 
 def run(args) -> list[pd.DataFrame]:
@@ -148,19 +127,16 @@ def run(args) -> list[pd.DataFrame]:
         return [_recall_table(args, data, descriptions, desc_source, multilabel)[0]]
     data = load_bench(args.dataset, args.seed_per_class or None, seed=0, max_gold=args.sample,
                       max_pool=0 if (not args.pool_sample or args.expert != "simulated") else None,
-                      embedding_model=getattr(args, "embedding_model", "minilm"))
+                      embedding_model=getattr(args, "embedding_model", "minilm"), label_conflicts=getattr(args, "label_conflicts", "error"))
     ds = data.ds
-    out = Path(args.out)
-    labels = ds.labels
-    seed_texts, seed_vecs = _by_label(ds.seeds, data.seeds_X)
-    centroids = {lab: seed_vecs[lab].mean(axis=0) for lab in labels}
+    space = LabelSpace.build(ds.seeds, data.seeds_X)
+    seed_texts, seed_vecs, centroids = space.seed_texts_by_label(), space.seed_vectors_by_label(), space.centroid_map()
     truth_map = dict(zip(ds.gold["id"], ds.gold["label"]))
-    expert, server = _make_expert(args, data, truth_map, centroids)
+    expert = _make_expert(args, data, truth_map, centroids)
     try:
         return _run(args, data, expert, seed_texts, seed_vecs, centroids)
     finally:
-        if server is not None:
-            server.stop()
+        expert.close()  # stops the local server it started
 
 
 def _run(args, data, expert, seed_texts, seed_vecs, centroids) -> list[pd.DataFrame]:
@@ -337,7 +313,7 @@ def _retrain(args, data, descriptions, label_X, seed_texts, seed_vecs, centroids
     pool = ds.pool.iloc[idx].reset_index(drop=True)
     pool_X = data.pool_X[idx]
     pool_gold = pool_truth_aligned(data).iloc[idx].reset_index(drop=True)
-    expert = SimulatedExpert(dict(zip(pool["id"], pool_gold)), p=args.p, label_vectors=centroids, seed=0)
+    expert = make_expert(SimulatedConfig(dict(zip(pool["id"], pool_gold)), p=args.p, label_vectors=centroids, seed=0))
     retriever = LabelRetriever(**retr_kw).fit(labels, label_X, data.seeds_X, list(ds.seeds["label"]))
     y_test = list(ds.gold["label"])
     rows = []

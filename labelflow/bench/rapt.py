@@ -8,12 +8,12 @@ instead); the static thresholds are tuned on the folder's ``val`` table; the RAP
 random sample of N train texts, keeping the natural label distribution, when the full train is too
 costly for the machine).
 
-Tables are read with :func:`labelflow.data.read_table` and the loader's per-row rules (non-empty text,
-parseable '|'-joined label sets). One difference from :func:`labelflow.data.load_dataset`, which
-rejects a text that appears twice with two different label sets: Reuters-21578 and GoEmotions both
-contain such repeats (22 and 58 in train), so here the copies of a text within one table are merged
-into one row carrying the union of their label sets, and the number merged is printed. A text that
-occurs in two tables (e.g. test and train) is kept in both, as the source distributes them.
+Each table is read with the product's per-row validation (:func:`labelflow.data.read_labelled`) and
+label-conflict policy (``--label-conflicts``, :func:`labelflow.data.resolve_label_conflicts`), applied
+within the table: Reuters-21578 and GoEmotions repeat some texts with different label sets (27 and 66
+texts in train), so run them with ``--label-conflicts merge`` (the label union, as ``make bench`` does);
+identical copies of a text are kept once and the number removed is printed. A text that occurs in two
+tables (e.g. test and train) is kept in both, as the source distributes them.
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ import numpy as np
 import pandas as pd
 
 from labelflow.bench.common import DEFAULT_CACHE, _progress, emit
-from labelflow.data import benchmark_split, find_table, join_labels, label_lists, read_labelled, text_id
+from labelflow.data import (benchmark_split, check_ids, find_table, label_lists, read_labelled, resolve_label_conflicts,
+                            text_id)
 from labelflow.embedding import Embedder, VectorStore
-from labelflow.rapt import RAPT, CaseBase, ScoredBackbone, binarize, evaluate_all, evaluation_figure, out_of_fold_scores
+from labelflow.metrics import multilabel_metrics
+from labelflow.rapt import (RAPT, CaseBase, RidgeMultiLabel, ScoredBackbone, apply_thresholds, binarize, evaluate_all,
+                            evaluation_figure, out_of_fold_scores, tune_global_threshold, tune_per_label_thresholds)
 
 
 def add_arguments(p) -> None:
@@ -40,19 +43,23 @@ def add_arguments(p) -> None:
     p.add_argument("--rapt-objective", default="macro_f1", choices=["macro_f1", "micro_f1"],
                    help="what Base* / Base*_l thresholds are tuned for on val")
     p.add_argument("--rapt-rounding", default="floor", choices=["floor", "round"], help="AvgCount: ⌊k*⌋ or round(k*)")
+    p.add_argument("--rapt-backbone", default="svm", choices=["svm", "ridge"],
+                   help="svm: calibrated one-vs-rest LinearSVC, K-fold out-of-fold case scores; ridge: multi-output "
+                        "ridge + Platt sigmoid, exact leave-one-out case scores in closed form (one fit)")
 
 
-def load_split(folder: Path, stem: str, max_chars: int = 100_000) -> tuple[pd.DataFrame, int]:
-    """(id, text, label) of one multi-label table; copies of a text are merged (label union).
-    Returns the frame and the number of rows merged away."""
+def load_split(folder: Path, stem: str, max_chars: int = 100_000, label_conflicts: str = "error") -> tuple[pd.DataFrame, int]:
+    """(id, text, label) of one multi-label table after the label-conflict policy, one row per text.
+    Returns the frame and the number of rows removed (policy ``drop``/``keep_first`` or identical copies)."""
     path = find_table(folder, stem)
     if path is None:
         raise FileNotFoundError(f"{folder}: no {stem}.csv/.parquet/.jsonl (RAPT needs train, val and test)")
-    df = read_labelled(path, multilabel=True, max_chars=max_chars)[["text", "label"]]
-    merged = df.groupby("text", sort=False)["label"].agg(lambda s: join_labels(l for v in s for l in v.split("|")))
-    out = merged.reset_index()
+    rows = read_labelled(path, multilabel=True, max_chars=max_chars)
+    check_ids([rows])
+    df, _ = resolve_label_conflicts(rows, label_conflicts, multilabel=True)
+    out = df[["text", "label"]].drop_duplicates().reset_index(drop=True)  # one row per text now
     out.insert(0, "id", out["text"].map(text_id))
-    return out, len(df) - len(out)
+    return out, len(rows) - len(out)
 
 
 def _embed(store: VectorStore, embedder: Embedder, texts, what: str) -> np.ndarray:
@@ -64,9 +71,10 @@ def run(args) -> list[pd.DataFrame]:
     folder = Path(args.dataset or "../shared/datasets/reuters21578_modapte")
     seed = 0
     t0 = time.perf_counter()
-    train, m_tr = load_split(folder, "train")
-    val, m_va = load_split(folder, "val")
-    test, m_te = load_split(folder, "test")
+    policy = getattr(args, "label_conflicts", "error")
+    train, m_tr = load_split(folder, "train", label_conflicts=policy)
+    val, m_va = load_split(folder, "val", label_conflicts=policy)
+    test, m_te = load_split(folder, "test", label_conflicts=policy)
     full_train = len(train)
     if args.seed_per_class:
         train, _ = benchmark_split(train, args.seed_per_class, seed, multilabel=True)
@@ -80,7 +88,7 @@ def run(args) -> list[pd.DataFrame]:
         how = (how + ", " if how else "") + f"random sample of {args.rapt_max_train} of {full_train}"
     print(f"{folder.name}: train {len(train)} ({how}), "
           f"val {len(val)}, test {len(test)}{' (sample)' if args.sample else ''}, {len(classes)} labels; "
-          f"duplicate texts merged (label union): train {m_tr}, val {m_va}, test {m_te}", flush=True)
+          f"rows removed (label_conflicts={policy}, identical copies): train {m_tr}, val {m_va}, test {m_te}", flush=True)
 
     embedder = Embedder("minilm")
     store = VectorStore(DEFAULT_CACHE / folder.resolve().name)
@@ -95,24 +103,32 @@ def run(args) -> list[pd.DataFrame]:
     if unseen:
         print(f"note: {unseen} test labels never occur in train and are left out of the gold matrix", flush=True)
 
+    ridge = args.rapt_backbone == "ridge"
     t = time.perf_counter()
-    backbone = ScoredBackbone().fit(Xtr, Str, classes)
+    backbone = ScoredBackbone(RidgeMultiLabel() if ridge else None).fit(Xtr, Str, classes)
     t_fit = time.perf_counter() - t
     t = time.perf_counter()
-    oof = out_of_fold_scores(Xtr, Str, classes, folds=args.rapt_folds, seed=seed, n_jobs=args.rapt_jobs)
+    if ridge:  # exact leave-one-out scores come with the fit
+        oof, oof_how = backbone.model_.loo_scores_, "leave-one-out (closed form, part of the fit)"
+    else:
+        oof = out_of_fold_scores(Xtr, Str, classes, folds=args.rapt_folds, seed=seed, n_jobs=args.rapt_jobs)
+        oof_how = f"out-of-fold ({args.rapt_folds} folds, {args.rapt_jobs} in parallel)"
     t_oof = time.perf_counter() - t
     t = time.perf_counter()
+    cb_train = CaseBase.build(train["id"], backbone.embed(Xtr), oof, binarize(Str, classes), classes)
     cb = CaseBase.build(train["id"], backbone.embed(Xtr), oof, binarize(Str, classes), classes)
     val_new = ~val["id"].isin(set(train["id"]))  # a val text identical to a train text is already a case
     cb.retain(val["id"][val_new], backbone.embed(Xva[val_new.to_numpy()]), backbone.score(Xva[val_new.to_numpy()]),
               Yva[val_new.to_numpy()])
     cb.save(store, CaseBase.TABLE)
     t_cb = time.perf_counter() - t
-    print(f"embeddings {t_embed:.1f}s (cache), backbone fit {t_fit:.1f}s, out-of-fold scores ({args.rapt_folds} folds) "
+    print(f"embeddings {t_embed:.1f}s (cache), backbone ({args.rapt_backbone}) fit {t_fit:.1f}s, case scores {oof_how} "
           f"{t_oof:.1f}s, case base of {len(cb)} cases built and written to LanceDB in {t_cb:.1f}s", flush=True)
 
     table, extra = evaluate_all(backbone, Xte, Yte, Xva, Yva, cb, k=args.rapt_k, n_distinct=args.rapt_n,
                                 objective=args.rapt_objective, rounding=args.rapt_rounding, return_predictions=True)
+    extra_rows, diag = _extras(args, backbone, cb_train, cb, Xva, Yva, Xte, Yte, extra)
+    table = pd.concat([table, pd.DataFrame(extra_rows)], ignore_index=True)
     table.insert(0, "dataset", folder.name)
 
     # the same RAPT decisions with neighbours from the stored LanceDB table (a check, and its latency)
@@ -138,18 +154,100 @@ def run(args) -> list[pd.DataFrame]:
         {"step": "RAPT-RankCal: same, RankCal cut-off", "ms_per_text": by.loc["RAPT-RankCal", "ms_per_text"]},
         {"step": f"RAPT retrieve+adapt+threshold via LanceDB search, one query at a time (first {n_check})", "ms_per_text": ms_lance},
     ])
-    best_static = by.loc[["Base0.5", "Base*", "Base*_l"], "macro_f1"].max()
+    static = [m for m in by.index if m.startswith("Base")]
+    best_static = by.loc[static, "macro_f1"].max()
     best_rapt = by.loc[["RAPT-AvgCount", "RAPT-RankCal"], "macro_f1"].max()
+    best_any = by.loc[[m for m in by.index if m not in static], "macro_f1"].max()
     note = (f"train {len(train)} ({how}) / val {len(val)} / test {len(test)} texts, {len(classes)} labels; case base {len(cb)} "
             f"(train out-of-fold + val); k={args.rapt_k}, n={args.rapt_n} distinct, rounding {args.rapt_rounding}; "
             f"Base* threshold {extra['global_threshold']:.2f} (tuned for {args.rapt_objective} on val); "
-            f"best RAPT macro-F1 − best static macro-F1 = {best_rapt - best_static:+.3f}. "
+            f"backbone {args.rapt_backbone}; best RAPT (paper rules) macro-F1 − best static macro-F1 = "
+            f"{best_rapt - best_static:+.3f}; best retrieval-augmented row − best static = {best_any - best_static:+.3f}. "
+            f"Rows after RAPT-RankCal: Base* tuned for micro-F1; AvgCount with round(k*); RAPT with n and the rule "
+            f"chosen on val ({diag['tuned']}); RAPT-adapted scores with per-label thresholds tuned on val's adapted "
+            f"scores (val queried against a train-only case base in both). "
             f"ms_per_text = scoring + the method's decision, per text of a batch of {len(test)}, embedding excluded.")
     out = Path(args.out)
     emit(table, out, f"rapt_{folder.name}", f"RAPT vs static thresholds — {folder.name}", note)
+    emit(pd.DataFrame([diag["stats"]]), out, f"rapt_{folder.name}_diagnostics", f"Why RAPT wins or loses — {folder.name}",
+         "gold_card: mean gold labels per test text; kstar: mean AvgCount k* (weighted neighbour cardinality); "
+         "floor1: share of texts where ⌊k*⌋ = 1; top1_in_gold: backbone's top label is gold; nb1_shares: the nearest "
+         "distinct case shares a gold label with the text; adapted_top1_in_gold: same after RAPT's adaptation; "
+         "rare_recall_*: micro-recall on the labels with fewer than 1 % of train texts.")
     emit(timing, out, f"rapt_{folder.name}_latency", f"Inference cost per text — {folder.name}",
          f"LanceDB path agrees with the in-memory path on {agree:.0%} of the first {n_check} test texts.")
     fig = evaluation_figure(table, f"RAPT vs static thresholds — {folder.name}")
     fig.savefig(out / f"rapt_{folder.name}.png", dpi=120)
     print(f"figure: {out / f'rapt_{folder.name}.png'}", flush=True)
     return [table, timing]
+
+
+def _extras(args, backbone, cb_train, cb, Xva, Yva, Xte, Yte, extra) -> tuple[list[dict], dict]:
+    """Rows beside the paper's five, and the diagnostics of why RAPT wins or loses. Validation is
+    queried against ``cb_train`` (train cases only: a val text must not retrieve itself)."""
+    S_va, S_te = backbone.score(Xva), extra["test_scores"]
+    Z_va, Z_te = backbone.embed(Xva), backbone.embed(Xte)
+    rows = []
+
+    def row(name, P, t):
+        m = multilabel_metrics(Yte, P)
+        rows.append({"method": name, "micro_f1": m["micro_f1"], "macro_f1": m["macro_f1"],
+                     "micro_precision": m["micro_precision"], "micro_recall": m["micro_recall"],
+                     "hamming_loss": m["hamming_loss"], "mean_labels": m["mean_labels_predicted"],
+                     "ms_per_text": 1000.0 * t / max(len(Yte), 1)})
+
+    t = time.perf_counter()
+    t_micro = tune_global_threshold(S_va, Yva, objective="micro_f1")
+    row(f"Base* (micro-F1, t={t_micro:.2f})", apply_thresholds(S_te, t_micro), time.perf_counter() - t)
+    t = time.perf_counter()
+    r_round = RAPT(k=args.rapt_k, n_distinct=args.rapt_n, rounding="round").fit(cb)
+    row("RAPT-AvgCount (round k*)", r_round.predict(Z_te, S_te, "avgcount"), time.perf_counter() - t)
+
+    # n (distinct cases), the rule and the rounding chosen on validation
+    t = time.perf_counter()
+    best = (-1.0, None)
+    for n in (1, 3, 5, 10, 20):
+        for rule, rounding in (("avgcount", "floor"), ("avgcount", "round"), ("rankcal", "floor")):
+            r = RAPT(k=max(10, 2 * n), n_distinct=n, rounding=rounding).fit(cb_train)
+            f = multilabel_metrics(Yva, r.predict(Z_va, S_va, rule))["macro_f1"]
+            if f > best[0] + 1e-12:
+                best = (f, (n, rule, rounding))
+    n, rule, rounding = best[1]
+    tuned = RAPT(k=max(10, 2 * n), n_distinct=n, rounding=rounding).fit(cb)
+    row(f"RAPT tuned on val (n={n}, {rule}{', ' + rounding if rule == 'avgcount' else ''})",
+        tuned.predict(Z_te, S_te, rule), time.perf_counter() - t)
+
+    # RAPT's adapted scores + per-label thresholds tuned on validation's adapted scores
+    t = time.perf_counter()
+    r_tr = RAPT(k=args.rapt_k, n_distinct=args.rapt_n).fit(cb_train)
+    A_va = r_tr.adapt(Z_va, S_va)
+    grid = np.round(np.arange(-0.5, 1.5, 0.01), 2)
+    th = tune_per_label_thresholds(A_va, Yva, grid=grid)
+    r_all = RAPT(k=args.rapt_k, n_distinct=args.rapt_n).fit(cb)
+    A_te = r_all.adapt(Z_te, S_te)
+    row("RAPT-adapted + per-label thresholds (val)", apply_thresholds(A_te, th), time.perf_counter() - t)
+
+    # diagnostics on test
+    nb = r_all.kneighbors(Z_te)
+    kstar = r_all.expected_count(nb)
+    gold = Yte.astype(bool)
+    first = cb.gold[np.where(nb.idx[:, 0] >= 0, nb.idx[:, 0], 0)].astype(bool)
+    top = S_te.argmax(axis=1)
+    atop = A_te.argmax(axis=1)
+    freq = cb_train.gold.mean(axis=0)
+    rare = freq < 0.01
+
+    def recall_on(P, cols):
+        tp = (P.astype(bool) & gold)[:, cols].sum()
+        return float(tp / max(gold[:, cols].sum(), 1))
+
+    stats = {"gold_card": float(gold.sum(axis=1).mean()), "kstar": float(kstar.mean()),
+             "floor1": float((np.floor(kstar + 1e-9) <= 1).mean()),
+             "top1_in_gold": float(gold[np.arange(len(top)), top].mean()),
+             "nb1_shares": float((first & gold).any(axis=1).mean()),
+             "adapted_top1_in_gold": float(gold[np.arange(len(atop)), atop].mean()),
+             "rare_labels": int(rare.sum())}
+    for name in ("Base*_l", "RAPT-AvgCount"):
+        stats[f"rare_recall_{name}"] = recall_on(extra["predictions"][name], rare) if rare.any() else float("nan")
+    return rows, {"tuned": f"n={n}, {rule}" + (f", {rounding}" if rule == "avgcount" else "") + f", val macro-F1 {best[0]:.3f}",
+                  "stats": stats}

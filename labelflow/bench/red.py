@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from labelflow.labelspace import LabelSpace
 from labelflow.metrics import classification_metrics
 
 
@@ -34,23 +35,33 @@ def add_arguments(parser) -> None:
     g.add_argument("--red-model", default="logreg", choices=["logreg", "svm"])
 
 
-def make_labeler(args, expert, budget: int):
+def make_labeler(args, expert):
+    """The benchmark's REDLabeler; the call budget is the expert's (:func:`make_budgeted_expert`)."""
     from labelflow.red import REDLabeler
 
     return REDLabeler(expert, subset_size=args.red_subset_size, top_k_uncertain=args.red_top_k,
                       n_evidence=args.red_evidence, max_rounds=args.red_max_rounds,
                       min_added_fraction=args.red_min_added, correction=not args.red_no_correction,
-                      max_tries_per_text=args.red_max_tries, budget_calls=budget,
+                      max_tries_per_text=args.red_max_tries,
                       confidence_threshold=args.red_confidence, model=args.red_model, C=args.red_C, seed=0)
 
 
-def _expert(args, data, label_vectors: dict):
+def make_budgeted_expert(args, truth: dict, label_vectors: dict, budget: int | None):
+    """A SimulatedExpert through :func:`labelflow.expert.make_expert`, spending from a budget of
+    ``budget`` calls (None: unlimited)."""
     if args.expert != "simulated":
         raise SystemExit("labelflow bench --method red: only --expert simulated is wired in this version")
-    from labelflow.simulated import SimulatedExpert
+    from labelflow.expert import make_expert
+    from labelflow.llm.budget import Budget
+    from labelflow.simulated import SimulatedConfig
 
+    return make_expert(SimulatedConfig(truth, p=args.p, label_vectors=label_vectors, seed=0),
+                       budget=Budget(budget, name="red_budget"))
+
+
+def _expert(args, data, label_vectors: dict, budget: int | None):
     truth = dict(zip(data.ds.pool_truth["id"], data.ds.pool_truth["label"]))
-    return SimulatedExpert(truth, p=args.p, label_vectors=label_vectors, seed=0)
+    return make_budgeted_expert(args, truth, label_vectors, budget)
 
 
 def _svm_scores(X, y, gold_X, gold_y, labels) -> dict:
@@ -65,22 +76,22 @@ def run(args) -> list[pd.DataFrame]:
     from labelflow.red import rounds_figure
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    data = load_bench(args.dataset, args.seed_per_class, seed=0, task="multiclass")
+    data = load_bench(args.dataset, args.seed_per_class, seed=0, task="multiclass", label_conflicts=getattr(args, "label_conflicts", "error"))
     ds = data.ds
     if args.sample and len(ds.gold) > args.sample:
         keep = ds.gold.sample(n=args.sample, random_state=0).index.to_numpy()
         ds.gold, data.gold_X = ds.gold.loc[keep].reset_index(drop=True), data.gold_X[keep]
     labels = ds.labels
     seed_y = ds.seeds["label"].to_numpy()
-    lv = {lab: data.seeds_X[seed_y == lab].mean(axis=0) for lab in labels}
-    expert = _expert(args, data, lv)
+    lv = LabelSpace.build(ds.seeds, data.seeds_X).centroid_map()
     n_pool = len(ds.pool)
     budget = args.red_budget if args.red_budget is not None else n_pool
+    expert = _expert(args, data, lv, budget)
     descriptions = dict(zip(ds.descriptions["label"], ds.descriptions["description"]))
     print(f"{ds.name}: {len(ds.seeds)} seeds ({args.seed_per_class}/class), {n_pool} pool texts, "
           f"{len(ds.gold)} test texts, {len(labels)} labels; expert {expert.name}; budget {budget} calls", flush=True)
 
-    labeler = make_labeler(args, expert, budget)
+    labeler = make_labeler(args, expert)
     t0 = time.perf_counter()
     labeler.fit(data.seeds_X, seed_y, seed_texts=list(ds.seeds["text"]))
     res = labeler.run(ds.pool["id"], ds.pool["text"], data.pool_X, descriptions)
@@ -140,27 +151,6 @@ def run(args) -> list[pd.DataFrame]:
     return [rounds, table]
 
 
-class _Budgeted:
-    """Wraps an expert so that at most ``budget`` calls are made; past it, :class:`BudgetExceeded` is
-    raised carrying the verdicts obtained so far (``exc.verdicts``), as RAC expects."""
-
-    def __init__(self, expert, budget: int):
-        self.expert, self.budget, self.name = expert, budget, expert.name
-        self.calls = 0
-
-    def validate(self, items):
-        from labelflow.expert import BudgetExceeded
-
-        left = self.budget - self.calls
-        verdicts = self.expert.validate(list(items)[:max(left, 0)]) if left > 0 else []
-        self.calls += sum(v.usage.calls for v in verdicts)
-        if len(verdicts) < len(items):
-            exc = BudgetExceeded(f"call budget of {self.budget} reached")
-            exc.verdicts = verdicts
-            raise exc
-        return verdicts
-
-
 def _rac_row(args, data, label_vectors, budget, truth, descriptions, add) -> dict:
     """RAC (labelflow.rac, k=5, its library API) on the same call budget: pool texts in a seeded random
     order, 500 at a time, until the budget is spent; then seeds + RAC labels -> EmbeddingSVM."""
@@ -168,16 +158,16 @@ def _rac_row(args, data, label_vectors, budget, truth, descriptions, add) -> dic
 
     ds = data.ds
     labels = ds.labels
-    desc = {lab: (descriptions.get(lab) or lab.replace("_", " ")) for lab in labels}
+    space = LabelSpace.build(ds.seeds, data.seeds_X, descriptions=descriptions)
+    desc = {lab: space.description(lab) for lab in labels}
     label_X = data.embedder.encode([desc[lab] for lab in labels])
     retriever = LabelRetriever().fit(labels, label_X, data.seeds_X, list(ds.seeds["label"]))
-    seed_texts = {lab: list(ds.seeds["text"][ds.seeds["label"] == lab]) for lab in labels}
-    seed_vecs = {lab: data.seeds_X[(ds.seeds["label"] == lab).to_numpy()] for lab in labels}
-    expert = _Budgeted(_expert(args, data, label_vectors), budget)
+    seed_texts, seed_vecs = space.seed_texts_by_label(), space.seed_vectors_by_label()
+    expert = _expert(args, data, label_vectors, budget)
     order = np.random.default_rng(0).permutation(len(ds.pool))
     parts = []
     for start in range(0, len(order), 500):
-        if expert.calls >= budget:
+        if expert.budget.exhausted:
             break
         idx = order[start : start + 500]
         res = RAC(expert, k=5, n_examples=3).label(list(ds.pool["id"].iloc[idx]), list(ds.pool["text"].iloc[idx]),
@@ -185,7 +175,8 @@ def _rac_row(args, data, label_vectors, budget, truth, descriptions, add) -> dic
         parts.append(res.assign(_row=idx))
     res = pd.concat(parts, ignore_index=True)
     got = res[res["label"] != ""]
-    print(f"RAC k=5 on the same budget: {expert.calls} calls, {len(res)} pool texts tried, {len(got)} labelled", flush=True)
+    calls = expert.usage.calls
+    print(f"RAC k=5 on the same budget: {calls} calls, {len(res)} pool texts tried, {len(got)} labelled", flush=True)
     X = np.vstack([data.seeds_X, data.pool_X[got["_row"].to_numpy()]])
     y = np.concatenate([ds.seeds["label"].to_numpy(), got["label"].to_numpy()])
-    return add("RAC k=5, same budget -> EmbeddingSVM", X, y, expert.calls, got[["id", "label"]])
+    return add("RAC k=5, same budget -> EmbeddingSVM", X, y, calls, got[["id", "label"]])

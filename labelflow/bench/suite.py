@@ -11,14 +11,14 @@ from pathlib import Path
 
 SUITE = [
     "--method baseline --dataset {d}/banking77 --seed-per-class 10 --seeds 3",
-    "--method weak --dataset {d}/dailydialog_acts",
+    "--method weak --dataset {d}/dailydialog_acts --label-conflicts keep_first",
     "--method weak --dataset {d}/banking77 --seed-per-class 10",
     "--method labelmodel_scale",
     "--method pilot --dataset {d}/banking77 --expert simulated --sample 100",
     "--method rac --dataset {d}/banking77 --seed-per-class 10 --expert simulated --p 0.9",
     "--method red --dataset {d}/banking77 --seed-per-class 10 --expert simulated --p 0.9",
-    "--method rapt --dataset {d}/reuters21578_modapte --seed-per-class 0 --rapt-jobs 2",
-    "--method rapt --dataset {d}/goemotions --seed-per-class 0 --rapt-max-train 6000 --rapt-jobs 2",
+    "--method rapt --dataset {d}/reuters21578_modapte --seed-per-class 0 --rapt-jobs 2 --label-conflicts merge",
+    "--method rapt --dataset {d}/goemotions --seed-per-class 0 --rapt-max-train 6000 --rapt-jobs 2 --label-conflicts merge",
 ]
 
 

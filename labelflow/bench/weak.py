@@ -4,10 +4,11 @@ LFs: ``--lfs FILE``, else ``<dataset>/lfs.yaml``, else the packaged ``labelflow/
 with none of these (or ``--embedding-lfs``), only the built-in embedding LFs (nearest seed centroid,
 k-nearest seeds, label-description similarity) built from the K seeds per class.
 
-Keyword/regex-only runs embed nothing and read the folder's ``train`` (K seeds per class, for the LF
-analysis) and ``test`` (the scored pool, ``--sample`` for a seeded sample) directly, because some corpora
-(DailyDialog) repeat a text with different labels, which dataset ingestion rejects. Embedding runs use
-``load_bench`` (seeds + a pool whose labels are hidden, scored against them).
+Keyword/regex-only runs embed nothing: K seeds per class from ``train`` (for the LF analysis) and the
+``test`` split as the scored pool (``--sample`` for a seeded sample). Embedding runs use ``load_bench``
+(seeds + a pool whose labels are hidden, scored against them). Both read the folder with
+:func:`labelflow.data.load_dataset` and ``--label-conflicts`` (DailyDialog repeats texts with different
+labels: ``--label-conflicts keep_first`` or ``drop``).
 
 Prints: per-LF coverage/overlaps/conflicts and accuracy (seeds and pool), majority vote vs Dawid-Skene
 (and Snorkel's LabelModel when the optional ``snorkel`` package is installed) on the same vote matrix,
@@ -27,7 +28,7 @@ from labelflow.config import DatasetConfig, RoutingConfig
 from labelflow.labelmodel import DawidSkene, MajorityVote, votes_to_matrix
 from labelflow.metrics import classification_metrics
 from labelflow.routing import bucket_report, route, weak_labels
-from labelflow.weak import apply_lfs, centroid_lf, description_lf, knn_lf, lf_analysis, load_lf_file
+from labelflow.weak import apply_lfs, centroid_lf, description_lf, knn_lf, lf_report, load_lf_file
 
 PACKAGED_LFS = Path(__file__).resolve().parent / "lfs"
 
@@ -48,21 +49,24 @@ def _lf_file(args, folder: Path) -> Path | None:
     return None
 
 
-def _keyword_data(folder: Path, k: int, seed: int, sample: int | None):
-    from labelflow.data import benchmark_split, find_table, read_table
+def _keyword_data(folder: Path, k: int, seed: int, sample: int | None, label_conflicts: str = "error"):
+    from labelflow.data import load_dataset
 
-    train = read_table(find_table(folder, "train"))
-    test_path = find_table(folder, "test")
-    if test_path is None:
+    # the product's loader and label-conflict policy; K seeds per class from train, the test split as the pool
+    ds = load_dataset(folder, seed_per_class=k, seed=seed, max_text_chars=100_000, max_pool=0,
+                      label_conflicts=label_conflicts)
+    if not len(ds.gold):
         raise SystemExit(f"{folder}: a keyword-LF benchmark scores on the test split; there is none")
-    test = read_table(test_path)
-    train = train.assign(id=[f"train-{i}" for i in range(len(train))])[["id", "text", "label"]]
-    seeds, _ = benchmark_split(train, k, seed, multilabel=False)
+    if len(ds.conflicts):
+        print(f"{folder.name}: label_conflicts={label_conflicts}: {ds.report['label_conflict_texts']} texts with two "
+              f"labels, {len(ds.conflicts)} rows affected; duplicate rows removed: {ds.report['duplicate_rows_removed']}",
+              flush=True)
+    seeds = ds.seeds
+    test = ds.gold  # ids of the pool stay apart from the seeds' even where a test text is also in train
     pool = test.assign(id=[f"test-{i}" for i in range(len(test))])[["id", "text", "label"]]
     if sample and sample < len(pool):
         pool = pool.sample(n=sample, random_state=seed).reset_index(drop=True)
-    labels = sorted(set(train["label"]))
-    return seeds, pool, labels
+    return seeds, pool, ds.labels
 
 
 def _snorkel(L_dense: np.ndarray, k: int, seed: int):
@@ -89,14 +93,15 @@ def run(args) -> list[pd.DataFrame]:
     lf_path = None if args.embedding_lfs else _lf_file(args, folder)
     t0 = time.perf_counter()
     if lf_path is not None:
-        seeds, pool, labels = _keyword_data(folder, k_seeds, args.seeds - 1 if args.seeds > 1 else 0, args.sample)
+        seeds, pool, labels = _keyword_data(folder, k_seeds, args.seeds - 1 if args.seeds > 1 else 0, args.sample,
+                                            getattr(args, "label_conflicts", "error"))
         lfs = load_lf_file(lf_path, labels)
         X_all = None
         lf_note = f"LFs: {len(lfs)} hand-written keyword/regex LFs from {lf_path}; pool = {len(pool)} texts of the test split"
     else:
         from labelflow.bench.common import load_bench, pool_truth_aligned
 
-        data = load_bench(folder, k_seeds, seed=0, task="multiclass")
+        data = load_bench(folder, k_seeds, seed=0, task="multiclass", label_conflicts=getattr(args, "label_conflicts", "error"))
         ds = data.ds
         labels = ds.labels
         seeds = ds.seeds
@@ -131,11 +136,9 @@ def run(args) -> list[pd.DataFrame]:
     seed_votes = votes[votes["id"].isin(seed_ids)]
     pool_votes = votes[~votes["id"].isin(seed_ids)]
     truth = pool.set_index("id")["label"]
-    lf_seed = lf_analysis(seed_votes, names, len(seeds), gold=seeds.set_index("id")["label"])
-    lf_pool = lf_analysis(pool_votes, names, len(pool), gold=truth)
-    lf_table = lf_pool[["lf", "polarity", "coverage", "overlaps", "conflicts", "emp_acc"]].rename(columns={"emp_acc": "pool_acc"})
-    lf_table.insert(5, "seed_acc", lf_seed["emp_acc"].to_numpy())
-    lf_table.insert(5, "seed_cov", lf_seed["coverage"].to_numpy())
+    report = lf_report(pool_votes, seed_votes, names, len(pool), seeds.set_index("id")["label"], truth)
+    lf_table = report[["lf", "polarity", "coverage", "overlaps", "conflicts", "seeds_coverage", "seeds_emp_acc", "emp_acc"]].rename(
+        columns={"seeds_coverage": "seed_cov", "seeds_emp_acc": "seed_acc", "emp_acc": "pool_acc"})
     outs = [lf_table]
     emit(lf_table, args.out, f"weak_lfs_{name}", f"Weak supervision on {name}: LF analysis",
          note=lf_note + f" Applying {len(lfs)} LFs to {len(ids)} texts took {apply_s:.1f} s.")
