@@ -219,3 +219,66 @@ def test_backbone_is_a_scorer_and_evaluate_all_runs_end_to_end():
     assert (table["ms_per_text"] > 0).all()
     fig = evaluation_figure(table)
     assert len(fig.axes) == 1
+
+
+def test_ridge_leave_one_out_scores_are_exact():
+    from sklearn.linear_model import Ridge
+
+    from labelflow.rapt import RidgeMultiLabel, binarize
+
+    rng = np.random.default_rng(3)
+    X, Y = _synthetic(40, rng, rng.normal(size=(3, 6)))
+    X = X.astype(np.float64)
+    sets = [[c for c, v in zip(CLASSES, row) if v] for row in Y]
+    raw = RidgeMultiLabel(alphas=(0.5, 50.0), calibrate=False).fit(X, sets, CLASSES)
+    for j, a in enumerate(raw.alpha_):          # per label, the alpha with the lowest LOO error
+        assert a in (0.5, 50.0)
+        loo = np.array([Ridge(alpha=a).fit(np.delete(X, i, 0), np.delete(Y[:, j], i)).predict(X[i:i + 1])[0]
+                        for i in range(40)])
+        np.testing.assert_allclose(raw.loo_scores_[:, j], loo, atol=1e-9)
+        full = Ridge(alpha=a).fit(X, Y[:, j])
+        np.testing.assert_allclose(raw.predict_proba(X)[:, j], full.predict(X), atol=1e-9)
+    # calibrated: the same ranking per label, squashed into (0, 1); LOO scores squashed the same way
+    cal = RidgeMultiLabel(alphas=(0.5, 50.0)).fit(X, sets, CLASSES)
+    P = cal.predict_proba(X)
+    assert ((P >= 0) & (P <= 1)).all() and ((cal.loo_scores_ >= 0) & (cal.loo_scores_ <= 1)).all()
+    for j in range(3):  # a monotone increasing map of the raw scores
+        assert (np.diff(P[np.argsort(raw.predict_proba(X)[:, j]), j]) >= 0).all()
+        assert cal.platt_[j, 0] > 0
+    # the LOO scores are out-of-sample: worse on the training texts than the in-sample fit
+    assert np.abs(raw.loo_scores_ - Y).mean() > np.abs(raw.predict_proba(X) - Y).mean()
+
+
+def test_bench_rapt_ridge_backbone_and_extra_rows(tmp_path):
+    import argparse
+
+    from labelflow.bench import rapt as bench_rapt
+
+    rng = np.random.default_rng(4)
+    words = {"a": "apple banana cherry", "b": "engine wheel brake", "c": "violin piano drum"}
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    for stem, n in (("train", 60), ("val", 24), ("test", 24)):
+        rows = []
+        for i in range(n):
+            labs = [c for c in CLASSES if rng.random() < 0.45] or ["a"]
+            rows.append({"text": f"{stem} {i}: " + " ".join(words[c] for c in labs), "labels": "|".join(labs)})
+        pd.DataFrame(rows).to_csv(folder / f"{stem}.csv", index=False)
+    p = argparse.ArgumentParser()
+    bench_rapt.add_arguments(p)
+    args = p.parse_args(["--rapt-backbone", "ridge"])
+    args.dataset, args.seed_per_class, args.sample, args.out = str(folder), 0, None, str(tmp_path / "out")
+    cache = tmp_path / "cache"
+    orig = bench_rapt.DEFAULT_CACHE
+    bench_rapt.DEFAULT_CACHE = cache
+    try:
+        table, timing = bench_rapt.run(args)
+    finally:
+        bench_rapt.DEFAULT_CACHE = orig
+    methods = table["method"].tolist()
+    assert methods[:5] == METHODS and len(methods) == 9
+    assert methods[5].startswith("Base* (micro-F1") and methods[6] == "RAPT-AvgCount (round k*)"
+    assert methods[7].startswith("RAPT tuned on val (n=") and methods[8] == "RAPT-adapted + per-label thresholds (val)"
+    assert table["macro_f1"].between(0, 1).all()
+    diag = pd.read_csv(tmp_path / "out" / "rapt_ml_diagnostics.csv")
+    assert diag.loc[0, "gold_card"] > 1 and 0 <= diag.loc[0, "floor1"] <= 1
