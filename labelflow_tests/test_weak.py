@@ -133,3 +133,26 @@ def test_lf_analysis():
     assert t.loc["f", "conflicts"] == 0.25 and t.loc["g", "conflicts"] == 0.25
     assert t.loc["f", "emp_acc"] == 0.5 and t.loc["g", "emp_acc"] == 1.0 and np.isnan(t.loc["h", "emp_acc"])
     assert t.loc["g", "polarity"] == "a,b"
+
+
+def test_definitions_table_round_trip(tmp_path):
+    """weak_label_matrix builds its declarative LFs from the validated lf_definitions table (written by
+    ingestion to DuckDB), not from lfs.yaml: the same votes either way, the file no longer read."""
+    import duckdb
+
+    from labelflow.weak import LF_DEFINITION_COLUMNS, lfs_from_definitions, parse_lf_file, standard_lfs
+
+    p = write(tmp_path, "lfs:\n  - {name: kw, label: lost_card, keywords: [lost my card]}\n"
+                        "  - {name: rx, label: refund, regex: 'refund(ed)?\\b', case_sensitive: true}\n")
+    defs = parse_lf_file(p, LABELS)
+    assert list(defs.columns) == LF_DEFINITION_COLUMNS and list(defs["kind"]) == ["keywords", "regex"]
+    con = duckdb.connect()
+    con.register("defs", defs)
+    stored = con.execute("select * from defs").df()  # what the IO manager hands the next asset
+    p.unlink()
+    texts = ["I LOST my card", "refunded", "Refund"]
+    seeds = unit([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    lfs = standard_lfs(stored, LABELS, seeds, [[lab] for lab in LABELS], seeds)
+    assert [lf.name for lf in lfs][:2] == ["kw", "rx"]
+    votes, errors = apply_lfs(lfs_from_definitions(stored), ["1", "2", "3"], texts)
+    assert errors.empty and set(map(tuple, votes.values)) == {("1", "kw", "lost_card"), ("2", "rx", "refund")}
