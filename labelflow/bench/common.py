@@ -67,11 +67,11 @@ def load_bench(dataset: str | Path, seed_per_class: int | None, seed: int = 0, t
     return BenchData(ds, embedder, X[:a], X[a:b], X[b:], time.perf_counter() - t0, reused)
 
 
-def _progress(what: str):
+def _progress(what: str, unit: str = "texts"):
     """A (done, total) progress callback: a bar on the terminal of ``labelflow bench``."""
     from labelflow.progress import Progress
 
-    return Progress(what, unit="texts")
+    return Progress(what, unit=unit)
 
 
 def bench_expert(args, truth: dict, label_vectors: dict | None, cache_path: str | Path | None = None,
@@ -89,6 +89,7 @@ def bench_expert(args, truth: dict, label_vectors: dict | None, cache_path: str 
     cfg = load_config().llm if args.expert == "config" else LLMConfig(model="local", timeout_s=300)
     if cache_path is not None:
         Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
+    options.setdefault("progress", _progress("LLM questions", unit="questions"))
     return make_expert(cfg, cache_path=cache_path, budget=budget, **options)
 
 
