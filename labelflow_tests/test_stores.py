@@ -290,6 +290,14 @@ def test_llm_cache_is_shared_by_processes_while_held_open(tmp_path):
     assert child.stdout.strip() == "WROTE", child.stderr
     assert cache.get("k2").logprobs == [["no", [["no", -0.1]]]] and len(cache) == 2
     assert set(cache.get_many(["k1", "k2", "missing"])) == {"k1", "k2"}
+    with pytest.raises(RuntimeError):  # a batch that fails half-way writes nothing
+        with cache.session():
+            cache.put("k3", "m", CachedResponse("yes", None, 1, 1, 0.0, 0.0))
+            raise RuntimeError("crash in the batch")
+    assert cache.get("k3") is None
+    with cache.session():
+        cache.put("k3", "m", CachedResponse("yes", None, 1, 1, 0.0, 0.0))
+    assert cache.get("k3").text == "yes"
 
 
 def test_llm_cache_imports_an_earlier_duckdb_cache_once(tmp_path):

@@ -9,7 +9,8 @@ Why SQLite and not DuckDB: a DuckDB file has one writing process at a time, so a
 whole run locked every other process (a benchmark, ``labelflow llm``, a second run) out of it, and
 opening DuckDB per operation costs ~100 ms. SQLite in WAL mode holds no lock between transactions;
 concurrent writers wait for each other up to ``busy_timeout_s``. Holding a :class:`ResponseCache` (or
-never closing it) is therefore harmless. A lock serialises access from the expert's worker threads.
+never closing it) is therefore harmless. ``session()`` groups a batch of writes into one short
+transaction. A lock serialises access from the expert's worker threads.
 
 A path ending in ``.duckdb`` (the name earlier versions used) means the SQLite file beside it with the
 suffix ``.sqlite``; the answers of an existing DuckDB cache there are imported into it once, so an
@@ -23,6 +24,8 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,7 @@ class ResponseCache:
     def __init__(self, path: str | Path | None, busy_timeout_s: float = 30.0):
         self.path = sqlite_path(path) if path else None
         self._lock = threading.RLock()
+        self._in_session = False
         legacy = Path(path) if path and Path(path).suffix == ".duckdb" else None
         new_file = self.path is not None and not self.path.exists()
         if self.path:
@@ -105,6 +109,26 @@ class ResponseCache:
             self._con.executemany(f"INSERT OR IGNORE INTO llm_responses ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self._con.execute("COMMIT")
         log.info("imported %d cached LLM answers from %s into %s", len(rows), legacy, self.path)
+
+    @contextmanager
+    def session(self) -> Iterator[ResponseCache]:
+        """A batch of reads and writes in one short transaction (committed when the block ends, rolled
+        back if it raises); nested sessions join the outer one."""
+        with self._lock:
+            if self._in_session:
+                yield self
+                return
+            self._con.execute("BEGIN IMMEDIATE")
+            self._in_session = True
+            try:
+                yield self
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            else:
+                self._con.execute("COMMIT")
+            finally:
+                self._in_session = False
 
     def get(self, key: str) -> CachedResponse | None:
         return self.get_many([key]).get(key)
