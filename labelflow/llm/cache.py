@@ -13,8 +13,9 @@ never closing it) is therefore harmless. ``session()`` groups a batch of writes 
 transaction. A lock serialises access from the expert's worker threads.
 
 A path ending in ``.duckdb`` (the name earlier versions used) means the SQLite file beside it with the
-suffix ``.sqlite``; the answers of an existing DuckDB cache there are imported into it once, so an
-upgrade pays for nothing twice. ``None`` as the path keeps an in-memory cache.
+suffix ``.sqlite``. When the SQLite file is created and an earlier DuckDB cache with the same stem
+exists (``llm_cache.duckdb``), its answers are imported once, so an upgrade pays for nothing twice.
+``None`` as the path keeps an in-memory cache.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class ResponseCache:
         self.path = sqlite_path(path) if path else None
         self._lock = threading.RLock()
         self._in_session = False
-        legacy = Path(path) if path and Path(path).suffix == ".duckdb" else None
+        legacy = self.path.with_suffix(".duckdb") if self.path is not None else None
         new_file = self.path is not None and not self.path.exists()
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
