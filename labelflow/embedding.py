@@ -152,8 +152,9 @@ def embed_index(ids: Sequence, texts: Sequence[str], embedder: "Embedder", cache
 
 
 class Embedder:
-    """Offline sentence embedder. ``model`` is ``"minilm"`` (the packaged all-MiniLM-L6-v2) or a path
-    to a local sentence-transformers model folder. Nothing is downloaded."""
+    """Offline sentence embedder. ``model`` is ``"minilm"`` (the packaged all-MiniLM-L6-v2),
+    ``"minilm-int8"`` (the same MiniLM as int8 ONNX on onnxruntime, :mod:`labelflow.onnx_encoder`; the
+    ``onnx`` extra) or a path to a local sentence-transformers model folder. Nothing is downloaded."""
 
     def __init__(self, model: str = "minilm", batch_size: int = 64, device: str = "cpu"):
         self.model = model
@@ -163,9 +164,17 @@ class Embedder:
 
     @property
     def name(self) -> str:
+        if self.model == "minilm-int8":
+            from labelflow.onnx_encoder import NAME
+
+            return NAME
         return "all-MiniLM-L6-v2" if self.model == "minilm" else Path(self.model).name
 
     def _load(self):
+        if self._st is None and self.model == "minilm-int8":
+            from labelflow.onnx_encoder import OnnxMiniLM
+
+            self._st = OnnxMiniLM()
         if self._st is None:
             from sentence_transformers import SentenceTransformer
 
