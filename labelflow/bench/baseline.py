@@ -27,6 +27,9 @@ def add_arguments(p) -> None:
     p.add_argument("--skip-full-train", action="store_true",
                    help="baseline: only the K-shot setting (embeds seeds and test, not the pool)")
     p.add_argument("--skip-timing", action="store_true", help="baseline: skip the pipeline-vs-embedding timing")
+    p.add_argument("--compare-encoders", type=int, default=0, metavar="N",
+                   help="baseline: also encode N test texts with minilm (torch) and minilm-int8 (ONNX), alternating, "
+                        "and report texts/s and the agreement of their vectors")
 
 
 def score(model, X, gold: pd.Series, multilabel: bool) -> dict:
@@ -64,6 +67,26 @@ def pipeline_timing(folder: Path, task: str, k: int | None, seed: int, model: st
     return {"texts": len(texts), "pipeline_s": pipeline_s, "bare_embedding_s": embed_s, "ratio": pipeline_s / embed_s}
 
 
+def compare_encoders(texts: list[str], rounds: int = 2) -> pd.DataFrame:
+    """Encode the same texts with the torch MiniLM and the int8 ONNX MiniLM, alternating ``rounds``
+    times (machine load drifts), after one warm-up each. Rows: encoder, texts/s (best and mean over the
+    rounds), and the cosine between the two encoders' vectors of each text (min, mean)."""
+    encoders = {m: Embedder(m) for m in ("minilm", "minilm-int8")}
+    for e in encoders.values():
+        e.encode(["warm up the model"])
+    speed: dict[str, list[float]] = {m: [] for m in encoders}
+    vecs = {}
+    for _ in range(rounds):
+        for m, e in encoders.items():
+            t = time.perf_counter()
+            vecs[m] = e.encode(texts)
+            speed[m].append(len(texts) / (time.perf_counter() - t))
+    cos = (vecs["minilm"] * vecs["minilm-int8"]).sum(axis=1)
+    return pd.DataFrame([{"encoder": encoders[m].name, "texts": len(texts), "texts/s best": max(v),
+                          "texts/s mean": float(np.mean(v)), "cos to torch min": float(cos.min()) if m != "minilm" else 1.0,
+                          "cos to torch mean": float(cos.mean()) if m != "minilm" else 1.0} for m, v in speed.items()])
+
+
 def run(args) -> list[pd.DataFrame]:
     folder = Path(args.dataset)
     task = args.task or infer_task(folder)
@@ -92,6 +115,11 @@ def run(args) -> list[pd.DataFrame]:
     table = pd.DataFrame(rows)
     emit(table, args.out, f"baseline_{folder.name}", f"Seed-only SVM baseline on {folder.name} ({task})",
          f"SVM = LinearSVC (balanced class weights, sigmoid-calibrated) on {data.embedder.name} embeddings.")
+    if args.compare_encoders:
+        texts = list(data.ds.gold["text"].sample(n=min(args.compare_encoders, len(data.ds.gold)), random_state=0))
+        cmp = compare_encoders(texts)
+        emit(cmp, args.out, f"encoders_{folder.name}", f"Encoder speed, torch vs int8 ONNX MiniLM ({folder.name} test texts)",
+             "Same texts, alternating twice after a warm-up, in one process; texts/s depend on machine load.")
     if args.skip_timing:
         return [table]
     timing = pipeline_timing(folder, task, args.seed_per_class, 0, model, label_conflicts=getattr(args, "label_conflicts", "error"))
