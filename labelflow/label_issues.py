@@ -83,13 +83,14 @@ def find_label_issues(frame: pd.DataFrame, pred_probs: np.ndarray, classes: Sequ
         from cleanlab.multilabel_classification import filter as mfilter
         from cleanlab.multilabel_classification import rank as mrank
 
-        flags = mfilter.find_label_issues(labels=given, pred_probs=P, filter_by=filter_by)
+        flags = mfilter.find_label_issues(labels=given, pred_probs=P, filter_by=filter_by, n_jobs=1)
         quality = mrank.get_label_quality_scores(labels=given, pred_probs=P)
         pred = P >= 0.5
         pred[np.arange(len(P)), P.argmax(axis=1)] = True
         suggested = ["|".join(sorted(names[row])) for row in pred]
     else:
-        flags = cleanlab.filter.find_label_issues(labels=given, pred_probs=P, filter_by=filter_by)
+        # n_jobs=1: cleanlab's default forks workers, which hang in a threaded process (Dagster run + LanceDB)
+        flags = cleanlab.filter.find_label_issues(labels=given, pred_probs=P, filter_by=filter_by, n_jobs=1)
         quality = cleanlab.rank.get_label_quality_scores(labels=given, pred_probs=P, method="self_confidence")
         suggested = names[P.argmax(axis=1)].tolist()
     out = frame.assign(suggested_label=suggested, quality=np.asarray(quality, dtype=float))

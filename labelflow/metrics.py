@@ -62,6 +62,37 @@ def multilabel_metrics(Y_true: np.ndarray, Y_pred: np.ndarray) -> dict:
     }
 
 
+def label_indicator(values: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """'|'-joined label sets -> a 0/1 matrix over ``classes`` (labels outside ``classes`` are ignored)."""
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    known = set(classes)
+    sets = [[v for v in str(s).split("|") if v in known] if s is not None else [] for s in values]
+    return MultiLabelBinarizer(classes=list(classes)).fit_transform(sets)
+
+
+def multilabel_report(gold: Sequence[str], pred: Sequence[str], classes: Sequence[str]) -> tuple[dict, pd.DataFrame]:
+    """Multi-label predictions ('|'-joined sets) scored against gold sets: (:func:`multilabel_metrics`
+    plus ``subset_accuracy`` (exact set match), a per-class table label, precision, recall, f1, support
+    sorted by f1)."""
+    Yt, Yp = label_indicator(gold, classes), label_indicator(pred, classes)
+    metrics = multilabel_metrics(Yt, Yp)
+    metrics["subset_accuracy"] = float((Yt == Yp).all(axis=1).mean()) if len(Yt) else 0.0
+    pr, rc, f1, sup = precision_recall_fscore_support(Yt, Yp, zero_division=0)
+    per_class = pd.DataFrame({"label": list(classes), "precision": pr, "recall": rc, "f1": f1, "support": sup})
+    return metrics, per_class.sort_values("f1")
+
+
+def drift_metrics(new_texts: pd.DataFrame, confidence: Sequence[float], low: float = 0.5) -> dict:
+    """The drift signal of one batch of new texts (a night's inbox): how many arrived (``new_texts``),
+    how many were queued for the LLM (``llm_queue_size``; a ``queued`` column) and the share the model
+    labels with confidence below ``low`` (``new_low_confidence_share``, when there are texts)."""
+    out = {"new_texts": len(new_texts), "llm_queue_size": int(new_texts["queued"].sum()) if len(new_texts) else 0}
+    if len(new_texts):
+        out["new_low_confidence_share"] = float((np.asarray(confidence, dtype=float) < low).mean())
+    return out
+
+
 def confusion_figure(y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str], max_labels: int = 30):
     """A confusion-matrix figure; with many labels, the ``max_labels`` with the most errors."""
     import matplotlib

@@ -35,6 +35,14 @@ def label_centroids(seeds_df: pd.DataFrame, seeds_X: np.ndarray, multilabel: boo
     return LabelSpace.build(seeds_df, seeds_X, multilabel).centroid_map()
 
 
+def pilot_threshold(pilot: pd.DataFrame) -> float | None:
+    """The yes/no threshold a pilot calibrated, from its one-row summary table (the pilot_validation
+    asset); None when the pilot had no answers."""
+    if len(pilot) and "threshold" in pilot and pd.notna(pilot["threshold"].iloc[0]):
+        return float(pilot["threshold"].iloc[0])
+    return None
+
+
 def pilot_pairs(
     seeds_df: pd.DataFrame,
     label_vectors: Mapping[str, np.ndarray] | None,

@@ -127,3 +127,24 @@ def aggregate_votes(votes: pd.DataFrame, ids: Sequence[str], labels: Sequence[st
     if multilabel:
         out["label"] = ["|".join(sorted(labels[i] for i in s)) for s in model.predict_sets(L)]
     return out
+
+
+def compare_label_models(votes: pd.DataFrame, ids: Sequence[str], labels: Sequence[str], names: Sequence[str],
+                         multilabel: bool = False, truth: pd.Series | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Aggregate the same votes with each named label model (:func:`aggregate_votes`). Returns (weak
+    labels per model, a comparison table: label_model, coverage, fit_s and, with ``truth`` (id -> gold
+    label), accuracy_on_covered)."""
+    import time
+
+    results, rows = {}, []
+    for name in names:
+        t0 = time.perf_counter()
+        wl = aggregate_votes(votes, ids, labels, name, multilabel)
+        results[name] = wl
+        covered = wl["label"] != ""
+        row = {"label_model": name, "coverage": float(covered.mean()) if len(wl) else 0.0,
+               "fit_s": time.perf_counter() - t0}
+        if truth is not None and covered.any():
+            row["accuracy_on_covered"] = float((wl.loc[covered, "label"] == wl.loc[covered, "id"].map(truth)).mean())
+        rows.append(row)
+    return results, pd.DataFrame(rows)

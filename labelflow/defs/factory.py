@@ -16,6 +16,7 @@ from labelflow.defs.model import model_assets
 from labelflow.defs.nightly import NIGHTLY_ASSETS, inbox_sensor, nightly_assets, nightly_job, nightly_schedule
 from labelflow.defs.rapt import rapt_assets
 from labelflow.defs.resources import EmbedderResource, ExpertResource, MLflowResource, StoresResource
+from labelflow.defs.vectors import EmbeddingIOManager
 
 
 def dataset_graph(ds: DatasetConfig) -> list:
@@ -35,6 +36,10 @@ def resources(cfg: ProjectConfig) -> dict:
     cfg.warehouse.parent.mkdir(parents=True, exist_ok=True)
     return {
         "io_manager": WarehouseIOManager(database=str(cfg.warehouse)),
+        # EmbeddingIndex values (text/label/inbox embeddings) as LanceDB tables; other Python values
+        # (the label space) pickled per asset key
+        "vectors_io_manager": EmbeddingIOManager(lancedb_uri=str(cfg.lancedb)),
+        "values_io_manager": dg.FilesystemIOManager(base_dir=str(cfg.lancedb.parent / "values")),
         "stores": StoresResource(lancedb_uri=str(cfg.lancedb), models_dir=str(cfg.models_dir)),
         "embedder": EmbedderResource(model=cfg.embedding_model),
         "mlflow": MLflowResource(tracking_uri=cfg.mlflow_tracking_uri, artifact_root=str(cfg.mlflow_artifacts)),

@@ -1,0 +1,105 @@
+"""Vectors along the graph: the LanceDB IO manager for :class:`~labelflow.embedding.EmbeddingIndex`
+values, and embedding through the LanceDB embedding cache.
+
+An asset whose ``io_manager_key`` is ``vectors_io_manager`` returns an ``EmbeddingIndex``; it is stored
+as the LanceDB table ``<dataset>__<asset>`` (id, the index's extra columns, model, vector) and loaded
+back as an ``EmbeddingIndex`` by every asset that takes it as an input. A partitioned asset names its
+partition column in its definition metadata (``partition_expr``, e.g. ``day``): a materialisation
+replaces that partition's rows only, and an input reads the partitions asked for (an unpartitioned
+downstream asset: all of them; none materialised yet reads as an empty index).
+
+:func:`embed` is how an asset embeds texts: every (text hash, model) the store has seen is reused
+(:meth:`~labelflow.embedding.VectorStore.embed_cached`), so a re-run embeds nothing twice.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import dagster as dg
+import pandas as pd
+
+from labelflow.embedding import EmbeddingIndex, VectorStore, embed_index
+
+
+def table_name(asset_key: dg.AssetKey) -> str:
+    """The LanceDB table of an asset: its key path joined by ``__`` (``support_intents__text_embeddings``)."""
+    return "__".join(asset_key.path)
+
+
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+class EmbeddingIOManager(dg.ConfigurableIOManager):
+    """Stores and loads :class:`~labelflow.embedding.EmbeddingIndex` values in LanceDB, one table per
+    asset key (see the module docstring)."""
+
+    lancedb_uri: str
+
+    def _store(self) -> VectorStore:
+        return VectorStore(self.lancedb_uri)
+
+    def handle_output(self, context: dg.OutputContext, obj: EmbeddingIndex) -> None:
+        if not isinstance(obj, EmbeddingIndex):
+            raise TypeError(f"{context.asset_key.to_user_string()}: the vectors IO manager stores an EmbeddingIndex, "
+                            f"got {type(obj).__name__}")
+        store, name = self._store(), table_name(context.asset_key)
+        frame = obj.to_frame()
+        if context.has_asset_partitions:
+            column = context.definition_metadata.get("partition_expr", "partition")
+            keys = list(context.asset_partition_keys)
+            if len(keys) != 1:
+                raise ValueError(f"{name}: one partition per materialisation, got {keys}")
+            store.delete(name, f"{column} = {_quote(keys[0])}")
+            if len(frame):
+                store.append(name, frame.assign(**{column: keys[0]}))
+        else:
+            store.write(name, frame)
+        context.add_output_metadata({"lancedb_table": name, "vectors": len(obj), "model": obj.model,
+                                     "dim": obj.dim, "dagster/storage_kind": "lancedb"})
+
+    def load_input(self, context: dg.InputContext) -> EmbeddingIndex:
+        store = self._store()
+        key = context.upstream_output.asset_key if context.upstream_output is not None else context.asset_key
+        name = table_name(key)
+        partitioned = context.has_asset_partitions
+        if not store.has(name):
+            if partitioned:  # e.g. an inbox with no day materialised yet
+                return EmbeddingIndex.empty()
+            raise FileNotFoundError(f"LanceDB table {name!r} not found in {self.lancedb_uri}: "
+                                    f"materialise {key.to_user_string()} first")
+        df = store.read(name)
+        if partitioned:
+            column = context.upstream_output.definition_metadata.get("partition_expr", "partition")
+            df = df[df[column].astype(str).isin(set(context.asset_partition_keys))]
+        if "id" not in df and "label" in df:  # a label table written before ids were stored
+            df = df.rename(columns={"label": "id"})
+        dup = df["id"].astype(str).duplicated()
+        if dup.any():  # the same id in several partitions: the first row wins, as lookups always did
+            context.log.warning(f"{name}: {int(dup.sum())} ids appear in several partitions; the first vector is used")
+            df = df[~dup]
+        return EmbeddingIndex.from_frame(df.reset_index(drop=True))
+
+
+def vector_ins(p: str, inbox: bool) -> dict:
+    """Asset inputs for the vectors of every text a model may see: text_embeddings (+ inbox_embeddings,
+    every day, for a dataset with an inbox)."""
+    names = ["text_embeddings"] + (["inbox_embeddings"] if inbox else [])
+    return {name: dg.AssetIn(key=[p, name]) for name in names}
+
+
+def all_vectors(inputs: dict) -> EmbeddingIndex:
+    """The :func:`vector_ins` inputs among an asset's ``inputs`` as one index (the dataset's texts first)."""
+    return EmbeddingIndex.concat(*(inputs[n] for n in ("text_embeddings", "inbox_embeddings") if n in inputs))
+
+
+def embed(lancedb_uri: str, embedder, ids: Sequence, texts: Sequence[str], columns: pd.DataFrame | None = None,
+          progress: Callable[[int, int], None] | None = None) -> tuple[EmbeddingIndex, int]:
+    """(EmbeddingIndex of ``texts`` keyed by ``ids``, number reused from the LanceDB embedding cache at
+    ``lancedb_uri``). ``embedder`` is an :class:`~labelflow.embedding.Embedder`; ``progress`` defaults to
+    a :class:`~labelflow.progress.Progress` (a bar in ``labelflow demo``, log lines in a run's logs)."""
+    from labelflow.progress import Progress
+
+    progress = progress or Progress("embedding", unit="texts")
+    return embed_index(ids, texts, embedder, VectorStore(lancedb_uri), columns=columns, progress=progress)
