@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -25,6 +26,7 @@ from typing import IO, Iterator
 log = logging.getLogger("labelflow.progress")
 
 _terminal: list[IO[str]] = []  # the stream progress is drawn on while a command shows progress
+_drawn: weakref.WeakSet = weakref.WeakSet()  # Progress objects with a bar on the screen
 
 
 @contextmanager
@@ -103,6 +105,7 @@ class Progress:
 
             self._bar = tqdm(total=self.total, initial=self.done, desc=f"  {self.what}", unit=f" {self.unit}",
                              file=stream, leave=False, dynamic_ncols=True, mininterval=0.5)
+            _drawn.add(self)
         if self._bar is not None:
             self._bar.total = self.total
             self._bar.update(self.done - self._bar.n)
@@ -111,10 +114,18 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+            _drawn.discard(self)
 
     def close(self) -> None:
         with self._lock:
             self._close_bar()
+
+
+def close_bars() -> None:
+    """Take every progress bar off the screen (e.g. a step stopped before its total: budget reached),
+    so the next line starts clean."""
+    for progress in list(_drawn):
+        progress.close()
 
 
 def _isatty(stream) -> bool:

@@ -124,9 +124,9 @@ def test_demo_terminal_is_one_line_per_asset(demo_run):
     assert any(ln.startswith("macro-F1") for ln in table)
     assert len({len(ln) for ln in table}) == 1, "columns are not aligned:\n" + "\n".join(table)
 
-    log_line = next(ln for ln in lines if ln.startswith("labelflow demo: full log in "))
-    log_file = project.root / log_line.split("full log in ")[1]
-    assert log_file.exists()
+    log_line = next(ln for ln in lines if ln.startswith("labelflow demo: run logs in `make ui` and "))
+    log_dir = project.root / log_line.split(" and ")[1].split()[0]
+    assert (log_dir / re.search(r"console: (\S+)\)", log_line).group(1)).exists()
 
 
 def test_asset_metadata_floats_are_rounded(demo_run):

@@ -72,7 +72,8 @@ def _run(args, cfg) -> int:
 
     log_path = cfg.root / ".dagster" / "logs" / f"demo-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.log"
     with quiet_output(log_path) as out, to_terminal(out):
-        print(f"labelflow demo: full log in {_shown(log_path, cfg.root)}", file=out)
+        print(f"labelflow demo: run logs in `make ui` and {_shown(log_path.parent, cfg.root)}/ "
+              f"(this demo's console: {log_path.name})", file=out)
         with dg.DagsterInstance.get() as instance:
             rows = demo(cfg, instance, out, datasets=args.dataset)
         _where_next(cfg, out)
@@ -159,6 +160,9 @@ class RunReport:
                 self._print(f"  check {check.asset_key.path[-1]}.{check.check_name} FAILED "
                             f"({_figures('', {k: v.value for k, v in check.metadata.items()}, GENERIC) or 'see the UI'})")
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE"):
+            from labelflow.progress import close_bars
+
+            close_bars()
             seconds = entry.timestamp - self.started.get(step, entry.timestamp)
             shown = False
             for name, meta in self.assets.pop(step, []):
