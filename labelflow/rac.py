@@ -229,6 +229,54 @@ def recall_at_k(order: np.ndarray, labels: Sequence[str], true_labels: Sequence[
     return {int(k): float((gold_rank < k).mean()) if len(gold_rank) else 0.0 for k in ks}
 
 
+RETRIEVER_CHOICES = {
+    "descriptions + seeds (score fusion)": dict(desc_weight=1.0, seed_weight=1.0, clf_weight=0.0, fusion="score"),
+    "descriptions + seeds + classifier": dict(desc_weight=1.0, seed_weight=1.0, clf_weight=1.0, fusion="rank"),
+    "seeds + classifier": dict(desc_weight=0.0, seed_weight=1.0, clf_weight=1.0, fusion="rank"),
+    "descriptions + classifier": dict(desc_weight=1.0, seed_weight=0.0, clf_weight=1.0, fusion="rank"),
+    "seeds only": dict(desc_weight=0.0, seed_weight=1.0, clf_weight=0.0, fusion="score"),
+    "classifier only": dict(desc_weight=0.0, seed_weight=0.0, clf_weight=1.0, fusion="rank"),
+    "descriptions only": dict(desc_weight=1.0, seed_weight=0.0, clf_weight=0.0, fusion="score"),
+}
+
+
+def select_retriever(label_names: Sequence[str], label_vectors: np.ndarray | None, seed_vectors: np.ndarray,
+                     seed_labels: Sequence[str | Sequence[str]], k: int = 5, folds: int = 3, seed: int = 0,
+                     choices: Mapping[str, dict] | None = None, **common) -> tuple[str, dict, pd.DataFrame]:
+    """Choose the retriever's signals from the seeds alone: K-fold cross-validation over the seeds
+    (each fold's seeds are the queries, the other folds' seeds the retriever's seeds and classifier
+    training set), scoring each of ``choices`` (default :data:`RETRIEVER_CHOICES`) by mean recall@k.
+    Returns (chosen name, its LabelRetriever keyword arguments, a table name / recall@k per choice).
+    Ties go to the earlier choice. ``common``: further LabelRetriever arguments (seed_agg, rrf_k)."""
+    from sklearn.model_selection import KFold
+
+    choices = dict(choices or RETRIEVER_CHOICES)
+    if label_vectors is None:
+        choices = {n: kw for n, kw in choices.items() if kw["seed_weight"] > 0 or kw["clf_weight"] > 0}
+        choices = {n: {**kw, "desc_weight": 0.0} for n, kw in choices.items()}
+    seed_vectors = np.asarray(seed_vectors, dtype=np.float32)
+    seed_labels = list(seed_labels)
+    hits = {n: [] for n in choices}
+    for train_idx, held_idx in KFold(n_splits=folds, shuffle=True, random_state=seed).split(seed_vectors):
+        tr_X, tr_y = seed_vectors[train_idx], [seed_labels[i] for i in train_idx]
+        clf = None
+        for name, kw in choices.items():
+            try:
+                r = LabelRetriever(**{**common, **kw}).fit(label_names, label_vectors, tr_X, tr_y,
+                                                          classifier=clf if kw["clf_weight"] > 0 else None)
+            except ValueError:  # e.g. no signal left for this fold
+                continue
+            if kw["clf_weight"] > 0 and r.classifier_ is not None:
+                clf = r.classifier_  # one classifier per fold, shared by the choices that use it
+            rec = r.recall_at_k(seed_vectors[held_idx], [seed_labels[i] for i in held_idx], (k,))[k]
+            hits[name].append((rec, len(held_idx)))
+    rows = [{"retriever": n, f"cv recall@{k}": sum(r * m for r, m in h) / sum(m for _, m in h)}
+            for n, h in hits.items() if h]
+    table = pd.DataFrame(rows)
+    best = table.iloc[int(np.argmax(table[f"cv recall@{k}"].to_numpy()))]["retriever"]
+    return best, {**common, **choices[best]}, table
+
+
 def _ranks(S: np.ndarray) -> np.ndarray:
     """1-based rank of each column within its row (highest value = 1; NaN ranked last; ties by
     column order)."""

@@ -283,3 +283,18 @@ def test_classifier_trained_on_seeds_and_missing_classes():
         LabelRetriever(fusion="mean").fit(LABELS, LV)
     with pytest.raises(ValueError, match="no retrieval signal"):
         LabelRetriever(desc_weight=0.0, clf_weight=1.0).fit(LABELS, LV)
+
+
+def test_select_retriever_chooses_on_the_seeds_and_drops_useless_descriptions():
+    from labelflow.rac import RETRIEVER_CHOICES, select_retriever
+
+    labels, centres, Xs, ids, truth, _ = _sim_setup(n=160, L=8, seed=5)
+    seed_y = [truth[i] for i in ids]
+    useless = np.random.default_rng(9).normal(size=centres.shape).astype(np.float32)  # unrelated to the labels
+    name, kw, table = select_retriever(labels, useless, Xs, seed_y, k=3, folds=3)
+    assert len(table) == len(RETRIEVER_CHOICES) and table["cv recall@3"].between(0, 1).all()
+    assert "descriptions" not in name and kw["desc_weight"] == 0.0
+    assert table.set_index("retriever").loc[name, "cv recall@3"] == table["cv recall@3"].max()
+    # good descriptions (the label centres) are kept in the choice
+    name2, _, _ = select_retriever(labels, centres, Xs, seed_y, k=1, folds=3)
+    assert name2.startswith("descriptions")

@@ -27,7 +27,7 @@ import pandas as pd
 from labelflow.bench.common import bench_expert, emit, load_bench, pool_truth_aligned
 from labelflow.labelspace import LabelSpace
 from labelflow.metrics import classification_metrics
-from labelflow.rac import RAC, LabelRetriever, truncate
+from labelflow.rac import RAC, LabelRetriever, select_retriever, truncate
 from labelflow.rac_baselines import naive_all_labels, topk_fewshot
 from labelflow.expert import make_expert
 from labelflow.simulated import SimulatedConfig
@@ -46,6 +46,9 @@ def add_arguments(p) -> None:
     g.add_argument("--desc-weight", type=float, default=1.0)
     g.add_argument("--seed-weight", type=float, default=1.0)
     g.add_argument("--seed-agg", default="mean_top", choices=["max", "mean_top"])
+    g.add_argument("--retriever", default="cv", choices=["cv", "fixed"],
+                   help="cv: choose the retriever's signals by 3-fold cross-validation on the seeds (recall@5); "
+                        "fixed: the weights and fusion below")
     g.add_argument("--clf-weight", type=float, default=1.0,
                    help="weight of the seed-trained classifier's class scores in the retriever (0 = off)")
     g.add_argument("--fusion", default="rank", choices=["rank", "score"],
@@ -220,12 +223,26 @@ def _recall_table(args, data, descriptions, desc_source, multilabel):
     label_X = data.embedder.encode([descriptions[lab] for lab in labels])
     seed_y = list(ds.seeds["label"]) if not multilabel else label_lists(ds.seeds["label"], True)
     truth = label_lists(ds.gold["label"], True)  # a list per text (a merged repeat may carry several)
-    retr_kw = dict(desc_weight=args.desc_weight, seed_weight=args.seed_weight, clf_weight=args.clf_weight,
-                   fusion=args.fusion, rrf_k=args.rrf_k, seed_agg=args.seed_agg)
-    retriever = LabelRetriever(**retr_kw).fit(labels, label_X, data.seeds_X, seed_y)
+    cv_note = ""
+    if args.retriever == "cv":  # the signals chosen on the seeds alone (K-fold), never on the test texts
+        t1 = time.perf_counter()
+        chosen, retr_kw, cv_table = select_retriever(labels, label_X, data.seeds_X, seed_y, k=5, folds=3,
+                                                     seed_agg=args.seed_agg, rrf_k=args.rrf_k)
+        emit(cv_table, args.out, f"rac_recall_cv_{ds.name}", f"Retriever chosen on the seeds ({ds.name}, 3-fold CV)",
+             f"Each fold's seeds are the queries of a retriever built from the other folds' seeds; chosen: {chosen}; "
+             f"{time.perf_counter() - t1:.1f} s.")
+        used = f"chosen by 3-fold CV on the seeds: {chosen}"
+        cv_note = " [used] = the choice of the seeds' cross-validation (table above), not of these test figures."
+    else:
+        retr_kw = dict(desc_weight=args.desc_weight, seed_weight=args.seed_weight, clf_weight=args.clf_weight,
+                       fusion=args.fusion, rrf_k=args.rrf_k, seed_agg=args.seed_agg)
+        used = (f"{args.fusion} fusion (desc {args.desc_weight:g}, seeds {args.seed_weight:g}, "
+                f"classifier {args.clf_weight:g}{f', k={args.rrf_k:g}' if args.fusion == 'rank' else ''})")
     agg = args.seed_agg
-    clf = retriever.classifier_ if retriever.classifier_ is not None else LabelRetriever(desc_weight=0.0, seed_weight=0.0, clf_weight=1.0).fit(
+    clf = LabelRetriever(desc_weight=0.0, seed_weight=0.0, clf_weight=1.0).fit(
         labels, None, data.seeds_X, seed_y).classifier_  # trained once, shared by the rows below
+    retriever = LabelRetriever(**retr_kw).fit(labels, label_X, data.seeds_X, seed_y,
+                                              classifier=clf if retr_kw.get("clf_weight", 0) > 0 else None)
     candidates = [
         ("descriptions only", LabelRetriever(seed_weight=0.0).fit(labels, label_X)),
         (f"seeds only ({agg})", LabelRetriever(desc_weight=0.0, seed_agg=agg).fit(labels, None, data.seeds_X, seed_y)),
@@ -238,9 +255,10 @@ def _recall_table(args, data, descriptions, desc_source, multilabel):
         (f"rank fusion (k={args.rrf_k:g}): descriptions + seeds + classifier",
          LabelRetriever(clf_weight=1.0, fusion="rank", rrf_k=args.rrf_k, seed_agg=agg).fit(
              labels, label_X, data.seeds_X, seed_y, classifier=clf)),
+        (f"rank fusion (k={args.rrf_k:g}): seeds + classifier",
+         LabelRetriever(desc_weight=0.0, clf_weight=1.0, fusion="rank", rrf_k=args.rrf_k, seed_agg=agg).fit(
+             labels, None, data.seeds_X, seed_y, classifier=clf)),
     ]
-    used = (f"{args.fusion} fusion (desc {args.desc_weight:g}, seeds {args.seed_weight:g}, "
-            f"classifier {args.clf_weight:g}{f', k={args.rrf_k:g}' if args.fusion == 'rank' else ''})")
     ks = [1, 3, 5, 10]
     rec_rows = []
     for name, r in candidates + [(used + " [used]", retriever)]:
@@ -251,7 +269,7 @@ def _recall_table(args, data, descriptions, desc_source, multilabel):
     emit(table, args.out, f"rac_recall_{ds.name}", f"RAC label retrieval on {ds.name} test (n={len(truth)})",
          f"Descriptions: {desc_source}; embeddings: {data.embedder.name}; {args.seed_per_class} seeds per class "
          f"({n_seeds} seeds, {len(labels)} labels){'; multi-label: a hit = any gold label in the top k' if multilabel else ''}; "
-         f"{time.perf_counter() - t0:.1f} s for all rows.")
+         f"{time.perf_counter() - t0:.1f} s for all rows.{cv_note}")
     return table, retriever, label_X, retr_kw
 
 
