@@ -231,9 +231,18 @@ class VectorStore:
     def has(self, name: str) -> bool:
         return name in self.table_names()
 
-    def write(self, name: str, df: pd.DataFrame) -> None:
-        """Replace table ``name`` with ``df`` (a ``vector`` column of equal-length float arrays)."""
-        self.db.create_table(name, data=_to_arrow(df), mode="overwrite")
+    def write(self, name: str, df: pd.DataFrame, metadata: Mapping[str, str] | None = None) -> None:
+        """Replace table ``name`` with ``df`` (a ``vector`` column of equal-length float arrays);
+        ``metadata`` (str -> str) is kept in the table's schema (see :meth:`table_metadata`)."""
+        table = _to_arrow(df)
+        if metadata:
+            table = table.replace_schema_metadata({k.encode(): str(v).encode() for k, v in metadata.items()})
+        self.db.create_table(name, data=table, mode="overwrite")
+
+    def table_metadata(self, name: str) -> dict[str, str]:
+        """The metadata :meth:`write` stored with table ``name``."""
+        meta = self.db.open_table(name).schema.metadata or {}
+        return {k.decode(): v.decode() for k, v in meta.items()}
 
     def append(self, name: str, df: pd.DataFrame) -> None:
         if self.has(name):

@@ -80,3 +80,25 @@ def test_only_an_embedding_index_is_stored(tmp_path):
 
     with pytest.raises(TypeError, match="EmbeddingIndex"):
         dg.materialize([wrong], resources={"vectors_io_manager": EmbeddingIOManager(lancedb_uri=str(tmp_path))})
+
+
+def test_a_rapt_case_base_round_trips_with_its_label_order(tmp_path):
+    from labelflow.rapt import CaseBase
+
+    classes = ["zeta", "alpha", "mid"]  # not sorted: the order is the model's and must survive
+
+    @dg.asset(key=["ds", "rapt_case_base"], io_manager_key="vectors_io_manager")
+    def rapt_case_base():
+        return CaseBase.build(["c1", "c2"], np.eye(2, 3), [[0.9, 0.1, 0.2], [0.1, 0.8, 0.7]], [["zeta"], ["alpha", "mid"]],
+                              classes)
+
+    @dg.asset(key=["ds", "cb_reader"])
+    def cb_reader(rapt_case_base):
+        return rapt_case_base
+
+    res = {"vectors_io_manager": EmbeddingIOManager(lancedb_uri=str(tmp_path)), "io_manager": _Keep()}
+    dg.materialize([rapt_case_base, cb_reader], resources=res)
+    cb = _Keep.values["cb_reader"]
+    assert list(cb.classes) == classes and cb.ids.tolist() == ["c1", "c2"]
+    assert cb.gold.tolist() == [[1, 0, 0], [0, 1, 1]]
+    np.testing.assert_allclose(cb.scores, [[0.9, 0.1, 0.2], [0.1, 0.8, 0.7]], rtol=1e-6)

@@ -1,9 +1,11 @@
 """Vectors along the graph: the LanceDB IO manager for :class:`~labelflow.embedding.EmbeddingIndex`
-values, and embedding through the LanceDB embedding cache.
+values (and RAPT's :class:`~labelflow.rapt.CaseBase`), and embedding through the LanceDB embedding cache.
 
 An asset whose ``io_manager_key`` is ``vectors_io_manager`` returns an ``EmbeddingIndex``; it is stored
 as the LanceDB table ``<dataset>__<asset>`` (id, the index's extra columns, model, vector) and loaded
-back as an ``EmbeddingIndex`` by every asset that takes it as an input. A partitioned asset names its
+back as an ``EmbeddingIndex`` by every asset that takes it as an input. A ``CaseBase`` is stored the
+same way (one row per case: id, vector, scores, gold, cardinality; its label order in the table's
+metadata) and loaded back as a ``CaseBase``. A partitioned asset names its
 partition column in its definition metadata (``partition_expr``, e.g. ``day``): a materialisation
 replaces that partition's rows only, and an input reads the partitions asked for (an unpartitioned
 downstream asset: all of them; none materialised yet reads as an empty index).
@@ -15,6 +17,8 @@ downstream asset: all of them; none materialised yet reads as an empty index).
 from __future__ import annotations
 
 from typing import Callable, Sequence
+
+import json
 
 import dagster as dg
 import pandas as pd
@@ -32,8 +36,8 @@ def _quote(value: str) -> str:
 
 
 class EmbeddingIOManager(dg.ConfigurableIOManager):
-    """Stores and loads :class:`~labelflow.embedding.EmbeddingIndex` values in LanceDB, one table per
-    asset key (see the module docstring)."""
+    """Stores and loads :class:`~labelflow.embedding.EmbeddingIndex` values (and RAPT case bases) in
+    LanceDB, one table per asset key (see the module docstring)."""
 
     lancedb_uri: str
 
@@ -41,10 +45,17 @@ class EmbeddingIOManager(dg.ConfigurableIOManager):
         return VectorStore(self.lancedb_uri)
 
     def handle_output(self, context: dg.OutputContext, obj: EmbeddingIndex) -> None:
-        if not isinstance(obj, EmbeddingIndex):
-            raise TypeError(f"{context.asset_key.to_user_string()}: the vectors IO manager stores an EmbeddingIndex, "
-                            f"got {type(obj).__name__}")
+        from labelflow.rapt import CaseBase
+
         store, name = self._store(), table_name(context.asset_key)
+        if isinstance(obj, CaseBase) and not context.has_asset_partitions:
+            store.write(name, obj.to_frame(), metadata={"labelflow_value": "CaseBase",
+                                                        "classes": json.dumps([str(c) for c in obj.classes])})
+            context.add_output_metadata({"lancedb_table": name, "cases": len(obj), "dagster/storage_kind": "lancedb"})
+            return
+        if not isinstance(obj, EmbeddingIndex):
+            raise TypeError(f"{context.asset_key.to_user_string()}: the vectors IO manager stores an EmbeddingIndex "
+                            f"(or a RAPT CaseBase), got {type(obj).__name__}")
         frame = obj.to_frame()
         if context.has_asset_partitions:
             column = context.definition_metadata.get("partition_expr", "partition")
@@ -70,6 +81,11 @@ class EmbeddingIOManager(dg.ConfigurableIOManager):
             raise FileNotFoundError(f"LanceDB table {name!r} not found in {self.lancedb_uri}: "
                                     f"materialise {key.to_user_string()} first")
         df = store.read(name)
+        meta = store.table_metadata(name)
+        if meta.get("labelflow_value") == "CaseBase":
+            from labelflow.rapt import CaseBase
+
+            return CaseBase.from_frame(df, json.loads(meta["classes"]))
         if partitioned:
             column = context.upstream_output.definition_metadata.get("partition_expr", "partition")
             df = df[df[column].astype(str).isin(set(context.asset_partition_keys))]
