@@ -66,4 +66,4 @@ bench: install
 	$(PY) -m labelflow.bench.suite
 
 clean-stores:
-	rm -rf data/warehouse.duckdb* data/lancedb data/mlflow.db data/mlartifacts data/models .dagster/storage
+	rm -rf data/warehouse.duckdb* data/lancedb data/values data/mlflow.db data/mlartifacts data/models .dagster/storage
