@@ -8,7 +8,12 @@ An expert answers two questions:
 * ``describe(label, examples, neighbours) -> str``: write a description of a label.
 
 Implementations: :class:`labelflow.llm.LLMExpert` (litellm, any provider, the local default) and
-:class:`labelflow.simulated.SimulatedExpert` (benchmarks and tests only).
+:class:`labelflow.simulated.SimulatedExpert` (benchmarks and tests only). :func:`make_expert` is the one
+place either is built (the Dagster resource and every benchmark use it).
+
+An expert owns its call budget: it raises :class:`BudgetExceeded` (with ``.verdicts`` from
+``validate``: ``unanswered`` where not asked) instead of sending a request past it; callers decide how
+to record what went unanswered.
 """
 
 from __future__ import annotations
@@ -57,13 +62,16 @@ class ValidationItem:
 
 
 ACCEPT, REJECT, UNPARSEABLE = "accept", "reject", "unparseable"
+UNANSWERED = "unanswered"  # not asked: the budget ran out first
+FAILED = "failed"  # the request failed (after retries); not cached, a re-run asks again
 
 
 @dataclass
 class Verdict:
     """The expert's answer to one :class:`ValidationItem`.
 
-    ``outcome`` is one of ``accept``, ``reject``, ``unparseable`` (never guessed). ``score`` is the
+    ``outcome`` is one of ``accept``, ``reject``, ``unparseable`` (never guessed), or ``failed`` /
+    ``unanswered`` when no answer came (a failed request; the budget ran out first). ``score`` is the
     evidence for "yes": the log-probability margin logit(yes) - logit(no) when the provider returned
     log-probabilities, +1/-1 from the answer text otherwise, 0 for unparseable.
     """
@@ -93,3 +101,71 @@ class Expert(Protocol):
 
     @property
     def usage(self) -> Usage: ...
+
+
+def make_expert(llm_config, *, cache_path=None, budget=None, threshold: float | None = None, name: str | None = None,
+                server=None, local_model_dir="data/llm", **options):
+    """The one expert factory.
+
+    * ``llm_config`` a :class:`labelflow.config.LLMConfig`: an :class:`~labelflow.llm.LLMExpert` for its
+      litellm model. ``model="local"`` serves the bundled model: pass a started ``server``
+      (:class:`~labelflow.llm.local.LocalLLMServer`, kept by the caller) or let this start one from
+      ``local_model_dir``, which the expert then owns and stops in ``close()``.
+    * ``llm_config`` a :class:`labelflow.simulated.SimulatedConfig`: a
+      :class:`~labelflow.simulated.SimulatedExpert` (benchmarks and tests only).
+
+    ``budget``: the shared :class:`~labelflow.llm.budget.Budget` the expert spends from (None: no
+    limit); ``threshold``: the yes/no threshold (default: the config's); ``options``: any other keyword
+    option of the expert's constructor (``budget_calls`` for a cap inside ``budget``, ``progress``...).
+    """
+    from labelflow.simulated import SimulatedConfig, SimulatedExpert
+
+    if isinstance(llm_config, SimulatedConfig):
+        return SimulatedExpert.from_config(llm_config, budget=budget, **options)
+    from labelflow.llm import LLMExpert
+
+    on_close = None
+    model, api_base = llm_config.model, None
+    if llm_config.model == "local":
+        if server is None:
+            from pathlib import Path
+
+            from labelflow.llm.local import LocalLLMServer, ensure_model
+
+            model_dir = Path(local_model_dir)
+            server = LocalLLMServer(ensure_model(model_dir), n_ctx=llm_config.local_ctx,
+                                    threads=llm_config.local_threads, log_dir=model_dir, model_dir=model_dir).start()
+            on_close = server.stop
+        model, api_base = server.model, server.api_base
+        name = name or "local:qwen2.5-coder-1.5b"
+    kwargs = dict(name=name, budget=budget, on_close=on_close, **options)
+    if threshold is not None:
+        kwargs["threshold"] = threshold
+    try:
+        return LLMExpert.from_config(llm_config, cache_path, api_base=api_base, model=model, **kwargs)
+    except BaseException:
+        if on_close is not None:
+            on_close()
+        raise
+
+
+class DescribeWithinBudget:
+    """An expert's ``describe`` that answers ``""`` instead of raising once the budget is spent, so a
+    description stage degrades to its documented fallback (the label name, source ``label_name``) rather
+    than stopping the run; ``past_budget`` lists the labels that got no answer for that reason."""
+
+    def __init__(self, expert):
+        self.expert = expert
+        self.name = expert.name
+        self.past_budget: list[str] = []
+
+    @property
+    def usage(self) -> Usage:
+        return self.expert.usage
+
+    def describe(self, label: str, examples: Sequence[str], neighbours: Sequence[str] = ()) -> str:
+        try:
+            return self.expert.describe(label, examples, neighbours)
+        except BudgetExceeded:
+            self.past_budget.append(label)
+            return ""

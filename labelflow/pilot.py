@@ -24,7 +24,7 @@ import pandas as pd
 
 from labelflow.data import split_labels, text_id
 from labelflow.descriptions import nearest_labels, seed_examples
-from labelflow.expert import ACCEPT, REJECT, UNPARSEABLE, Expert, ValidationItem
+from labelflow.expert import ACCEPT, REJECT, UNANSWERED, UNPARSEABLE, BudgetExceeded, Expert, ValidationItem
 
 
 def label_centroids(seeds_df: pd.DataFrame, seeds_X: np.ndarray, multilabel: bool = False) -> dict[str, np.ndarray]:
@@ -159,6 +159,7 @@ class PilotResult:
     seconds_per_validation: float
     confusions: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
     answers: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+    unanswered: int = 0  # questions not asked because the LLM budget ran out (part of no_answer)
 
     def as_dict(self) -> dict:
         """The scalar figures (for asset metadata / MLflow / a table row)."""
@@ -214,13 +215,18 @@ def cross_validated_accuracy(scores: Sequence[float], truth: Sequence[bool], par
 def run_pilot(expert: Expert, items: Sequence[ValidationItem], truth: Sequence[bool], min_accuracy: float = 0.8,
               seed: int = 0) -> PilotResult:
     """Ask ``expert`` the pilot questions and measure it (see :class:`PilotResult`). The expert's usage
-    counters are read before and after, so calls / tokens / cache hits are this pilot's own."""
+    counters are read before and after, so calls / tokens / cache hits are this pilot's own. When the
+    expert's budget runs out part-way, the questions it could not ask count as no answer
+    (``unanswered``) and the pilot is measured on what it got; nothing is guessed."""
     truth = np.asarray(truth, dtype=bool)
     if len(items) != len(truth):
         raise ValueError(f"{len(items)} items but {len(truth)} truth values")
     before = expert.usage.as_dict()
     t0 = time.perf_counter()
-    verdicts = expert.validate(list(items)) if len(items) else []
+    try:
+        verdicts = expert.validate(list(items)) if len(items) else []
+    except BudgetExceeded as exc:
+        verdicts = list(exc.verdicts)  # type: ignore[attr-defined]
     seconds = time.perf_counter() - t0
     after = expert.usage.as_dict()
     used = {k: after[k] - before[k] for k in after}
@@ -270,6 +276,7 @@ def run_pilot(expert: Expert, items: Sequence[ValidationItem], truth: Sequence[b
         passed=bool(n > 0 and gate >= min_accuracy),
         unparseable=int((outcomes == UNPARSEABLE).sum()),
         no_answer=int((~parsed).sum()),
+        unanswered=int((outcomes == UNANSWERED).sum()),
         calls=int(used.get("calls", 0)),
         cache_hits=int(used.get("cache_hits", 0)),
         prompt_tokens=int(used.get("prompt_tokens", 0)),

@@ -16,7 +16,8 @@ Source: "R.E.D.: Scaling Text Classification with Expert Delegation" (Towards Da
    at most ``max_tries_per_text`` questions per text). Accepted texts join their label's subset and only
    the subsets that gained examples are retrained. The loop stops at saturation (the number of
    uncertain predictions stops falling, or fewer than ``min_added_fraction * top_k_uncertain`` labels
-   were added in a round), when the call budget ends, or after ``max_rounds``.
+   were added in a round), when the expert's call budget ends (it raises ``BudgetExceeded``; the
+   answers it gave before count), or after ``max_rounds``.
 
 Output keeps *expert-verified* labels (``source="llm-red"``) apart from *model-predicted* ones
 (:meth:`REDLabeler.label_rest`, ``source="red-model"``).
@@ -38,7 +39,7 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
 from labelflow.embedding import unit_rows
-from labelflow.expert import BudgetExceeded, Usage, ValidationItem
+from labelflow.expert import FAILED, UNANSWERED, UNPARSEABLE, BudgetExceeded, Usage, ValidationItem
 from labelflow.labelspace import seed_centroids
 
 log = logging.getLogger("labelflow.red")
@@ -207,18 +208,16 @@ def most_uncertain(uncertainty: np.ndarray, eligible: np.ndarray, k: int) -> np.
 
 
 def stop_reason(uncertain: Sequence[int], added: Sequence[int], top_k: int, min_added_fraction: float,
-                calls: int = 0, budget_calls: int | None = None, rounds: int = 0,
-                max_rounds: int | None = None) -> str | None:
+                rounds: int = 0, max_rounds: int | None = None) -> str | None:
     """Why the loop should stop now, or ``None`` to go on.
 
     ``uncertain``: uncertain-prediction counts measured at the start of each round so far;
-    ``added``: labels accepted in each finished round. In order of checking: ``budget`` (calls spent
-    reached ``budget_calls``), ``no_uncertain`` (no uncertain prediction is left), ``inflection`` (the latest uncertain count did not fall below the one
-    before), ``few_added`` (the last round added fewer than ``min_added_fraction * top_k``),
-    ``max_rounds``.
+    ``added``: labels accepted in each finished round. In order of checking: ``no_uncertain`` (no
+    uncertain prediction is left), ``inflection`` (the latest uncertain count did not fall below the
+    one before), ``few_added`` (the last round added fewer than ``min_added_fraction * top_k``),
+    ``max_rounds``. (The call budget is the expert's: the loop stops with ``budget`` when the expert
+    raises :class:`~labelflow.expert.BudgetExceeded`.)
     """
-    if budget_calls is not None and calls >= budget_calls:
-        return "budget"
     if len(uncertain) and uncertain[-1] == 0:
         return "no_uncertain"
     if len(uncertain) >= 2 and uncertain[-1] >= uncertain[-2]:
@@ -248,18 +247,69 @@ class REDResult:
     extra: dict = field(default_factory=dict)
 
 
+ROUND_COLUMNS = ["round", "uncertain", "no_candidate", "confident", "asked", "calls", "accepted", "rejected",
+                 "corrected", "unparseable", "retrained_subsets", "total_calls", "total_accepted", "predict_s",
+                 "train_s", "seconds"]
+
+
+@dataclass
+class _LoopState:
+    """What :meth:`REDLabeler.run` carries from round to round (the pool and what was asked so far)."""
+
+    ids: list[str]
+    texts: list[str]
+    X: np.ndarray
+    desc: dict[str, str]
+    verified: np.ndarray = None  # type: ignore[assignment]
+    tries: np.ndarray = None  # type: ignore[assignment]
+    tried: set = field(default_factory=set)  # (pool row, label index) pairs asked
+    usage: Usage = field(default_factory=Usage)
+    round: int = 0
+    accepted_rows: list = field(default_factory=list)
+    rounds: list = field(default_factory=list)
+    uncertain_hist: list = field(default_factory=list)
+    added_hist: list = field(default_factory=list)
+
+
+@dataclass
+class _RoundView:
+    """One round's prediction of the pool: scores and masks, the texts picked to ask."""
+
+    scores: dict
+    open: np.ndarray
+    has: np.ndarray
+    uncertain: np.ndarray
+    t0: float
+    predict_s: float
+    picked: np.ndarray | None = None
+
+
+@dataclass
+class _Asked:
+    """One round's answers: accepted (row, label, confidence, tries, score) and the counts."""
+
+    asked: int = 0
+    calls: int = 0
+    accepted: list = field(default_factory=list)
+    rejected: int = 0
+    corrected: int = 0
+    unparseable: int = 0
+    budget_spent: bool = False
+
+
 class REDLabeler:
     """Recursive expert delegation over a pool of embedded texts (see the module docstring).
 
     ``fit(seed_X, seed_labels, label_vectors=None, seed_texts=None)`` forms the subsets and trains one
     :class:`SubsetClassifier` each; ``run(pool_ids, pool_texts, pool_X, descriptions, ...)`` runs the
-    loop and returns a :class:`REDResult`; ``label_rest`` labels the remaining pool with the final
+    loop and returns a :class:`REDResult`, absorbing every accepted text into the fitted model (see
+    :meth:`run`); ``label_rest`` labels the remaining pool with the final
     models; ``add_label`` adds a label later and retrains only the subset it joins.
     """
 
-    def __init__(self, expert, subset_size: int = 8, top_k_uncertain: int = 500, n_evidence: int = 3,
+    def __init__(self, expert, *, subset_size: int = 8, top_k_uncertain: int = 500, n_evidence: int = 3,
                  max_rounds: int = 30, min_added_fraction: float = 0.05, correction: bool = True,
-                 max_tries_per_text: int = 2, budget_calls: int | None = None, confidence_threshold: float = 0.8,
+                 max_tries_per_text: int = 2, confidence_threshold: float = 0.8,
                  reduce: str | None = "pca", n_components: int = 32, model: str = "logreg", C: float = 10.0,
                  noise_ratio: float = 2.0, seed: int = 0, chunk_size: int = 8192, blas_threads: int | None = 1):
         self.expert = expert
@@ -270,7 +320,6 @@ class REDLabeler:
         self.min_added_fraction = min_added_fraction
         self.correction = correction
         self.max_tries_per_text = max_tries_per_text
-        self.budget_calls = budget_calls
         self.confidence_threshold = confidence_threshold
         self.reduce = reduce
         self.n_components = n_components
@@ -317,6 +366,7 @@ class REDLabeler:
             self.subset_of_[members] = s
         self.train_X_ = seed_X
         self.train_y_ = y
+        self.n_seed_ = len(y)
         self.train_text_ = list(seed_texts) if seed_texts is not None else [None] * len(y)
         if len(self.train_text_) != len(y):
             raise ValueError("seed_texts must align with seed_X")
@@ -425,138 +475,155 @@ class REDLabeler:
     def run(self, pool_ids: Sequence[str], pool_texts: Sequence[str], pool_X: np.ndarray,
             descriptions: Mapping[str, str] | None = None,
             seed_texts_by_label: Mapping[str, Sequence[str]] | None = None) -> REDResult:
-        """Run rounds to saturation. ``descriptions``: label -> description (a missing one falls back
-        to the label name). ``seed_texts_by_label``: label -> seed texts in the order of that label's
-        rows in ``fit``'s ``seed_X`` (only needed when ``fit`` got no ``seed_texts``)."""
+        """Run rounds to saturation; each round is :meth:`_predict` -> :meth:`_stop` -> :meth:`_ask`
+        -> :meth:`_absorb` -> :meth:`_record`. ``descriptions``: label -> description (a missing one
+        falls back to the label name). ``seed_texts_by_label``: label -> seed texts in the order of that
+        label's rows in ``fit``'s ``seed_X`` (only needed when ``fit`` got no ``seed_texts``; they are
+        filled into the training set's missing texts).
+
+        **This updates the fitted model in place**: every expert-accepted pool text is appended to the
+        training set (``train_X_`` / ``train_y_`` / ``train_text_``) and the subsets that gained examples
+        are retrained, so after ``run`` the labeler is the final R.E.D. model that :meth:`label_rest`
+        uses. ``n_seed_`` rows of the training set are the seeds ``fit`` learned from; call ``fit``
+        again to start over. The expert alone owns the call budget: the loop stops (``budget``) when
+        it raises :class:`~labelflow.expert.BudgetExceeded`."""
         t_start = time.perf_counter()
-        pool_ids = [str(i) for i in pool_ids]
-        pool_texts = list(pool_texts)
-        pool_X = np.asarray(pool_X, dtype=np.float32)
-        n = len(pool_ids)
         if seed_texts_by_label:
-            for lab, texts in seed_texts_by_label.items():
-                rows = np.flatnonzero(self.train_y_ == self.label_index_[lab])
-                for r, t in zip(rows, texts):
-                    if self.train_text_[r] is None:
-                        self.train_text_[r] = t
-        descriptions = dict(descriptions or {})
-        desc = {lab: (descriptions.get(lab) or lab.replace("_", " ")) for lab in self.labels_}
-        verified = np.zeros(n, dtype=bool)
-        tries = np.zeros(n, dtype=np.int64)
-        tried: set[tuple[int, int]] = set()
-        usage = Usage()
-        calls = 0
-        accepted_rows: list[dict] = []
-        rounds: list[dict] = []
-        uncertain_hist: list[int] = []
-        added_hist: list[int] = []
-        reason = None
-        rnd = 0
+            self._fill_seed_texts(seed_texts_by_label)
+        st = _LoopState(ids=[str(i) for i in pool_ids], texts=list(pool_texts),
+                        X=np.asarray(pool_X, dtype=np.float32),
+                        desc={lab: ((descriptions or {}).get(lab) or lab.replace("_", " ")) for lab in self.labels_})
+        st.verified = np.zeros(len(st.ids), dtype=bool)
+        st.tries = np.zeros(len(st.ids), dtype=np.int64)
         while True:
-            t0 = time.perf_counter()
-            rnd += 1
-            sc = self.predict_scores(pool_X)
-            predict_s = time.perf_counter() - t0
-            open_ = ~verified
-            has = sc["label"] >= 0
-            uncertain = open_ & has & (sc["confidence"] < self.confidence_threshold)
-            uncertain_hist.append(int(uncertain.sum()))
-            reason = stop_reason(uncertain_hist, added_hist, self.top_k_uncertain, self.min_added_fraction,
-                                 calls, self.budget_calls, rnd - 1, self.max_rounds)
+            view = self._predict(st)
+            reason = self._stop(st, view)
             if reason:
                 break
-            eligible = open_ & has & (tries < self.max_tries_per_text)
-            picked = most_uncertain(sc["entropy"], eligible, self.top_k_uncertain)
-            if len(picked) == 0:
-                reason = "pool_exhausted"
-                break
-            # first question: the predicted label; then, on "no", the next most probable untried one
-            probs = self.label_probabilities(pool_X[picked]) if self.correction else None
-            current = {int(i): int(sc["label"][i]) for i in picked}
-            pos = {int(i): p for p, i in enumerate(picked)}
-            conf = {int(i): float(sc["confidence"][i]) for i in picked}
-            accepted = rejected = corrected = round_calls = unparseable = 0
-            gained: set[int] = set()
-            new_X, new_y, new_t = [], [], []
-            pending = list(current.items())
-            by_label = self._evidence_rows()
-            attempt = 0
-            budget_hit = False
-            while pending:
-                attempt += 1
-                if self.budget_calls is not None:
-                    left = self.budget_calls - calls
-                    if left <= 0:
-                        budget_hit = True
-                        break
-                    pending = pending[:left]
-                items = [ValidationItem(text=pool_texts[i], label=self.labels_[lab], description=desc[self.labels_[lab]],
-                                        examples=self._evidence(lab, pool_X[i], by_label), text_id=pool_ids[i])
-                         for i, lab in pending]
-                try:
-                    verdicts = self.expert.validate(items)
-                except BudgetExceeded:
-                    budget_hit = True
-                    break
-                retry = []
-                for (i, lab), v in zip(pending, verdicts):
-                    usage += v.usage
-                    calls += v.usage.calls
-                    round_calls += v.usage.calls
-                    tries[i] += 1
-                    tried.add((i, lab))
-                    if v.accept:
-                        accepted += 1
-                        corrected += attempt > 1
-                        verified[i] = True
-                        gained.add(int(self.subset_of_[lab]))
-                        new_X.append(pool_X[i])
-                        new_y.append(lab)
-                        new_t.append(pool_texts[i])
-                        accepted_rows.append({"id": pool_ids[i], "label": self.labels_[lab], "confidence": conf[i],
-                                              "round": rnd, "tries": int(tries[i]), "score": float(v.score),
-                                              "source": SOURCE_VERIFIED})
-                        continue
-                    rejected += 1
-                    unparseable += v.outcome == "unparseable"
-                    if self.correction and tries[i] < self.max_tries_per_text:
-                        order = np.argsort(-probs[pos[i]], kind="stable")
-                        nxt = next((int(c) for c in order if (i, int(c)) not in tried), None)
-                        if nxt is not None:
-                            conf[i] = float(probs[pos[i]][nxt])
-                            retry.append((i, nxt))
-                pending = retry
-            if new_X:
-                self.train_X_ = np.vstack([self.train_X_, np.asarray(new_X, dtype=np.float32)])
-                self.train_y_ = np.concatenate([self.train_y_, np.asarray(new_y, dtype=np.int64)])
-                self.train_text_ += new_t
-            t_train = time.perf_counter()
-            for s in sorted(gained):
-                self._train_subset(s)
-            train_s = time.perf_counter() - t_train
-            added_hist.append(accepted)
-            row = {"round": rnd, "uncertain": uncertain_hist[-1], "no_candidate": int((open_ & ~has).sum()),
-                   "confident": int((open_ & has & ~uncertain).sum()), "asked": int(len(picked)),
-                   "calls": round_calls, "accepted": accepted, "rejected": rejected, "corrected": corrected,
-                   "unparseable": unparseable, "retrained_subsets": len(gained), "total_calls": calls,
-                   "total_accepted": int(verified.sum()), "predict_s": predict_s, "train_s": train_s,
-                   "seconds": time.perf_counter() - t0}
-            rounds.append(row)
-            log.info("R.E.D. round %d: uncertain %d, asked %d, accepted %d, rejected %d, calls %d (total %d), "
-                     "retrained %d subsets", rnd, row["uncertain"], row["asked"], accepted, rejected, round_calls,
-                     calls, len(gained))
-            if budget_hit:
+            asked = self._ask(st, view)
+            gained, train_s = self._absorb(st, asked)
+            self._record(st, view, asked, gained, train_s)
+            if asked.budget_spent:
                 reason = "budget"
                 break
         log.info("R.E.D. stopped after %d rounds: %s; %d verified labels, %d calls; uncertain predictions at "
-                 "the start of each round: %s", len(rounds), reason, int(verified.sum()), calls, uncertain_hist)
-        labels = pd.DataFrame(accepted_rows, columns=["id", "label", "confidence", "round", "tries", "score", "source"])
-        rounds_df = pd.DataFrame(rounds, columns=["round", "uncertain", "no_candidate", "confident", "asked", "calls",
-                                                  "accepted", "rejected", "corrected", "unparseable",
-                                                  "retrained_subsets", "total_calls", "total_accepted", "predict_s",
-                                                  "train_s", "seconds"])
-        return REDResult(labels, rounds_df, usage, reason, getattr(self.expert, "name", ""),
-                         time.perf_counter() - t_start, {"uncertain_history": uncertain_hist})
+                 "the start of each round: %s", len(st.rounds), reason, int(st.verified.sum()), st.usage.calls,
+                 st.uncertain_hist)
+        labels = pd.DataFrame(st.accepted_rows, columns=["id", "label", "confidence", "round", "tries", "score", "source"])
+        rounds_df = pd.DataFrame(st.rounds, columns=ROUND_COLUMNS)
+        return REDResult(labels, rounds_df, st.usage, reason, getattr(self.expert, "name", ""),
+                         time.perf_counter() - t_start,
+                         {"uncertain_history": st.uncertain_hist, "absorbed": int(st.verified.sum())})
+
+    def _fill_seed_texts(self, seed_texts_by_label: Mapping[str, Sequence[str]]) -> None:
+        for lab, texts in seed_texts_by_label.items():
+            rows = np.flatnonzero(self.train_y_ == self.label_index_[lab])
+            for r, t in zip(rows, texts):
+                if self.train_text_[r] is None:
+                    self.train_text_[r] = t
+
+    def _predict(self, st: "_LoopState") -> "_RoundView":
+        """Predict the pool with the current models; open / candidate / uncertain masks."""
+        t0 = time.perf_counter()
+        st.round += 1
+        sc = self.predict_scores(st.X)
+        open_ = ~st.verified
+        has = sc["label"] >= 0
+        uncertain = open_ & has & (sc["confidence"] < self.confidence_threshold)
+        st.uncertain_hist.append(int(uncertain.sum()))
+        return _RoundView(sc, open_, has, uncertain, t0, time.perf_counter() - t0)
+
+    def _stop(self, st: "_LoopState", view: "_RoundView") -> str | None:
+        """The stop test: the expert's budget is spent (``budget``), :func:`stop_reason`, nothing left to
+        ask (``pool_exhausted``)."""
+        budget = getattr(self.expert, "budget", None)
+        if budget is not None and budget.exhausted:
+            return "budget"
+        reason = stop_reason(st.uncertain_hist, st.added_hist, self.top_k_uncertain, self.min_added_fraction,
+                             rounds=st.round - 1, max_rounds=self.max_rounds)
+        if reason:
+            return reason
+        eligible = view.open & view.has & (st.tries < self.max_tries_per_text)
+        view.picked = most_uncertain(view.scores["entropy"], eligible, self.top_k_uncertain)
+        return None if len(view.picked) else "pool_exhausted"
+
+    def _items(self, st: "_LoopState", pending: list[tuple[int, int]], by_label) -> list[ValidationItem]:
+        return [ValidationItem(text=st.texts[i], label=self.labels_[lab], description=st.desc[self.labels_[lab]],
+                               examples=self._evidence(lab, st.X[i], by_label), text_id=st.ids[i])
+                for i, lab in pending]
+
+    def _ask(self, st: "_LoopState", view: "_RoundView") -> "_Asked":
+        """Ask the expert about the picked texts: first their predicted label, then, on "no", the next
+        most probable label not tried yet (correction, up to ``max_tries_per_text`` per text)."""
+        picked = view.picked
+        probs = self.label_probabilities(st.X[picked]) if self.correction else None
+        pos = {int(i): p for p, i in enumerate(picked)}
+        conf = {int(i): float(view.scores["confidence"][i]) for i in picked}
+        pending = [(int(i), int(view.scores["label"][i])) for i in picked]
+        by_label = self._evidence_rows()
+        out = _Asked(asked=len(picked))
+        attempt = 0
+        while pending and not out.budget_spent:
+            attempt += 1
+            try:
+                verdicts = self.expert.validate(self._items(st, pending, by_label))
+            except BudgetExceeded as exc:  # the answers obtained before the budget ran out still count
+                out.budget_spent = True
+                verdicts = list(getattr(exc, "verdicts", None) or [])
+            retry = []
+            for (i, lab), v in zip(pending, verdicts):
+                st.usage += v.usage
+                out.calls += v.usage.calls
+                if v.outcome in (UNANSWERED, FAILED):  # no answer: neither a try nor a "no"
+                    continue
+                st.tries[i] += 1
+                st.tried.add((i, lab))
+                if v.accept:
+                    out.accepted.append((i, lab, conf[i], int(st.tries[i]), float(v.score)))
+                    out.corrected += attempt > 1
+                    st.verified[i] = True
+                    continue
+                out.rejected += 1
+                out.unparseable += v.outcome == UNPARSEABLE
+                if self.correction and st.tries[i] < self.max_tries_per_text:
+                    order = np.argsort(-probs[pos[i]], kind="stable")
+                    nxt = next((int(c) for c in order if (i, int(c)) not in st.tried), None)
+                    if nxt is not None:
+                        conf[i] = float(probs[pos[i]][nxt])
+                        retry.append((i, nxt))
+            pending = retry
+        return out
+
+    def _absorb(self, st: "_LoopState", asked: "_Asked") -> tuple[set[int], float]:
+        """Add the accepted texts to the training set and retrain only the subsets that gained examples
+        (this is where ``run`` changes the fitted model). Returns (retrained subsets, seconds)."""
+        gained = {int(self.subset_of_[lab]) for _, lab, *_ in asked.accepted}
+        if asked.accepted:
+            rows = [i for i, *_ in asked.accepted]
+            self.train_X_ = np.vstack([self.train_X_, st.X[rows]])
+            self.train_y_ = np.concatenate([self.train_y_, np.asarray([lab for _, lab, *_ in asked.accepted], np.int64)])
+            self.train_text_ += [st.texts[i] for i in rows]
+        t0 = time.perf_counter()
+        for s in sorted(gained):
+            self._train_subset(s)
+        return gained, time.perf_counter() - t0
+
+    def _record(self, st: "_LoopState", view: "_RoundView", asked: "_Asked", gained: set[int], train_s: float) -> None:
+        """The round's verified labels and its row of figures."""
+        for i, lab, conf, tries, score in asked.accepted:
+            st.accepted_rows.append({"id": st.ids[i], "label": self.labels_[lab], "confidence": conf, "round": st.round,
+                                     "tries": tries, "score": score, "source": SOURCE_VERIFIED})
+        st.added_hist.append(len(asked.accepted))
+        row = {"round": st.round, "uncertain": st.uncertain_hist[-1], "no_candidate": int((view.open & ~view.has).sum()),
+               "confident": int((view.open & view.has & ~view.uncertain).sum()), "asked": asked.asked,
+               "calls": asked.calls, "accepted": len(asked.accepted), "rejected": asked.rejected,
+               "corrected": asked.corrected, "unparseable": asked.unparseable, "retrained_subsets": len(gained),
+               "total_calls": st.usage.calls, "total_accepted": int(st.verified.sum()), "predict_s": view.predict_s,
+               "train_s": train_s, "seconds": time.perf_counter() - view.t0}
+        st.rounds.append(row)
+        log.info("R.E.D. round %d: uncertain %d, asked %d, accepted %d, rejected %d, calls %d (total %d), "
+                 "retrained %d subsets", st.round, row["uncertain"], row["asked"], row["accepted"], row["rejected"],
+                 row["calls"], row["total_calls"], len(gained))
 
     @_limited_threads
     def label_rest(self, result: REDResult, pool_ids: Sequence[str], pool_X: np.ndarray,

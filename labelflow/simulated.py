@@ -11,13 +11,28 @@ and a false "no" happens with probability ``1 - p`` on true pairs. Answers are d
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from labelflow.data import text_id
 from labelflow.embedding import nearest_labels
-from labelflow.expert import ACCEPT, REJECT, Usage, ValidationItem, Verdict
+from labelflow.expert import ACCEPT, REJECT, UNANSWERED, BudgetExceeded, Usage, ValidationItem, Verdict
+
+
+@dataclass
+class SimulatedConfig:
+    """What :func:`labelflow.expert.make_expert` needs to build a :class:`SimulatedExpert` (benchmarks
+    and tests only): the hidden gold ``truth`` and the simulated accuracy ``p``, see the class."""
+
+    truth: Mapping[str, Any]
+    p: float = 0.9
+    label_vectors: Mapping[str, np.ndarray] | None = None
+    confusable_k: int = 5
+    unrelated_error_share: float = 0.1
+    seed: int = 0
+    tokens_per_call: int = 0
 
 
 class SimulatedExpert:
@@ -26,28 +41,48 @@ class SimulatedExpert:
         truth: Mapping[str, Sequence[str] | str],
         p: float = 0.9,
         label_vectors: Mapping[str, np.ndarray] | None = None,
+        *,
         confusable_k: int = 5,
         unrelated_error_share: float = 0.1,
         seed: int = 0,
         tokens_per_call: int = 0,
+        budget=None,
     ):
         """``truth`` maps a text id (or the text itself) to its gold label(s). ``label_vectors`` (unit
         vectors per label) define which labels are confusable; without them every wrong label is
-        equally confusable."""
+        equally confusable. ``budget``: a :class:`~labelflow.llm.budget.Budget` every simulated call
+        spends from, like an LLM's (past it :class:`BudgetExceeded`, ``unanswered`` verdicts)."""
         self.truth = {k: ({v} if isinstance(v, str) else set(v)) for k, v in truth.items()}
         self.p = float(p)
         self.seed = seed
         self.unrelated_error_share = unrelated_error_share
         self.tokens_per_call = tokens_per_call
         self.name = f"simulated(p={self.p:g})"
+        self.budget = budget
         self._usage = Usage()
         self._confusable: dict[str, set[str]] = {}
         if label_vectors:
             self._confusable = {lab: set(near) for lab, near in nearest_labels(label_vectors, confusable_k).items()}
 
+    @classmethod
+    def from_config(cls, cfg: SimulatedConfig, budget=None) -> "SimulatedExpert":
+        kw = {f.name: getattr(cfg, f.name) for f in fields(cfg)}  # shallow: the truth mapping is not copied
+        truth, p, vectors = kw.pop("truth"), kw.pop("p"), kw.pop("label_vectors")
+        return cls(truth, p, vectors, budget=budget, **kw)
+
     @property
     def usage(self) -> Usage:
         return self._usage
+
+    def close(self) -> None:
+        """Nothing to release (the interface of :class:`~labelflow.llm.LLMExpert`)."""
+
+    def _spend(self, usage: Usage) -> None:
+        """Count one simulated call, first in the budget (raises :class:`BudgetExceeded` past it)."""
+        if self.budget is not None:
+            self.budget.reserve(usage.prompt_tokens)
+            self.budget.settle(usage.prompt_tokens, usage)
+        self._usage += usage
 
     def _uniform(self, key: str, label: str) -> float:
         h = hashlib.sha256(f"{self.seed}\x1f{key}\x1f{label}".encode()).digest()
@@ -70,20 +105,36 @@ class SimulatedExpert:
         confusable = any(label in self._confusable.get(g, ()) for g in gold)
         return (1.0 - self.p) * (1.0 if confusable else self.unrelated_error_share)
 
-    def validate(self, items: Sequence[ValidationItem]) -> list[Verdict]:
-        out = []
+    def validate(self, items: Sequence[ValidationItem], on_budget: str = "raise") -> list[Verdict]:
+        """One verdict per item (one simulated call each). Past the budget: ``unanswered`` verdicts and,
+        with ``on_budget="raise"``, :class:`BudgetExceeded` carrying them as ``.verdicts``."""
+        items = list(items)
+        out: list[Verdict] = []
+        stopped = None
         for item in items:
             gold = self._gold(item)
             correct_yes = item.label in gold
             wrong = self._uniform(item.text_id or item.text, item.label) < self.error_rate(item.label, gold)
             says_yes = correct_yes != wrong
             usage = Usage(calls=1, prompt_tokens=self.tokens_per_call)
-            self._usage += usage
+            try:
+                self._spend(usage)
+            except BudgetExceeded as exc:
+                stopped = exc
+                break
             out.append(Verdict(ACCEPT if says_yes else REJECT, 1.0 if says_yes else -1.0, usage, self.name))
+        if stopped is None:
+            return out
+        answered = len(out)
+        out += [Verdict(UNANSWERED, 0.0, Usage(), self.name) for _ in items[answered:]]
+        if on_budget == "raise":
+            exc = BudgetExceeded(f"{stopped} ({answered} of {len(items)} texts answered; see .verdicts)")
+            exc.verdicts = out  # type: ignore[attr-defined]
+            raise exc
         return out
 
     def describe(self, label: str, examples: Sequence[str], neighbours: Sequence[str] = ()) -> str:
-        self._usage += Usage(calls=1)
+        self._spend(Usage(calls=1))
         shown = "; ".join(f'"{e}"' for e in list(examples)[:3])
         text = f"Texts about {label.replace('_', ' ')}, for example {shown}."
         if neighbours:
@@ -107,8 +158,7 @@ class SimulatedExpert:
         gold = self._gold(ValidationItem(text=text_id, label="", text_id=text_id))
         key = "\x1echoose\x1e" + "\x1f".join(candidates)
         u = self._uniform(text_id, key)
-        usage = Usage(calls=1, prompt_tokens=int(prompt_tokens))
-        self._usage += usage
+        self._spend(Usage(calls=1, prompt_tokens=int(prompt_tokens)))
         present = [c for c in candidates if c in gold]
         if present and u < self.p:
             return present[0]

@@ -9,6 +9,8 @@ import pytest
 from labelflow.bench.red_scale import make_clusters
 from labelflow.red import (NOISE, SOURCE_MODEL, SOURCE_VERIFIED, REDLabeler, SubsetClassifier, entropy,
                            form_subsets, most_uncertain, noise_indices, rounds_figure, stop_reason)
+from labelflow.expert import ValidationItem
+from labelflow.llm.budget import Budget
 from labelflow.simulated import SimulatedExpert
 
 
@@ -93,7 +95,6 @@ def test_stopping_rule():
     assert stop_reason([500, 400], [80, 9], **kw) == "few_added"  # 9 < 0.1 * 100
     assert stop_reason([500, 400], [80, 10], **kw) is None
     assert stop_reason([500, 0], [80], **kw) == "no_uncertain"
-    assert stop_reason([500, 400], [80], calls=1000, budget_calls=1000, **kw) == "budget"
     assert stop_reason([500, 400], [80], rounds=3, max_rounds=3, **kw) == "max_rounds"
 
 
@@ -102,7 +103,7 @@ def test_stopping_rule():
 
 def _labeler(expert, **kw):
     base = dict(subset_size=4, top_k_uncertain=40, n_evidence=2, max_rounds=6, min_added_fraction=0.05,
-                budget_calls=400, confidence_threshold=0.9, reduce=None, seed=0)
+                confidence_threshold=0.9, reduce=None, seed=0)
     base.update(kw)
     return REDLabeler(expert, **base)
 
@@ -115,7 +116,7 @@ class RecordingExpert(SimulatedExpert):
 
 def test_run_labels_pool_with_budget_and_evidence():
     labels, centres, sX, sy, pX, py, ids = _data()
-    expert = RecordingExpert(dict(zip(ids, py)), p=0.9, label_vectors=dict(zip(labels, centres)))
+    expert = RecordingExpert(dict(zip(ids, py)), p=0.9, label_vectors=dict(zip(labels, centres)), budget=Budget(400))
     lab = _labeler(expert).fit(sX, sy, seed_texts=[f"seed {i} {v}" for i, v in enumerate(sy)])
     res = lab.run(ids, ids, pX, descriptions={labels[0]: "the first label"})
     assert res.usage.calls <= 400
@@ -145,9 +146,33 @@ def test_run_labels_pool_with_budget_and_evidence():
 
 def test_budget_is_respected_exactly():
     labels, centres, sX, sy, pX, py, ids = _data()
-    expert = SimulatedExpert(dict(zip(ids, py)), p=0.9)
-    res = _labeler(expert, budget_calls=55, top_k_uncertain=40).fit(sX, sy).run(ids, ids, pX)
+    expert = SimulatedExpert(dict(zip(ids, py)), p=0.9, budget=Budget(55))
+    res = _labeler(expert, top_k_uncertain=40).fit(sX, sy).run(ids, ids, pX)
     assert res.usage.calls == 55 and res.stop_reason == "budget"
+    # the answers given before the budget ran out mid-question-list are kept, never re-asked
+    assert res.rounds["total_calls"].iloc[-1] == 55 and len(res.labels) > 0
+    assert expert.budget.exhausted
+
+
+def test_run_says_it_absorbs_accepted_texts_into_the_fitted_model():
+    labels, centres, sX, sy, pX, py, ids = _data()
+    lab = _labeler(SimulatedExpert(dict(zip(ids, py)), p=1.0)).fit(sX, sy)
+    n_seed = len(lab.train_y_)
+    assert lab.n_seed_ == n_seed
+    res = lab.run(ids, ids, pX)
+    assert res.extra["absorbed"] == len(res.labels) > 0
+    assert len(lab.train_y_) == n_seed + len(res.labels) and lab.n_seed_ == n_seed
+    assert list(lab.train_text_[n_seed:]) == list(res.labels["id"])  # texts = ids here, in acceptance order
+
+
+def test_a_shared_budget_is_spent_across_stages_and_red_stops_with_it():
+    labels, centres, sX, sy, pX, py, ids = _data()
+    run_budget = Budget(60, name="llm_budget")
+    first = SimulatedExpert(dict(zip(ids, py)), p=0.9, budget=run_budget)
+    first.validate([ValidationItem(ids[i], labels[0], text_id=ids[i]) for i in range(25)])  # an earlier stage
+    red_cap = run_budget.capped(100, name="red_budget")  # the cap is larger than what the run has left
+    res = _labeler(SimulatedExpert(dict(zip(ids, py)), p=0.9, budget=red_cap)).fit(sX, sy).run(ids, ids, pX)
+    assert res.usage.calls == 35 and res.stop_reason == "budget" and run_budget.used.calls == 60
 
 
 def test_only_affected_subsets_retrain():

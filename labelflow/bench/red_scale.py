@@ -62,9 +62,8 @@ def _maxrss_mib() -> float:
 
 def run(args) -> list[pd.DataFrame]:
     from labelflow.bench.common import emit
-    from labelflow.bench.red import make_labeler
+    from labelflow.bench.red import make_budgeted_expert, make_labeler
     from labelflow.red import rounds_figure
-    from labelflow.simulated import SimulatedExpert
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     n_classes, n_pool, dim = args.red_scale_classes, args.red_scale_texts, args.red_scale_dim
@@ -76,9 +75,9 @@ def run(args) -> list[pd.DataFrame]:
     t_data = time.perf_counter() - t0
     print(f"synthetic data: {n_classes} classes, {n_pool} pool texts, {len(seed_y)} seeds ({k}/class), dim {dim}; "
           f"{t_data:.1f}s; max RSS so far {_maxrss_mib():.0f} MiB", flush=True)
-    expert = SimulatedExpert(dict(zip(pool_ids, pool_y)), p=args.p, label_vectors=dict(zip(labels, centres)), seed=0)
     budget = args.red_budget if args.red_budget is not None else n_pool
-    labeler = make_labeler(args, expert, budget)
+    expert = make_budgeted_expert(args, dict(zip(pool_ids, pool_y)), dict(zip(labels, centres)), budget)
+    labeler = make_labeler(args, expert)
     t1 = time.perf_counter()
     labeler.fit(seed_X, seed_y, seed_texts=[f"seed-{i}" for i in range(len(seed_y))])
     t_fit = time.perf_counter() - t1

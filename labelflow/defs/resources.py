@@ -51,7 +51,14 @@ class ExpertResource(dg.ConfigurableResource):
     """The LLM validator. ``model="local"`` starts the bundled local model on 127.0.0.1 on first use and
     stops it when the run ends; any other litellm model string (``openai/gpt-4o-mini``,
     ``ollama/qwen2.5``, ``hosted_vllm/...``) is called directly with ``api_base`` and the API key read
-    from the environment variable named by ``api_key_env``."""
+    from the environment variable named by ``api_key_env``.
+
+    One LLM budget per run: :meth:`run_budget` makes ONE :class:`~labelflow.llm.budget.Budget` per
+    (Dagster run, dataset) from the dataset's ``llm_budget_calls``, and every expert handed out for that
+    run spends from it (label descriptions, pilot, RAC, R.E.D., inbox RAC), so the number is never
+    exceeded by the run as a whole. With ``LABELFLOW_EXECUTOR=multiprocess`` the counter is a locked
+    file next to the response cache, shared by the run's step processes. Experts are closed when the
+    run ends."""
 
     model: str = "local"
     api_base: str | None = None
@@ -70,34 +77,62 @@ class ExpertResource(dg.ConfigurableResource):
     local_threads: int | None = None
 
     _server = PrivateAttr(default=None)
+    _budgets = PrivateAttr(default_factory=dict)
+    _experts = PrivateAttr(default_factory=list)
 
-    def get(self, threshold: float | None = None, budget_calls: int | None = None):
-        """An :class:`~labelflow.llm.LLMExpert` (starting the local server when needed)."""
-        from labelflow.llm import LLMExpert
+    def llm_config(self):
+        from labelflow.config import LLMConfig
+
+        return LLMConfig(**{f: getattr(self, f) for f in LLMConfig.__dataclass_fields__ if hasattr(self, f)})
+
+    def run_budget(self, run_id: str, dataset: str, calls: int | None):
+        """The budget of ``dataset`` in run ``run_id`` (created on first use with ``calls``)."""
+        import os
+
+        from labelflow.llm.budget import Budget
+
+        key = (run_id, dataset)
+        if key not in self._budgets:
+            ledger = None
+            if os.environ.get("LABELFLOW_EXECUTOR") == "multiprocess":
+                ledger = Path(self.cache_path).parent / "llm_budget" / f"{run_id}__{dataset}.calls"
+            self._budgets[key] = Budget(calls, name="llm_budget", ledger=ledger)
+        return self._budgets[key]
+
+    def get(self, threshold: float | None = None, budget=None, budget_calls: int | None = None,
+            name: str | None = None):
+        """An expert from :func:`labelflow.expert.make_expert` (starting the local server once per run).
+        ``budget``: the run's budget (:meth:`run_budget`); ``budget_calls``: a cap for this stage inside
+        it (R.E.D.'s ``red_budget_calls``); ``threshold``: the pilot's calibrated one."""
+        from labelflow.expert import make_expert
         from labelflow.progress import Progress
 
-        model, api_base = self.model, self.api_base
-        if self.model == "local":
-            if self._server is None:
-                from labelflow.llm.local import LocalLLMServer, ensure_model
+        if self.model == "local" and self._server is None:
+            from labelflow.llm.local import LocalLLMServer, ensure_model
 
-                model_dir = Path(self.local_model_dir)
-                server = LocalLLMServer(ensure_model(model_dir), n_ctx=self.local_ctx, threads=self.local_threads,
-                                        log_dir=model_dir, model_dir=model_dir)
-                server.start()
-                self._server = server
-            model, api_base = self._server.model, self._server.api_base
-        return LLMExpert(
-            model=model, api_base=api_base, api_key_env=self.api_key_env, cache_path=self.cache_path,
-            batch_size=self.batch_size, concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm,
-            timeout_s=self.timeout_s, max_retries=self.max_retries,
-            threshold=self.threshold if threshold is None else threshold,
-            budget_calls=budget_calls, temperature=self.temperature,
-            name=("local:qwen2.5-coder-1.5b" if self.model == "local" else self.model),
-            progress=Progress("LLM questions", unit="questions"),
-        )
+            model_dir = Path(self.local_model_dir)
+            self._server = LocalLLMServer(ensure_model(model_dir), n_ctx=self.local_ctx, threads=self.local_threads,
+                                          log_dir=model_dir, model_dir=model_dir).start()
+        options = {"budget_calls": budget_calls, "name": name} if budget_calls is not None else {"name": name}
+        options["progress"] = Progress("LLM questions", unit="questions")  # a bar in `labelflow demo`; run-log lines
+        exp = make_expert(self.llm_config(), cache_path=self.cache_path, budget=budget,
+                          threshold=self.threshold if threshold is None else threshold, server=self._server, **options)
+        self._experts.append(exp)
+        return exp
 
     def teardown_after_execution(self, context) -> None:
+        for exp in self._experts:
+            exp.close()
+        self._experts.clear()
         if self._server is not None:
             self._server.stop()
             self._server = None
+
+
+def budget_metadata(budget) -> dict:
+    """The run's LLM budget as asset metadata: the limit, calls sent by the whole run so far, left."""
+    if budget is None:
+        return {}
+    left = budget.calls_left
+    return {"llm_budget_calls": -1 if budget.calls is None else int(budget.calls),
+            "llm_budget_used_in_run": int(budget.used.calls), "llm_budget_left": -1 if left is None else int(left)}

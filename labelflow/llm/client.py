@@ -1,127 +1,44 @@
 """LLMExpert: yes/no label validation and label descriptions through litellm (any provider).
 
-Every request goes through one path (:meth:`LLMExpert.complete` for free-form prompts, ``validate`` and
-``describe`` on top of it):
+Three parts, one job each:
 
-1. the persistent response cache (:mod:`labelflow.llm.cache`): a hit is free, not rate limited, and
-   counted in ``usage.cache_hits``;
-2. the per-run budget (calls, tokens or cost, counted from the expert's creation): if the next request
-   would exceed it, :class:`labelflow.expert.BudgetExceeded` is raised before anything is sent;
-3. the requests-per-minute and tokens-per-minute limiters, then ``litellm.completion``;
-4. retries with exponential backoff and jitter on 429, 5xx, timeouts and connection errors (at most
-   ``max_retries`` more attempts); other errors are not retried. Authentication, permission and
-   "model not found" errors (and a missing key variable) are configuration errors: they raise
-   :class:`LLMCallError` with ``fatal=True`` at once, since every other request would fail the same way;
-5. the answer is committed to the cache at once (a crash loses only the requests in flight).
+* :class:`~labelflow.llm.transport.Transport` sends one request: rate limits, retries with backoff,
+  fatal configuration errors, the API key read from the environment and scrubbed from every error;
+* :class:`~labelflow.llm.budget.Budget` says whether one more request may be sent (calls, tokens,
+  cost); it may be shared by several experts (one per run: ``llm_budget_calls``);
+* this module puts the persistent response cache (:mod:`labelflow.llm.cache`) in front, builds the
+  prompts (:mod:`labelflow.llm.prompts`) and parses the answers (:mod:`labelflow.llm.parsing`).
 
-Every request sent counts one ``usage.calls`` (retried attempts included), with its tokens, cost
-(``litellm.completion_cost``; 0 for models it does not know, e.g. local ones) and latency.
+A request (:meth:`LLMExpert.complete` for free-form prompts, ``validate`` and ``describe`` on top of
+it) is looked up in the cache first: a hit is free, not rate limited, not counted in the budget, and
+counted in ``usage.cache_hits``. A miss goes through the transport and the budget; the answer is
+committed to the cache at once (a crash loses only the requests in flight; with ``concurrency > 1``
+answers are committed in one write per second, see :class:`_CacheWriter`). Every request sent counts
+one ``usage.calls`` (retried attempts included), with its tokens, cost and latency.
 
-The API key is read from ``os.environ[api_key_env]`` at each request; it is not stored on the object,
-in the cache, in log messages or in exception messages (scrubbed from provider errors).
+The API key is never stored on the object, in the cache, in log messages or in exception messages.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
-import random
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from labelflow.expert import ACCEPT, REJECT, UNPARSEABLE, BudgetExceeded, Usage, ValidationItem, Verdict
+from labelflow.expert import (ACCEPT, FAILED, REJECT, UNANSWERED, UNPARSEABLE, BudgetExceeded, Usage, ValidationItem,
+                              Verdict)
 from labelflow.llm import parsing, prompts
+from labelflow.llm.budget import Budget
 from labelflow.llm.cache import CachedResponse, ResponseCache, cache_key
-from labelflow.llm.limits import RequestRateLimiter, TokenRateLimiter
+from labelflow.llm.transport import LLMCallError, Response, Transport
 
 log = logging.getLogger("labelflow.llm")
 
-#: verdict outcomes beyond accept / reject / unparseable (see :meth:`LLMExpert.validate`)
-UNANSWERED = "unanswered"  # not asked: the budget ran out first
-FAILED = "failed"  # the request failed (after retries); not cached, a re-run asks again
-
-RETRYABLE_STATUS = {408, 409, 425, 429}
-FATAL_STATUS = {401, 403, 404}
-
-_litellm_mod = None
-_litellm_lock = threading.Lock()
-
-
-def _litellm():
-    """Import litellm lazily (it takes seconds) and after labelflow set the offline environment."""
-    global _litellm_mod
-    with _litellm_lock:
-        if _litellm_mod is None:
-            import labelflow  # noqa: F401  (LITELLM_LOCAL_MODEL_COST_MAP etc. before litellm loads)
-            import litellm
-
-            litellm.suppress_debug_info = True
-            litellm.telemetry = False
-            if not os.environ.get("LITELLM_LOG"):  # two INFO lines per call otherwise
-                for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
-                    logging.getLogger(name).setLevel(logging.WARNING)
-            _litellm_mod = litellm
-    return _litellm_mod
-
-
-class LLMCallError(RuntimeError):
-    """A request that failed for good. The message is scrubbed of the API key. ``fatal``: a
-    configuration error (bad key, unknown model...) that every request would hit."""
-
-    def __init__(self, message: str, status_code: int | None = None, retryable: bool = False, fatal: bool = False):
-        super().__init__(message)
-        self.status_code = status_code
-        self.retryable = retryable
-        self.fatal = fatal
-
-
-@dataclass
-class _Response:
-    text: str
-    tokens: parsing.TokenTops | None
-    usage: Usage
-
-
-def _scrub(text: str, secret: str | None) -> str:
-    if secret and len(secret) >= 4:
-        text = text.replace(secret, "***")
-    return re.sub(r"(?i)(bearer\s+|api[_-]?key[\"'=:\s]+)[^\s\"',)]+", r"\1***", text)
-
-
-def _status(exc: BaseException) -> int | None:
-    code = getattr(exc, "status_code", None)
-    try:
-        return int(code) if code is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _classify(exc: BaseException) -> tuple[bool, bool]:
-    """(retryable, fatal) for an exception raised by litellm.completion."""
-    lm = _litellm()
-    if isinstance(exc, (lm.Timeout, lm.APIConnectionError, lm.RateLimitError, lm.InternalServerError,
-                        lm.ServiceUnavailableError)):
-        return True, False
-    if isinstance(exc, (lm.AuthenticationError, lm.PermissionDeniedError, lm.NotFoundError)):
-        return False, True
-    code = _status(exc)
-    if code is not None:
-        return code in RETRYABLE_STATUS or code >= 500, code in FATAL_STATUS
-    return isinstance(exc, (TimeoutError, ConnectionError)), False
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    try:
-        value = exc.response.headers.get("retry-after")  # type: ignore[attr-defined]
-        return float(value) if value is not None else None
-    except Exception:
-        return None
+__all__ = ["LLMExpert", "LLMCallError", "UNANSWERED", "FAILED", "split_usage"]
 
 
 def split_usage(total: Usage, k: int) -> list[Usage]:
@@ -139,6 +56,16 @@ def split_usage(total: Usage, k: int) -> list[Usage]:
     return out
 
 
+@dataclass
+class _UnitAnswer:
+    """What one request unit (one text, or a numbered batch of one label) came back with."""
+
+    outcomes: list[tuple[str, float]]
+    usage: Usage = field(default_factory=Usage)
+    budget_error: BudgetExceeded | None = None
+    fatal_error: LLMCallError | None = None
+
+
 class LLMExpert:
     """Yes/no validator and label describer over any litellm model. See the module docstring.
 
@@ -147,14 +74,20 @@ class LLMExpert:
     holding the key (with ``api_base`` set, no variable and an ``openai/`` model, a dummy key is sent, as
     local servers need none). ``batch_size``: texts per request (1 = one text per request).
     ``threshold``: accept iff the yes-no log-probability margin >= threshold (when the provider returns
-    log-probabilities; answers decided from the text are accepted iff they say yes). ``budget_*``: per-run
-    limits counted from this object's creation. ``backoff_s``: the first retry's delay (doubles each time,
-    with +-25% jitter, capped at ``backoff_max_s``).
+    log-probabilities; answers decided from the text are accepted iff they say yes).
+
+    ``budget``: a shared :class:`~labelflow.llm.budget.Budget` (e.g. the run's); ``budget_calls`` /
+    ``budget_tokens`` / ``budget_cost``: this expert's own limits, counted from its creation and, with
+    ``budget``, inside it. ``backoff_s``: the first retry's delay (doubles each time, with +-25% jitter,
+    capped at ``backoff_max_s``). ``progress``: called as ``progress(done, total)`` (texts) while
+    :meth:`validate` works. ``on_close``: called once by :meth:`close` (e.g. to stop a local server this
+    expert owns).
     """
 
     def __init__(
         self,
         model: str,
+        *,
         api_base: str | None = None,
         api_key_env: str | None = None,
         cache_path: str | Path | None = None,
@@ -165,6 +98,7 @@ class LLMExpert:
         timeout_s: float = 60,
         max_retries: int = 4,
         threshold: float = 0.0,
+        budget: Budget | None = None,
         budget_calls: int | None = None,
         budget_tokens: int | None = None,
         budget_cost: float | None = None,
@@ -175,52 +109,55 @@ class LLMExpert:
         backoff_s: float = 1.0,
         backoff_max_s: float = 30.0,
         progress_every_s: float = 30.0,
+        progress: Callable[[int, int], None] | None = None,
+        on_close: Callable[[], None] | None = None,
     ):
         if not model or model == "local":
             raise ValueError("model must be a litellm model string (for the bundled local model, start its "
-                             "server and pass its 'openai/<alias>' model and api_base)")
+                             "server and pass its 'openai/<alias>' model and api_base; make_expert does that)")
         if batch_size < 1 or concurrency < 1 or max_retries < 0 or timeout_s <= 0:
             raise ValueError("batch_size and concurrency must be >= 1, max_retries >= 0, timeout_s > 0")
         self.model = model
-        self.api_base = api_base
-        self.api_key_env = api_key_env
+        self.name = name or model
+        self.transport = Transport(model, api_base=api_base, api_key_env=api_key_env, timeout_s=timeout_s,
+                                   max_retries=max_retries, rpm=rpm, tpm=tpm, backoff_s=backoff_s,
+                                   backoff_max_s=backoff_max_s, name=self.name)
+        self.api_base, self.api_key_env = api_base, api_key_env
+        self.rpm, self.tpm = rpm, tpm
+        self.timeout_s, self.max_retries = float(timeout_s), int(max_retries)
         self.cache_path = Path(cache_path) if cache_path else None
         self.batch_size = int(batch_size)
         self.concurrency = int(concurrency)
-        self.rpm, self.tpm = rpm, tpm
-        self.timeout_s = float(timeout_s)
-        self.max_retries = int(max_retries)
         self.threshold = float(threshold)
         self.budget_calls, self.budget_tokens, self.budget_cost = budget_calls, budget_tokens, budget_cost
+        own = any(v is not None for v in (budget_calls, budget_tokens, budget_cost))
+        self.budget = Budget(budget_calls, budget_tokens, budget_cost, name="budget", parent=budget) if own \
+            else (budget or Budget())
         self.temperature = float(temperature)
         self.logprobs = bool(logprobs)
         self.top_logprobs = int(top_logprobs)
-        self.backoff_s, self.backoff_max_s = float(backoff_s), float(backoff_max_s)
         self.progress_every_s = float(progress_every_s)
-        self.name = name or model
+        self.progress = progress
+        self._on_close = on_close
         self._cache = ResponseCache(self.cache_path)
-        self._rpm = RequestRateLimiter(rpm)
-        self._tpm = TokenRateLimiter(tpm)
         self._lock = threading.Lock()
         self._usage = Usage()
-        self._inflight_calls = 0
-        self._inflight_tokens = 0
 
     @classmethod
     def from_config(cls, llm_cfg, cache_path: str | Path | None, api_base: str | None = None,
                     model: str | None = None, **overrides) -> "LLMExpert":
         """Build from :class:`labelflow.config.LLMConfig`. ``model`` / ``api_base`` override the config
         (the local server's ``openai/<alias>`` and its URL); ``overrides`` set any other constructor
-        argument (e.g. ``budget_calls=dataset.llm_budget_calls``, ``name=...``)."""
+        argument. :func:`labelflow.expert.make_expert` is the factory to use (it starts the local model)."""
         model = model or llm_cfg.model
         kwargs = dict(
-            model=model, api_base=api_base or (None if llm_cfg.model == "local" else llm_cfg.api_base),
+            api_base=api_base or (None if llm_cfg.model == "local" else llm_cfg.api_base),
             api_key_env=llm_cfg.api_key_env, cache_path=cache_path, batch_size=llm_cfg.batch_size,
             concurrency=llm_cfg.concurrency, rpm=llm_cfg.rpm, tpm=llm_cfg.tpm, timeout_s=llm_cfg.timeout_s,
             max_retries=llm_cfg.max_retries, threshold=llm_cfg.threshold, temperature=llm_cfg.temperature,
         )
         kwargs.update(overrides)
-        return cls(**kwargs)
+        return cls(model, **kwargs)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     @property
@@ -238,8 +175,11 @@ class LLMExpert:
                 f"batch_size={self.batch_size}, concurrency={self.concurrency}, cache={str(self.cache_path)!r})")
 
     def close(self) -> None:
-        """Release the cache file (DuckDB allows one process per file)."""
+        """Release the cache file and whatever this expert owns (a local server it started)."""
         self._cache.close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
     def __enter__(self) -> "LLMExpert":
         return self
@@ -248,122 +188,37 @@ class LLMExpert:
         self.close()
 
     # -- one request ---------------------------------------------------------------------------
-    def _api_key(self) -> str | None:
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise LLMCallError(f"environment variable {self.api_key_env} (the API key for {self.model}) is "
-                                   "not set", fatal=True)
-            return key
-        if self.api_base and self.model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
-            return "no-key"  # OpenAI-compatible local servers need no key, the client insists on one
-        return None
-
-    def _reserve(self, est_tokens: int) -> None:
-        """Budget check for one more request; reserve it (released in _release)."""
-        with self._lock:
-            u, calls, tokens = self._usage, self._usage.calls + self._inflight_calls, \
-                self._usage.prompt_tokens + self._usage.completion_tokens + self._inflight_tokens
-            why = None
-            if self.budget_calls is not None and calls + 1 > self.budget_calls:
-                why = f"{calls} of budget_calls={self.budget_calls} calls used"
-            elif self.budget_tokens is not None and tokens + est_tokens > self.budget_tokens:
-                why = (f"{tokens} of budget_tokens={self.budget_tokens} tokens used and the next request needs "
-                       f"about {est_tokens}")
-            elif self.budget_cost is not None and u.calls:
-                per_call = u.cost / u.calls
-                if u.cost + per_call * (self._inflight_calls + 1) > self.budget_cost:
-                    why = f"{u.cost:.6g} of budget_cost={self.budget_cost:g} spent ({per_call:.3g} per call)"
-            if why:
-                raise BudgetExceeded(f"LLM budget reached for {self.name}: {why}. Answers obtained so far are "
-                                     "cached; re-run with a larger budget to continue where this run stopped.")
-            self._inflight_calls += 1
-            self._inflight_tokens += est_tokens
-
-    def _release(self, est_tokens: int) -> None:
-        with self._lock:
-            self._inflight_calls -= 1
-            self._inflight_tokens -= est_tokens
-
     def _request(self, messages: list[dict], params: dict[str, Any], key_extra: dict | None = None,
-                 cache_only: bool = False) -> _Response | None:
-        """Cache, budget, limits, retries, accounting. ``params`` are sent to litellm and are part of the
-        cache key; ``key_extra`` is only part of the key. ``cache_only``: return None on a miss."""
+                 cache_only: bool = False, known: dict[str, CachedResponse] | None = None,
+                 writer: "_CacheWriter | None" = None) -> Response | None:
+        """Cache, then transport (budget, limits, retries), then cache write and accounting. ``params``
+        are sent to litellm and are part of the cache key; ``key_extra`` is only part of the key.
+        ``cache_only``: return None on a miss. ``known``: cache entries read beforehand for a batch of
+        requests (:meth:`validate`); a key found there is not looked up again. ``writer``: queue the
+        answer for the batch's next cache write instead of writing it now."""
         key = cache_key(self.model, messages, {**params, **(key_extra or {})})
-        hit = self._cache.get(key)
+        hit = known[key] if known is not None and key in known else self._cache.get(key)
         if hit is not None:
             usage = Usage(cache_hits=1)
             self._account(usage)
-            return _Response(hit.text, [(t, [tuple(x) for x in top]) for t, top in hit.logprobs]
-                             if hit.logprobs else None, usage)
+            return Response(hit.text, [(t, [tuple(x) for x in top]) for t, top in hit.logprobs]
+                            if hit.logprobs else None, usage)
         if cache_only:
             return None
-        lm = _litellm()
-        prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
-        est = prompt_chars // 4 + int(params.get("max_tokens") or 0)
-        total = Usage()
-        for attempt in range(self.max_retries + 1):
-            self._reserve(est)
-            secret = None
-            try:
-                secret = self._api_key()
-                self._rpm.acquire()
-                handle = self._tpm.acquire(est)
-                kwargs = dict(model=self.model, messages=messages, timeout=self.timeout_s, max_retries=0,
-                              drop_params=True, **params)
-                if self.api_base:
-                    kwargs["api_base"] = self.api_base
-                if secret:
-                    kwargs["api_key"] = secret
-                t0 = time.perf_counter()
-                failure = None
-                try:
-                    resp = lm.completion(**kwargs)
-                except Exception as exc:  # noqa: BLE001 - classified, scrubbed, re-raised outside this block
-                    # (raising here would chain the provider's exception, which may quote the key)
-                    retryable, fatal = _classify(exc)
-                    failure = (_scrub(f"{type(exc).__name__}: {exc}", secret), _status(exc), retryable, fatal,
-                               _retry_after(exc))
-                    del exc
-                if failure is not None:
-                    msg, status, retryable, fatal, retry_after = failure
-                    self._tpm.settle(handle, est)
-                    attempt_usage = Usage(calls=1, latency_s=time.perf_counter() - t0)
-                    self._account(attempt_usage)
-                    total += attempt_usage
-                    if retryable and attempt < self.max_retries:
-                        delay = min(self.backoff_max_s, self.backoff_s * 2 ** attempt) * random.uniform(0.75, 1.25)
-                        if retry_after is not None:
-                            delay = max(delay, min(retry_after, self.backoff_max_s))
-                        log.warning("%s: request failed (%s); retry %d/%d in %.2fs", self.name, msg[:300],
-                                    attempt + 1, self.max_retries, delay)
-                        time.sleep(delay)
-                        continue
-                    err = LLMCallError(f"{self.name}: request failed after {attempt + 1} attempt(s): {msg}",
-                                       status_code=status, retryable=retryable, fatal=fatal)
-                    err.usage = total  # type: ignore[attr-defined]
-                    raise err
-                latency = time.perf_counter() - t0
-            finally:
-                self._release(est)
-            choice = resp.choices[0]
-            text = getattr(choice.message, "content", None) or ""
-            tokens = parsing.normalise_logprobs(getattr(choice, "logprobs", None)) if params.get("logprobs") else None
-            u = getattr(resp, "usage", None)
-            pt = int(getattr(u, "prompt_tokens", 0) or 0)
-            ct = int(getattr(u, "completion_tokens", 0) or 0)
-            self._tpm.settle(handle, pt + ct)
-            try:
-                cost = float(lm.completion_cost(completion_response=resp) or 0.0)
-                cost = cost if math.isfinite(cost) else 0.0
-            except Exception:  # unknown / local model: no price
-                cost = 0.0
-            self._cache.put(key, self.model, CachedResponse(text, tokens, pt, ct, cost, latency))
-            attempt_usage = Usage(calls=1, prompt_tokens=pt, completion_tokens=ct, cost=cost, latency_s=latency)
-            self._account(attempt_usage)
-            total += attempt_usage
-            return _Response(text, tokens, total)
-        raise AssertionError("unreachable")
+        try:
+            resp = self.transport.send(messages, params, self.budget)
+        except LLMCallError as exc:
+            self._account(exc.usage)
+            raise
+        last = resp.usage  # the successful attempt's tokens are what the answer cost to produce
+        entry = CachedResponse(resp.text, resp.tokens, last.prompt_tokens, last.completion_tokens, last.cost,
+                               last.latency_s)
+        if writer is not None:
+            writer.add(key, entry)
+        else:
+            self._cache.put(key, self.model, entry)
+        self._account(resp.usage)
+        return resp
 
     def complete(self, messages: list[dict], max_tokens: int = 256, **params) -> tuple[str, Usage]:
         """A free-form chat completion through the same cache, budget, limits, retries and accounting.
@@ -392,42 +247,82 @@ class LLMExpert:
             return (ACCEPT if margin >= self.threshold else REJECT), float(margin)
         return (ACCEPT, 1.0) if answer == parsing.YES else (REJECT, -1.0)
 
-    def _run_unit(self, items: Sequence[ValidationItem], cache_only: bool, acc: Usage) -> list[tuple[str, float]] | None:
-        """Ask one request (one text, or a numbered batch) with one format retry. Returns one
-        (outcome, score) per item (None: ``cache_only`` and not cached); adds the usage to ``acc``."""
+    def _parse_single(self, resp: Response) -> tuple[str, float] | None:
+        answer = parsing.parse_single(resp.text)
+        if answer is None:
+            return None
+        span = parsing.first_word_span(resp.text)
+        return self._decide(answer, parsing.answer_scores(resp.text, resp.tokens, [span])[0])
+
+    def _parse_batch(self, resp: Response, n: int) -> tuple[list[tuple[str, float] | None], bool, list[str]]:
+        """(one decision or None per text, whether the whole answer was well-formed, problems)."""
+        bp = parsing.parse_batch(resp.text, n)
+        nums = sorted(bp.answers)
+        margins = parsing.answer_scores(resp.text, resp.tokens, [bp.spans[k] for k in nums])
+        result: list[tuple[str, float] | None] = [None] * n
+        for k, margin in zip(nums, margins):
+            result[k - 1] = self._decide(bp.answers[k], margin)
+        return result, bp.ok, bp.problems
+
+    def _unit_messages(self, items: Sequence[ValidationItem], retry: bool) -> list[dict]:
         first = items[0]
-        texts = [it.text for it in items]
-        n = len(texts)
+        return prompts.validation_messages(first.label, first.description, first.examples,
+                                           [it.text for it in items], retry=retry)
+
+    def _ask_unit(self, items: Sequence[ValidationItem], cache_only: bool,
+                  known: dict[str, CachedResponse] | None = None, writer: "_CacheWriter | None" = None) -> _UnitAnswer:
+        """One request (one text, or a numbered batch of one label) with one format retry: the retry's
+        answers replace the first attempt's entirely. ``cache_only``: unanswered on a cache miss."""
+        n = len(items)
         params = self._validation_params(n)
+        usage = Usage()
         result: list[tuple[str, float] | None] = [None] * n
         for retry in (False, True):
-            messages = prompts.validation_messages(first.label, first.description, first.examples, texts, retry=retry)
-            resp = self._request(messages, params, key_extra={"format_retry": 1} if retry else None,
-                                 cache_only=cache_only)
+            try:
+                resp = self._request(self._unit_messages(items, retry), params,
+                                     key_extra={"format_retry": 1} if retry else None, cache_only=cache_only,
+                                     known=known, writer=writer)
+            except BudgetExceeded as exc:
+                return _UnitAnswer([(UNANSWERED, 0.0)] * n, usage, budget_error=exc)
+            except LLMCallError as exc:
+                log.warning("%s", exc)
+                return _UnitAnswer([(FAILED, 0.0)] * n, usage + exc.usage,
+                                   fatal_error=exc if exc.fatal else None)
             if resp is None:
-                return None
-            acc += resp.usage
+                return _UnitAnswer([(UNANSWERED, 0.0)] * n, usage)
+            usage = usage + resp.usage
             if n == 1:
-                answer = parsing.parse_single(resp.text)
-                if answer is not None:
-                    span = parsing.first_word_span(resp.text)
-                    margin = parsing.answer_scores(resp.text, resp.tokens, [span])[0]
-                    return [self._decide(answer, margin)]
-                log.debug("%s: unparseable answer %r%s", self.name, resp.text[:80], "" if retry else "; retrying")
+                result = [self._parse_single(resp)]
+                ok, problems = result[0] is not None, [f"unparseable answer {resp.text[:80]!r}"]
             else:
-                bp = parsing.parse_batch(resp.text, n)
-                nums = sorted(bp.answers)
-                margins = parsing.answer_scores(resp.text, resp.tokens, [bp.spans[k] for k in nums])
-                for k, margin in zip(nums, margins):
-                    if result[k - 1] is None:
-                        result[k - 1] = self._decide(bp.answers[k], margin)
-                if bp.ok:
-                    return [r for r in result]  # type: ignore[misc]
-                log.debug("%s: malformed batch answer (%s)%s", self.name, "; ".join(bp.problems[:5]),
-                          "" if retry else "; retrying")
-                if not retry:
-                    result = [None] * n  # the retry's answers replace the first attempt's entirely
-        return [r if r is not None else (UNPARSEABLE, 0.0) for r in result]
+                result, ok, problems = self._parse_batch(resp, n)
+            if ok:
+                break
+            log.debug("%s: %s%s", self.name, "; ".join(problems[:5]), "" if retry else "; retrying")
+        return _UnitAnswer([r if r is not None else (UNPARSEABLE, 0.0) for r in result], usage)
+
+    def _units(self, items: Sequence[ValidationItem]) -> list[list[int]]:
+        """Item indices grouped by (label, description, examples), sorted by label (shared prompt
+        prefixes), cut into ``batch_size`` requests."""
+        groups: dict[tuple, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault((it.label, it.description or "", tuple(it.examples or ())), []).append(i)
+        units: list[list[int]] = []
+        for gkey in sorted(groups):
+            idx = groups[gkey]
+            units += [idx[j:j + self.batch_size] for j in range(0, len(idx), self.batch_size)]
+        return units
+
+    def _verdicts(self, unit: list[int], answer: _UnitAnswer) -> list[Verdict]:
+        """One verdict per item of a unit, the unit's usage shared among them; accounted."""
+        verdicts = []
+        for (outcome, score), share in zip(answer.outcomes, split_usage(answer.usage, len(unit))):
+            share.unparseable = int(outcome == UNPARSEABLE)
+            share.failures = int(outcome == FAILED)
+            verdicts.append(Verdict(outcome, score, share, self.name))
+        self._account(Usage(unparseable=sum(o == UNPARSEABLE for o, _ in answer.outcomes),
+                            failures=sum(o == FAILED for o, _ in answer.outcomes)))
+        return verdicts
 
     def validate(self, items: Sequence[ValidationItem], on_budget: str = "raise") -> list[Verdict]:
         """One :class:`Verdict` per item, in input order: ``accept`` / ``reject`` (score = log-probability
@@ -445,77 +340,111 @@ class LLMExpert:
         if on_budget not in ("raise", "stop"):
             raise ValueError("on_budget must be 'raise' or 'stop'")
         items = list(items)
-        groups: dict[tuple, list[int]] = {}
-        for i, it in enumerate(items):
-            groups.setdefault((it.label, it.description or "", tuple(it.examples or ())), []).append(i)
-        units: list[list[int]] = []
-        for gkey in sorted(groups, key=lambda g: (g[0], g[1], g[2])):
-            idx = groups[gkey]
-            units += [idx[j:j + self.batch_size] for j in range(0, len(idx), self.batch_size)]
-        verdicts: list[Verdict | None] = [None] * len(items)
-        stop = threading.Event()
-        budget_error: list[BudgetExceeded] = []
-        fatal_error: list[LLMCallError] = []
-        done = [0, 0]  # units, texts
-        last_log = [time.monotonic()]
-        before = self.usage
+        units = self._units(items)
         log.info("%s: validating %d texts in %d requests (batch_size=%d, concurrency=%d)", self.name,
                  len(items), len(units), self.batch_size, self.concurrency)
+        stop, fatal = threading.Event(), threading.Event()
+        # every first attempt's cache entry in one read (the cache opens its file once for them)
+        keys = [cache_key(self.model, self._unit_messages([items[i] for i in u], False),
+                          self._validation_params(len(u))) for u in units]
+        hits = self._cache.get_many(keys)
+        known = {**{k: None for k in keys}, **hits}  # None: a known miss, not looked up again
+        writer = _CacheWriter(self._cache, self.model)
 
-        def work(unit: list[int]) -> None:
-            if fatal_error:
-                outcomes, usage = [(UNANSWERED, 0.0)] * len(unit), Usage()
-            else:
-                usage = Usage()
-                try:
-                    res = self._run_unit([items[i] for i in unit], stop.is_set(), usage)
-                    outcomes = res if res is not None else [(UNANSWERED, 0.0)] * len(unit)
-                except BudgetExceeded as exc:
-                    stop.set()
-                    budget_error.append(exc)
-                    outcomes = [(UNANSWERED, 0.0)] * len(unit)
-                except LLMCallError as exc:
-                    usage += getattr(exc, "usage", Usage())
-                    if exc.fatal:
-                        fatal_error.append(exc)
-                    log.warning("%s", exc)
-                    outcomes = [(FAILED, 0.0)] * len(unit)
-            shares = split_usage(usage, len(unit))
-            for i, (outcome, score), share in zip(unit, outcomes, shares):
-                if outcome == UNPARSEABLE:
-                    share.unparseable = 1
-                elif outcome == FAILED:
-                    share.failures = 1
-                verdicts[i] = Verdict(outcome, score, share, self.name)
-            extra = Usage(unparseable=sum(o == UNPARSEABLE for o, _ in outcomes),
-                          failures=sum(o == FAILED for o, _ in outcomes))
-            self._account(extra)
-            with self._lock:
-                done[0] += 1
-                done[1] += len(unit)
-                now = time.monotonic()
-                if now - last_log[0] >= self.progress_every_s or done[0] == len(units):
-                    last_log[0] = now
-                    u = self._usage
-                    log.info("%s: %d/%d texts validated (calls %d, cache hits %d, unparseable %d, failures %d)",
-                             self.name, done[1], len(items), u.calls - before.calls, u.cache_hits - before.cache_hits,
-                             u.unparseable - before.unparseable, u.failures - before.failures)
+        def answer(unit: list[int]) -> _UnitAnswer:
+            if fatal.is_set():
+                return _UnitAnswer([(UNANSWERED, 0.0)] * len(unit))
+            got = self._ask_unit([items[i] for i in unit], cache_only=stop.is_set(), known=known, writer=writer)
+            if got.budget_error is not None:
+                stop.set()
+            if got.fatal_error is not None:
+                fatal.set()
+            return got
 
+        verdicts: list[Verdict | None] = [None] * len(items)
+        budget_error = fatal_error = None
+        progress = _ProgressLog(self, len(items), len(units))
         if self.concurrency == 1:
-            for unit in units:
-                work(unit)
+            answers = map(answer, units)
+            pool = None
         else:
-            with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="labelflow-llm") as pool:
-                list(pool.map(work, units))
-        if fatal_error:
-            raise fatal_error[0]
+            pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="labelflow-llm")
+            answers = pool.map(answer, units)
+        try:
+            for unit, got in zip(units, answers):
+                for i, v in zip(unit, self._verdicts(unit, got)):
+                    verdicts[i] = v
+                budget_error = budget_error or got.budget_error
+                fatal_error = fatal_error or got.fatal_error
+                progress.step(len(unit))
+                writer.flush(every_s=0.0 if self.concurrency == 1 else 1.0)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+            writer.flush()
+        if fatal_error is not None:
+            raise fatal_error
         out = [v for v in verdicts if v is not None]
         assert len(out) == len(items)
-        if budget_error:
+        if budget_error is not None:
             answered = sum(v.outcome != UNANSWERED for v in out)
             log.warning("%s: budget reached, %d of %d texts answered", self.name, answered, len(items))
             if on_budget == "raise":
-                exc = BudgetExceeded(f"{budget_error[0]} ({answered} of {len(items)} texts answered; see .verdicts)")
+                exc = BudgetExceeded(f"{budget_error} ({answered} of {len(items)} texts answered; see .verdicts)")
                 exc.verdicts = out  # type: ignore[attr-defined]
                 raise exc
         return out
+
+
+class _CacheWriter:
+    """Answers of one :meth:`LLMExpert.validate` waiting to be written to the cache: the worker threads
+    add them, the calling thread writes them in one cache session. With ``concurrency=1`` after every
+    answer (a crash loses at most the request in flight); with worker threads at most once a second
+    and at the end, since the cache opens its file for each session (a crash then loses at most the
+    last second's answers; a re-run asks them again)."""
+
+    def __init__(self, cache: ResponseCache, model: str):
+        self.cache, self.model = cache, model
+        self._lock = threading.Lock()
+        self._pending: dict[str, CachedResponse] = {}
+        self._last = time.monotonic()
+
+    def add(self, key: str, entry: CachedResponse) -> None:
+        with self._lock:
+            self._pending[key] = entry
+
+    def flush(self, every_s: float = 0.0) -> None:
+        if time.monotonic() - self._last < every_s:
+            return
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        self._last = time.monotonic()
+        if batch:
+            with self.cache.session():
+                for key, entry in batch.items():
+                    self.cache.put(key, self.model, entry)
+
+
+class _ProgressLog:
+    """Progress of one :meth:`LLMExpert.validate`: a log line every ``progress_every_s`` and at the end,
+    and the expert's ``progress(done, total)`` hook after every request."""
+
+    def __init__(self, expert: LLMExpert, total: int, units: int):
+        self.expert, self.total, self.units = expert, total, units
+        self.before = expert.usage
+        self.done_units = self.done = 0
+        self.last = time.monotonic()
+
+    def step(self, texts: int) -> None:
+        self.done_units += 1
+        self.done += texts
+        ex = self.expert
+        if ex.progress is not None:
+            ex.progress(self.done, self.total)
+        now = time.monotonic()
+        if now - self.last >= ex.progress_every_s or self.done_units == self.units:
+            self.last = now
+            u, b = ex.usage, self.before
+            log.info("%s: %d/%d texts validated (calls %d, cache hits %d, unparseable %d, failures %d)",
+                     ex.name, self.done, self.total, u.calls - b.calls, u.cache_hits - b.cache_hits,
+                     u.unparseable - b.unparseable, u.failures - b.failures)
