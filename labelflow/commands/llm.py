@@ -109,7 +109,8 @@ def status(args) -> int:
         if st["parts_problem"]:
             print(f"  {st['parts_problem']}")
         print(f"model file: {st['model_path']} ({'present, %.2f GB' % (st['model_bytes'] / 1e9) if st['model_exists'] else 'absent'})")
-        print(f"sha256 verified: {'yes' if st['verified'] else 'no'} (expected {st['sha256']})")
+        print(f"sha256 verified: {'yes' if st['verified'] else 'no'} (expected {st['sha256']}; "
+              f"last hashed: {st['last_hashed'] or 'never'})")
         if not st["verified"]:
             print("  run `labelflow llm fetch` to assemble and verify it")
     return 0 if st["verified"] else 1

