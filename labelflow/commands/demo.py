@@ -21,14 +21,22 @@ FIGURES = {
     "seed_labels": ("dagster/row_count", "labels"),
     "text_embeddings": ("texts", "computed", "reused"),
     "label_embeddings": ("labels", "reused"),
-    "label_descriptions": ("by_source",),
+    "label_space": ("labels", "seeds"),
+    "label_descriptions": ("by_source", "llm_calls"),
+    "human_labels": ("texts", "new_rows"),
     "pilot_validation": ("n", "accuracy", "gate_accuracy", "threshold"),
+    "weak_label_matrix": ("dagster/row_count", "lfs", "lf_errors"),
+    "weak_labels": ("dagster/row_count", "label_model"),
     "llm_queue": ("dagster/row_count", "queued"),
     "rac_labels": ("labelled", "coverage", "llm_calls"),
-    "red_labels": ("labelled", "rounds", "llm_calls"),
-    "svm_model": ("training_rows", "classes"),
+    "red_labels": ("dagster/row_count", "rounds", "llm_calls", "stop_reason"),
+    "label_issues": ("seeds_suspect", "training_set_suspect"),
+    "training_set": ("dagster/row_count", "rows_gold_seed", "rows_llm"),
+    "svm_model": ("rows", "classes"),
     "pool_predictions": ("dagster/row_count", "low_confidence_share"),
+    "calibration": ("gold_ece", "gold_brier", "gold_accuracy"),
     "evaluation": ("accuracy", "macro_f1", "micro_f1", "coverage"),
+    "review_batch": ("texts", "strategy"),
     "rapt_evaluation": ("best_method", "best_macro_f1"),
     "inbox_texts": ("dagster/row_count",),
     "inbox_embeddings": ("texts", "computed"),
@@ -38,7 +46,10 @@ FIGURES = {
 GENERIC = ("dagster/row_count", "macro_f1", "accuracy", "coverage", "labelled", "queued", "llm_calls")
 NAMES = {"dagster/row_count": "rows", "llm_calls": "LLM calls", "macro_f1": "macro-F1", "micro_f1": "micro-F1",
          "best_macro_f1": "best macro-F1", "best_method": "best", "by_source": "", "n": "questions",
-         "low_confidence_share": "low-confidence share", "training_rows": "training rows"}
+         "low_confidence_share": "low-confidence share", "rows_gold_seed": "gold seeds", "rows_llm": "LLM-labelled",
+         "seeds_suspect": "suspect seeds", "training_set_suspect": "suspect training rows", "gold_ece": "ECE",
+         "gold_brier": "Brier", "gold_accuracy": "gold accuracy", "lfs": "LFs", "lf_errors": "LF errors",
+         "new_rows": "new", "stop_reason": "stop"}
 # the closing table: (row name, asset, metadata key)
 SUMMARY = (("accuracy", "evaluation", "accuracy"), ("macro-F1", "evaluation", "macro_f1"),
            ("micro-F1", "evaluation", "micro_f1"), ("coverage", "evaluation", "coverage"),
@@ -93,7 +104,8 @@ def demo(cfg, instance, out: IO[str], datasets: list[str] | None = None) -> list
     rows, t_all = [], time.perf_counter()
     for ds in chosen:
         print(f"\n== {ds.name}: every asset ({ds.task}, {_shown(ds.path, cfg.root)}) ==", file=out, flush=True)
-        main = _execute(defs.resolve_job_def(f"{ds.name}__all"), instance, out)
+        width = 1 + max(len(k.path[-1]) for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] == ds.name)
+        main = _execute(defs.resolve_job_def(f"{ds.name}__all"), instance, out, width)
         row = {"dataset": ds.name, "task": ds.task, "run": main.run_id[:8], "seconds": main.seconds}
         row.update({name: main.figure(asset, key) for name, asset, key in SUMMARY})
         checks = [main.report.checks_passed, len(main.report.checks_failed)]
@@ -103,7 +115,7 @@ def demo(cfg, instance, out: IO[str], datasets: list[str] | None = None) -> list
             nightly_s = 0.0
             for day in sorted({INBOX_FILE.match(f.name).group(1) for f in inbox_files(ds.inbox)}):
                 print(f"== {ds.name}: nightly relabelling of inbox day {day} ==", file=out, flush=True)
-                night = _execute(defs.resolve_job_def(f"{ds.name}__nightly"), instance, out, partition_key=day)
+                night = _execute(defs.resolve_job_def(f"{ds.name}__nightly"), instance, out, width, partition_key=day)
                 nightly_s += night.seconds
                 checks = [checks[0] + night.report.checks_passed, checks[1] + len(night.report.checks_failed)]
                 row[f"inbox {day} queued"] = night.figure("inbox_queue", "queued")
@@ -127,6 +139,7 @@ class RunReport:
         self.started: dict[str, float] = {}
         self.assets: dict[str, list] = defaultdict(list)  # step -> [(asset name, metadata)]
         self.warnings: dict[str, list[str]] = defaultdict(list)
+        self.notes: dict[str, list[str]] = defaultdict(list)  # step -> failed checks
         self.metadata: dict[str, dict] = {}  # asset name -> its metadata in this run
         self.checks_failed: list[str] = []
         self.checks_passed = 0
@@ -157,8 +170,9 @@ class RunReport:
                 self.checks_passed += 1
             else:
                 self.checks_failed.append(f"{check.asset_key.path[-1]}.{check.check_name}")
-                self._print(f"  check {check.asset_key.path[-1]}.{check.check_name} FAILED "
-                            f"({_figures('', {k: v.value for k, v in check.metadata.items()}, GENERIC) or 'see the UI'})")
+                meta = {k: v.value for k, v in check.metadata.items()}
+                self.notes[step].append(f"check {check.asset_key.path[-1]}.{check.check_name} failed: "
+                                        f"{_figures(meta, meta) or 'see the UI'}")
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE"):
             from labelflow.progress import close_bars
 
@@ -166,7 +180,7 @@ class RunReport:
             seconds = entry.timestamp - self.started.get(step, entry.timestamp)
             shown = False
             for name, meta in self.assets.pop(step, []):
-                figures = _figures(name, meta, FIGURES.get(name, GENERIC))
+                figures = _figures(meta, FIGURES.get(name, GENERIC))
                 self._print(f"  {name:<{self.width}} {'' if shown else f'{seconds:6.1f} s':>8}  {figures}".rstrip())
                 shown = True
             if kind == "STEP_FAILURE":
@@ -175,6 +189,8 @@ class RunReport:
                     error = error.cause
                 message = (error.message.strip().splitlines() or ["(no message)"])[0] if error else "(no message)"
                 self._print(f"  {step:<{self.width}} {seconds:6.1f} s  FAILED: {message[:200]}")
+            for note in self.notes.pop(step, []):
+                self._print(f"  {'':<{self.width}} {note}")
             warnings = self.warnings.pop(step, [])
             if warnings:
                 more = f" (+{len(warnings) - 1} more in the log)" if len(warnings) > 1 else ""
@@ -193,13 +209,12 @@ class _Run:
         return round(value, 3) if isinstance(value, float) else value
 
 
-def _execute(job, instance, out: IO[str], partition_key: str | None = None) -> _Run:
+def _execute(job, instance, out: IO[str], width: int, partition_key: str | None = None) -> _Run:
     """Run ``job`` in-process with Dagster's console logger at INFO (it reaches the log file, not the
     terminal) and a :class:`RunReport` on the run's events."""
     from dagster._core.utils import make_new_run_id
 
-    names = [key.path[-1] for key in job.asset_layer.executable_asset_keys]
-    run_id, report = make_new_run_id(), RunReport(out, width=max(map(len, names), default=20) + 1)
+    run_id, report = make_new_run_id(), RunReport(out, width=width)
     instance.add_event_listener(run_id, report)
     t0 = time.perf_counter()
     job.execute_in_process(instance=instance, run_id=run_id, partition_key=partition_key, raise_on_error=True,
@@ -207,7 +222,8 @@ def _execute(job, instance, out: IO[str], partition_key: str | None = None) -> _
     return _Run(run_id, time.perf_counter() - t0, report)
 
 
-def _figures(asset: str, meta: dict, keys) -> str:
+def _figures(meta: dict, keys) -> str:
+    """Up to four ``name value`` pairs of ``meta`` for ``keys`` (those present, scalars and small dicts)."""
     parts = []
     for key in keys:
         if key not in meta or meta[key] is None:
@@ -239,12 +255,14 @@ def aligned_table(rows: list[dict]) -> str:
     keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "dataset"]
     keys = [k for k in keys if any(r.get(k) not in (None, "") for r in rows)]
 
-    def cell(v) -> str:
+    def cell(key: str, v) -> str:
         if v is None or v == "":
             return "-"
-        return f"{v:.3f}" if isinstance(v, float) and abs(v) < 100 else f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+        if isinstance(v, float):
+            return f"{v:.1f}" if "seconds" in key or abs(v) >= 100 else f"{v:.3f}"
+        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
 
-    table = [["", *[r["dataset"] for r in rows]]] + [[k, *[cell(r.get(k)) for r in rows]] for k in keys]
+    table = [["", *[r["dataset"] for r in rows]]] + [[k, *[cell(k, r.get(k)) for r in rows]] for k in keys]
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
                      for line in table)
