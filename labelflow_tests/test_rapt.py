@@ -224,7 +224,7 @@ def test_backbone_is_a_scorer_and_evaluate_all_runs_end_to_end():
 def test_ridge_leave_one_out_scores_are_exact():
     from sklearn.linear_model import Ridge
 
-    from labelflow.rapt import RidgeMultiLabel, binarize
+    from labelflow.rapt import RidgeMultiLabel
 
     rng = np.random.default_rng(3)
     X, Y = _synthetic(40, rng, rng.normal(size=(3, 6)))

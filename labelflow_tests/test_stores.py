@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import pandas as pd
 import pytest
 
 from labelflow.defs.io import ModelIOManager, WarehouseIOManager
-from labelflow.lock import LockHeld, ProjectLock, holder
+from labelflow.lock import ProjectLock, holder
 from labelflow.modelstore import ModelIntegrityError, file_sha256, load_model, save_model
 
 REPO = Path(__file__).resolve().parent.parent

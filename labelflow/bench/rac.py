@@ -146,7 +146,6 @@ def run(args) -> list[pd.DataFrame]:
 def _run(args, data, expert, seed_texts, seed_vecs, centroids) -> list[pd.DataFrame]:
     ds = data.ds
     out = Path(args.out)
-    labels = ds.labels
     args._describer = expert if (args.describe and args.expert != "simulated") else None
     descriptions, desc_source = _descriptions(data, args)
     rec_table, retriever, label_X, retr_kw = _recall_table(args, data, descriptions, desc_source, False)

@@ -23,7 +23,6 @@ SUITE = [
 
 
 def main() -> int:
-    from labelflow.bench import METHODS
     from labelflow.cli import main as cli
 
     shared = Path("../shared/datasets")

@@ -27,7 +27,6 @@ from labelflow.bench.common import emit, load_bench, pool_truth_aligned
 from labelflow.calibration import (ScoreCalibrator, calibrate_labels, calibration_table, llm_answer_calibrator,
                                    product_weak_labeller, weak_seed_evidence)
 from labelflow.config import RoutingConfig
-from labelflow.data import text_id
 from labelflow.embedding import nearest_labels
 from labelflow.expert import ValidationItem
 from labelflow.label_issues import find_label_issues, inject_label_noise, lowest_self_confidence, out_of_fold_proba

@@ -77,7 +77,11 @@ def run(args) -> int:
 
 
 def _run(args, cfg) -> int:
+    import os
+
     import dagster as dg
+
+    os.environ.setdefault("DAGSTER_HOME", str(cfg.root))  # as `make demo` sets it: the runs show in `make ui`
 
     from labelflow.progress import quiet_output, to_terminal
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from labelflow.config import DatasetConfig
-from labelflow.data import label_lists, text_id
+from labelflow.data import label_lists
 from labelflow.defs.resources import EmbedderResource, ExpertResource, MLflowResource, StoresResource, budget_metadata
 from labelflow.expert import DescribeWithinBudget
 from labelflow.defs.util import OWNERS, md_figure, md_table, usage_metadata, rounded

@@ -13,7 +13,7 @@ import pandas as pd
 from labelflow.config import DatasetConfig, ProjectConfig
 from labelflow.data import read_inbox_file
 from labelflow.defs.resources import EmbedderResource, ExpertResource, StoresResource, budget_metadata
-from labelflow.defs.util import OWNERS, md_table, usage_metadata, rounded
+from labelflow.defs.util import OWNERS, usage_metadata, rounded
 from labelflow.defs.vectors import embed
 from labelflow.embedding import EmbeddingIndex
 from labelflow.labelspace import LabelSpace
