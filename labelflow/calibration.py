@@ -277,7 +277,7 @@ def weak_seed_evidence(seeds: pd.DataFrame, label_seeds: Callable[[np.ndarray, n
 
 
 def product_weak_labeller(seeds: pd.DataFrame, seed_X: np.ndarray, labels: Sequence[str], label_X: np.ndarray,
-                          lf_file, label_model: str, multilabel: bool = False) -> Callable[[np.ndarray, np.ndarray], pd.DataFrame]:
+                          lf_source, label_model: str, multilabel: bool = False) -> Callable[[np.ndarray, np.ndarray], pd.DataFrame]:
     """The ``label_seeds`` function for :func:`weak_seed_evidence` that uses the product's own LFs
     (:func:`labelflow.weak.standard_lfs`) and label model (:func:`labelflow.routing.aggregate_votes`)."""
     from labelflow import weak
@@ -289,7 +289,7 @@ def product_weak_labeller(seeds: pd.DataFrame, seed_X: np.ndarray, labels: Seque
     seed_X = np.asarray(seed_X, dtype=np.float32)
 
     def label_seeds(train_idx, test_idx) -> pd.DataFrame:
-        lfs = weak.standard_lfs(lf_file, labels, seed_X[train_idx], [sets[i] for i in train_idx], label_X)
+        lfs = weak.standard_lfs(lf_source, labels, seed_X[train_idx], [sets[i] for i in train_idx], label_X)
         test = seeds.iloc[test_idx]
         votes, _ = weak.apply_lfs(lfs, test["id"], test["text"], seed_X[test_idx], labels=list(labels))
         return aggregate_votes(votes, test["id"].astype(str).tolist(), list(labels), label_model, multilabel)

@@ -67,7 +67,8 @@ def find_label_issues(frame: pd.DataFrame, pred_probs: np.ndarray, classes: Sequ
                       filter_by: str = "prune_by_noise_rate") -> pd.DataFrame:
     """Confident learning over ``frame`` (``id, text, label`` and optionally ``source``) with out-of-fold
     ``pred_probs`` aligned to its rows. Returns the suspected issues, most suspect first, with
-    :data:`ISSUE_COLUMNS` (``suggested_label``: the model's arg-max label, or label set at 0.5)."""
+    :data:`ISSUE_COLUMNS` (``suggested_label``: the model's arg-max label, or label set at 0.5). Runs in
+    this process (``n_jobs=1``: no worker pool inside a Dagster step)."""
     import cleanlab.filter
     import cleanlab.rank
 
