@@ -44,6 +44,9 @@ def add_arguments(p) -> None:
     g.add_argument("--trust-pilot", type=int, default=200, help="pilot yes/no questions on seeds (LLM calibration evidence)")
     g.add_argument("--trust-queue", type=int, default=3000, help="queued weak-label texts validated by the expert")
     g.add_argument("--trust-parts", default="a,b,c", help="which parts to run (comma-separated of a, b, c)")
+    g.add_argument("--trust-folds", type=int, default=5, help="out-of-fold folds for cleanlab in parts (b) and (c)")
+    g.add_argument("--trust-oof-calibration-folds", type=int, default=3,
+                   help="sigmoid-calibration folds of the EmbeddingSVM that gives the out-of-fold probabilities")
 
 
 def _log(msg: str, t0: float) -> None:
@@ -61,8 +64,9 @@ def run(args) -> list[pd.DataFrame]:
     out = []
     merged = None
     if "a" in parts or "c" in parts:
-        table, merged, merged_X = _part_a(args, data, truth, t0)
+        merged, merged_X, llm_cal, weak_cal = _merged_labels(args, data, t0)
         if "a" in parts:
+            table = _part_a(data, truth, merged, merged_X, t0)
             emit(table, args.out, f"trust_calibration_{ds.name}",
                  f"Calibration per label source, raw vs calibrated ({ds.name}, {len(ds.seeds)} seeds, simulated expert p={args.p:g})",
                  note="ECE over 15 equal-mass bins; acc_at_x = accuracy of the most confident x % of the labels. "
@@ -82,7 +86,8 @@ def run(args) -> list[pd.DataFrame]:
     return out
 
 
-def _part_a(args, data, truth: pd.Series, t0: float):
+def _merged_labels(args, data, t0: float):
+    """The merged, calibrated training labels (gold seeds > LLM-verified > weak-confident) of the pool."""
     ds = data.ds
     labels = sorted(ds.seeds["label"].unique())
     all_truth = {**dict(zip(ds.seeds["id"], ds.seeds["label"])), **dict(zip(ds.pool["id"], truth))}
@@ -129,6 +134,11 @@ def _part_a(args, data, truth: pd.Series, t0: float):
     merged = calibrate_labels(merged, llm_cal, weak_cal, min_confidence=None)
     X_of = {**{i: x for i, x in zip(ds.seeds["id"], data.seeds_X)}, **{i: x for i, x in zip(ds.pool["id"], data.pool_X)}}
     merged_X = np.vstack([X_of[i] for i in merged["id"]])
+    return merged, merged_X, llm_cal, weak_cal
+
+
+def _part_a(data, truth: pd.Series, merged: pd.DataFrame, merged_X: np.ndarray, t0: float) -> pd.DataFrame:
+    ds = data.ds
     svm = EmbeddingSVM(confidence_folds=3).fit(merged_X, merged["label"], sample_weight=merged["confidence"].clip(0.05, 1.0).to_numpy())
     _log(f"final SVM on {len(merged)} merged labels", t0)
 
@@ -154,20 +164,21 @@ def _part_a(args, data, truth: pd.Series, t0: float):
                                   "brier_confidence_raw": "brier_raw"})
     cols = ["scored_on", "source", "n", "accuracy", "mean_confidence", "ece_raw", "ece_calibrated", "brier_raw",
             "brier_calibrated", "acc_at_50", "acc_at_70", "acc_at_80", "acc_at_90", "acc_at_100"]
-    return table[cols].round(3), merged, merged_X
+    return table[cols].round(3)
 
 
 def _part_b(args, data, t0: float) -> pd.DataFrame:
     ds = data.ds
     X = np.vstack([data.seeds_X, data.pool_X])
     y = np.concatenate([ds.seeds["label"].to_numpy(), pool_truth_aligned(data).to_numpy()]).astype(str)
-    centroids = label_centroids(pd.DataFrame({"label": y}), X)
+    centroids = label_centroids(pd.DataFrame({"id": np.arange(len(y)).astype(str), "text": "", "label": y}), X)
     nearest = nearest_labels(centroids, k=1)
     rows = []
     for mode in ("uniform", "confusable"):
         noisy, flipped = inject_label_noise(y, args.noise, mode, nearest=nearest, seed=0)
         t1 = time.perf_counter()
-        P, classes = out_of_fold_proba(X, noisy, folds=5)
+        P, classes = out_of_fold_proba(X, noisy, folds=args.trust_folds,
+                                       estimator=EmbeddingSVM(calibration_folds=args.trust_oof_calibration_folds))
         frame = pd.DataFrame({"id": np.arange(len(y)).astype(str), "text": "", "label": noisy})
         issues = find_label_issues(frame, P, classes)
         flagged = frame["id"].isin(issues["id"]).to_numpy()
@@ -177,14 +188,15 @@ def _part_b(args, data, t0: float) -> pd.DataFrame:
             hit = int((f & flipped).sum())
             rows.append({"noise": mode, "flipped": int(flipped.sum()), "method": method, "flagged": int(f.sum()),
                          "precision": hit / max(int(f.sum()), 1), "recall": hit / max(int(flipped.sum()), 1)})
-        _log(f"noise {mode}: OOF + cleanlab in {time.perf_counter() - t1:.0f}s; {rows[-2]}", t0)
+        _log(f"noise {mode}: {args.trust_folds}-fold OOF + cleanlab in {time.perf_counter() - t1:.0f}s; {rows[-2]}", t0)
     return pd.DataFrame(rows).round(3)
 
 
 def _part_c(args, data, merged: pd.DataFrame, merged_X: np.ndarray, t0: float) -> pd.DataFrame:
     ds = data.ds
     labels = sorted(ds.seeds["label"].unique())
-    P, classes = out_of_fold_proba(merged_X, merged["label"].tolist(), folds=5)
+    P, classes = out_of_fold_proba(merged_X, merged["label"].tolist(), folds=args.trust_folds,
+                                   estimator=EmbeddingSVM(calibration_folds=args.trust_oof_calibration_folds))
     issues = find_label_issues(merged, P, classes)
     truth = {**dict(zip(ds.seeds["id"], ds.seeds["label"])), **dict(zip(ds.pool["id"], pool_truth_aligned(data)))}
     rows = []
