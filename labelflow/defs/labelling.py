@@ -182,6 +182,7 @@ def _rac_asset(ds: DatasetConfig, owners):
     key = lambda name: dg.AssetKey([p, name])  # noqa: E731
 
     @dg.asset(key=key("rac_labels"), group_name=p, kinds={"duckdb", "pandas", "mlflow"}, owners=owners,
+              deps=[key("llm_plan")],  # the plan of what RAC and R.E.D. will cost is written first
               description=f"RAC over the LLM queue: labels ranked by description/seed similarity, one yes/no question "
                           f"per candidate in rank order, first accept wins; abstain when none of the top {ds.rac_k} is "
                           "accepted. Coverage/precision over k in the metadata and MLflow.")
