@@ -171,8 +171,8 @@ def _issues(base: pd.DataFrame, n: int, issues: pd.DataFrame | None, excluded: s
     need = {"id", "text", "label", "suggested_label", "quality"} - set(issues.columns)
     if need:
         raise MissingInput(f"label_issues lacks column(s) {sorted(need)}: materialise label_issues again")
-    iss = issues.astype({"id": str}).drop_duplicates("id")
-    iss = iss[~iss["id"].isin(excluded)].sort_values("quality", kind="stable").head(n)
+    iss = issues.astype({"id": str}).sort_values("quality", kind="stable").drop_duplicates("id")  # a seed may be listed twice
+    iss = iss[~iss["id"].isin(excluded)].head(n)
     conf = base.set_index("id")["confidence"]
     src = iss["source"].astype(str) if "source" in iss.columns else pd.Series("", index=iss.index)
     return pd.DataFrame({"id": iss["id"], "text": iss["text"], "label": iss["suggested_label"].astype(str),

@@ -32,6 +32,7 @@ def add_arguments(parser) -> None:
     g.add_argument("--strategies", default="uncertain,disagreement,issues,stratified,random",
                    help="comma-separated review strategies (random is always added as the reference)")
     g.add_argument("--review-queue", type=int, default=2000, help="texts routed to the (simulated) LLM for RAC")
+    g.add_argument("--review-pool", type=int, default=None, help="a seeded sample of N pool texts (default: the whole pool)")
 
 
 def _fit_predict(train: pd.DataFrame, pos: pd.Series, pool_X, gold_X):
@@ -63,7 +64,7 @@ def run(args) -> list[pd.DataFrame]:
     if "random" not in strategies:
         strategies.append("random")
     t_start = time.perf_counter()
-    data = load_bench(args.dataset, args.seed_per_class or 10, seed=0, task="multiclass")
+    data = load_bench(args.dataset, args.seed_per_class or 10, seed=0, task="multiclass", max_pool=args.review_pool)
     ds = data.ds
     labels = ds.labels
     pool = ds.pool[["id", "text"]].astype({"id": str}).reset_index(drop=True)
