@@ -3,7 +3,6 @@
 import time
 
 import dagster as dg
-import joblib
 import numpy as np
 import pandas as pd
 
@@ -14,15 +13,12 @@ from labelflow.defs.util import OWNERS, md_figure, md_table, text_tables
 from labelflow.tracking import log_figure, log_table, scalar_metrics
 
 
-def _backbone(stores: StoresResource, p: str):
+def _backbone(model):
     """The trained svm_model wrapped as a RAPT scorer (embedding z = the text embedding, score vector =
     the calibrated one-vs-rest scores)."""
     from labelflow.rapt import ScoredBackbone
 
-    model = joblib.load(stores.model_dir(p) / "svm.joblib")
-    scorer = ScoredBackbone(model)
-    scorer.model_, scorer.classes_ = model, np.asarray(model.classes_)
-    return scorer
+    return ScoredBackbone.from_fitted(model)
 
 
 def rapt_assets(ds: DatasetConfig) -> list:
@@ -32,13 +28,14 @@ def rapt_assets(ds: DatasetConfig) -> list:
     table = f"{p}__rapt_case_base"
 
     @dg.asset(key=key("rapt_case_base"), group_name=p, kinds={"lancedb"}, owners=owners,
-              deps=[key("svm_model"), key("text_embeddings")],
+              deps=[key("text_embeddings")],
               description="One case per labelled training text in LanceDB: id, embedding z, out-of-fold score vector "
                           "(each case scored by a model that did not see it), gold vector, cardinality.")
-    def rapt_case_base(context: dg.AssetExecutionContext, stores: StoresResource, training_set: pd.DataFrame) -> dg.MaterializeResult:
+    def rapt_case_base(context: dg.AssetExecutionContext, stores: StoresResource, svm_model,
+                       training_set: pd.DataFrame) -> dg.MaterializeResult:
         from labelflow.rapt import CaseBase, binarize, out_of_fold_scores
 
-        classes = list(_backbone(stores, p).classes_)
+        classes = list(_backbone(svm_model).classes_)
         X = stores.vectors().vectors_for(text_tables(p), training_set["id"])
         sets = label_lists(training_set["label"], True)
         folds = max(2, min(5, len(training_set) // 10))
@@ -52,10 +49,11 @@ def rapt_assets(ds: DatasetConfig) -> list:
               deps=[key("rapt_case_base")],
               description="Label sets for every pool text: RAPT-AvgCount (the default), RAPT-RankCal and the fixed 0.5 "
                           "threshold side by side, with the adapted scores' top labels.")
-    def rapt_predictions(context: dg.AssetExecutionContext, stores: StoresResource, text_pool: pd.DataFrame) -> dg.Output:
+    def rapt_predictions(context: dg.AssetExecutionContext, stores: StoresResource, svm_model,
+                         text_pool: pd.DataFrame) -> dg.Output:
         from labelflow.rapt import RAPT, CaseBase, base_threshold
 
-        scorer = _backbone(stores, p)
+        scorer = _backbone(svm_model)
         classes = np.asarray(scorer.classes_)
         cb = CaseBase.load(stores.vectors(), list(classes), table)
         X = stores.vectors().vectors_for(text_tables(p), text_pool["id"])
@@ -83,10 +81,10 @@ def rapt_assets(ds: DatasetConfig) -> list:
                           "RAPT-RankCal on gold_eval: micro/macro-F1, precision, recall, Hamming loss, ms per text. "
                           "Thresholds are tuned on the case base's out-of-fold scores (never on gold).")
     def rapt_evaluation(context: dg.AssetExecutionContext, stores: StoresResource, mlflow: MLflowResource,
-                        gold_eval: pd.DataFrame) -> dg.MaterializeResult:
+                        svm_model, gold_eval: pd.DataFrame) -> dg.MaterializeResult:
         from labelflow.rapt import CaseBase, binarize, evaluate_all, evaluation_figure
 
-        scorer = _backbone(stores, p)
+        scorer = _backbone(svm_model)
         classes = list(scorer.classes_)
         cb = CaseBase.load(stores.vectors(), classes, table)
         if not len(gold_eval):
