@@ -257,23 +257,6 @@ class VectorStore:
         if self.has(name):
             self.db.open_table(name).delete(where)
 
-    def vectors_for(self, names: str | Sequence[str], ids) -> np.ndarray:
-        """Vectors aligned with ``ids`` from table ``names`` (or the first of several tables that holds
-        each id; missing tables are skipped). KeyError naming the first id found nowhere."""
-        names = [names] if isinstance(names, str) else list(names)
-        frames = [self.read(n)[["id", "vector"]] for n in names if self.has(n)]
-        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id", "vector"])
-        pos = pd.Series(np.arange(len(df)), index=df["id"].astype(str))
-        pos = pos[~pos.index.duplicated(keep="first")]
-        ids = [str(i) for i in ids]
-        missing = [i for i in ids if i not in pos.index]
-        if missing:
-            raise KeyError(f"{len(missing)} ids have no vector in LanceDB table(s) {names}, e.g. {missing[0]!r}")
-        if not ids:
-            return np.zeros((0, len(df["vector"].iloc[0]) if len(df) else 0), np.float32)
-        M = np.vstack(df["vector"].to_numpy())
-        return M[pos[ids].to_numpy()].astype(np.float32)
-
     def search(self, name: str, vector: np.ndarray, k: int = 10, where: str | None = None) -> pd.DataFrame:
         q = self.db.open_table(name).search(np.asarray(vector, dtype=np.float32)).distance_type("cosine").limit(k)
         if where:

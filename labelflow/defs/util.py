@@ -71,8 +71,3 @@ def usage_metadata(usage) -> dict:
         "llm_cost_usd": round_figure(d["cost"]), "llm_seconds": round_figure(d["latency_s"]),
         "llm_failures": int(d["failures"]), "llm_unparseable": int(d["unparseable"]),
     }
-
-
-def text_tables(p: str) -> list[str]:
-    """LanceDB tables holding a dataset's text vectors: the folder's texts, then the nightly inbox."""
-    return [f"{p}__text_embeddings", f"{p}__inbox_embeddings"]

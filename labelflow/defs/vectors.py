@@ -51,7 +51,7 @@ class EmbeddingIOManager(dg.ConfigurableIOManager):
         if isinstance(obj, CaseBase) and not context.has_asset_partitions:
             store.write(name, obj.to_frame(), metadata={"labelflow_value": "CaseBase",
                                                         "classes": json.dumps([str(c) for c in obj.classes])})
-            context.add_output_metadata({"lancedb_table": name, "cases": len(obj), "dagster/storage_kind": "lancedb"})
+            context.add_output_metadata({"lancedb_table": name, "dagster/storage_kind": "lancedb"})
             return
         if not isinstance(obj, EmbeddingIndex):
             raise TypeError(f"{context.asset_key.to_user_string()}: the vectors IO manager stores an EmbeddingIndex "
