@@ -27,7 +27,7 @@ import pandas as pd
 from labelflow.bench.common import bench_expert, emit, load_bench, pool_truth_aligned
 from labelflow.labelspace import LabelSpace
 from labelflow.metrics import classification_metrics
-from labelflow.rac import RAC, LabelRetriever, select_retriever, truncate
+from labelflow.rac import RAC, LabelRetriever, coverage_over_k, select_retriever, truncate
 from labelflow.rac_baselines import naive_all_labels, topk_fewshot
 from labelflow.expert import make_expert
 from labelflow.simulated import SimulatedConfig
@@ -286,6 +286,13 @@ def _compare(args, data, expert, retriever, descriptions, seed_texts, seed_vecs,
     full = rac.label(ids, texts, X, retriever, descriptions, seed_texts, seed_vecs)
     full_s = time.perf_counter() - t0
     full_q = max(int(full["questions"].sum()), 1)
+    # coverage / precision for every truncation up to the largest k, derived from this one run: the same
+    # function (and table) as the rac_labels asset's
+    k_curve = min(max(ks), max_k) if max_k is not None else max(ks)
+    over_k = coverage_over_k(full, rac.questions_, k_curve, pd.Series(truth, index=ids), labels)
+    emit(over_k.astype({"k": str}), args.out, f"rac_over_k_{ds.name}_{args.expert}",
+         f"RAC coverage / precision over k on {ds.name} ({expert.name}), derived from one run",
+         "Each row is the result of cutting the deepest run after round k (labelflow.rac.coverage_over_k).")
 
     all_tok = None
     if not args.skip_baselines:
