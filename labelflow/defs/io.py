@@ -192,8 +192,8 @@ class WarehouseIOManager(DuckDBPandasIOManager):
     def setup_for_execution(self, context) -> None:
         if not self.lock_path:
             return
-        run = context.dagster_run
-        lock = ProjectLock(self.lock_path, run_id=context.run_id or f"adhoc-{uuid.uuid4().hex[:8]}",
+        run = context.run  # None outside a run (e.g. build_resources): an ad-hoc holder id
+        lock = ProjectLock(self.lock_path, run_id=run.run_id if run is not None else f"adhoc-{uuid.uuid4().hex[:8]}",
                            resource=self.lock_resource, wait_s=wait_seconds(self.lock_wait_s),
                            command=f"dagster job {run.job_name}" if run is not None else "dagster")
         lock.acquire()
