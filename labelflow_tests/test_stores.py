@@ -177,13 +177,19 @@ def test_multi_output_step_commits_all_tables_together(tmp_path):
         state["round"] = r
         assert not dg.materialize([ingest], resources={"io_manager": _io(tmp_path)}, raise_on_error=False).success
         assert {t: _rows(tmp_path, t) for t in before} == before, f"round {r}: a partial ingest changed a table"
+        assert _tables(tmp_path) == {"seeds", "pool", "gold"}, "staged tables of a failed step are dropped"
     state["round"] = 3
     assert dg.materialize([ingest], resources={"io_manager": _io(tmp_path)}).success
     assert {t: _rows(tmp_path, t) for t in before} == {"seeds": [("s3",)], "pool": [("p3",)], "gold": [("g3",)]}
+    assert _tables(tmp_path) == {"seeds", "pool", "gold"}, "no staging table may outlive a successful commit"
+
+
+def _tables(tmp_path: Path) -> set[str]:
     con = duckdb.connect(str(tmp_path / "data" / "warehouse.duckdb"), read_only=True)
-    tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
-    con.close()
-    assert tables == {"seeds", "pool", "gold"}, "no staging table may outlive a successful commit"
+    try:
+        return {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+    finally:
+        con.close()
 
 
 def test_asset_with_a_check_is_written_at_once(tmp_path):

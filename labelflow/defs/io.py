@@ -179,14 +179,17 @@ class WarehouseIOManager(DuckDBPandasIOManager):
     lock_wait_s: float | None = None
 
     _lock = PrivateAttr(default=None)
+    _handlers: list = PrivateAttr(default_factory=list)
 
     @staticmethod
     def type_handlers():
         return [_TypeHandler()]
 
     def create_io_manager(self, context) -> DbIOManager:
+        handlers = self.type_handlers()
+        self._handlers.extend(h for h in handlers if isinstance(h, _TypeHandler))
         return DbIOManager(db_client=_Client(), database=self.database, schema=self.schema_,
-                           type_handlers=self.type_handlers(), default_load_type=self.default_load_type(),
+                           type_handlers=handlers, default_load_type=self.default_load_type(),
                            io_manager_name="WarehouseIOManager")
 
     def setup_for_execution(self, context) -> None:
@@ -200,9 +203,29 @@ class WarehouseIOManager(DuckDBPandasIOManager):
         self._lock = lock
 
     def teardown_after_execution(self, context) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        try:
+            self._drop_uncommitted_staging()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def _drop_uncommitted_staging(self) -> None:
+        """A step that failed before its last output leaves staged tables; drop them (the real tables
+        were never touched)."""
+        leftovers = [(s, st) for h in self._handlers for group in h._staged.values() for s, _, st in group.values()]
+        if not leftovers:
+            return
+        import duckdb
+
+        con = duckdb.connect(self.database, config={"custom_user_agent": "dagster"})
+        try:
+            for schema, staging in leftovers:
+                con.execute(f"DROP TABLE IF EXISTS {qualified(schema, staging)}")
+        finally:
+            con.close()
+        for h in self._handlers:
+            h._staged.clear()
 
 
 class ModelIOManager(dg.ConfigurableIOManager):
