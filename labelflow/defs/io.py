@@ -9,7 +9,7 @@
 - **Multi-output steps commit together**: when one step has several required outputs on this IO manager
   (the ingest multi-asset: seeds, pool, gold, ...), each output is written to a staging table and the
   last one swaps them all into place in one transaction; a failure before the last output changes
-  none of the tables.
+  none of the tables (its staged tables are dropped when the run ends).
 - **The project lock** (:mod:`labelflow.lock`): the IO manager is part of every step, so taking the lock
   when it is set up for a run (and releasing it at the end) makes every run of the project one writer;
   a second run waits ``lock_wait_s`` and then fails with "data/warehouse.duckdb is in use by run ...".
