@@ -38,7 +38,10 @@ class EmbeddingSVM(BaseEstimator, ClassifierMixin):
     def _svc(self):
         return LinearSVC(C=self.C, class_weight="balanced", random_state=self.random_state, max_iter=self.max_iter)
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, confidence_rows=None):
+        """``confidence_rows`` (bool per row, e.g. the gold seeds of a merged training set): fit the
+        confidence calibrator on the out-of-fold predictions of these rows only (when there are at
+        least 50), so agreement with noisy weak/LLM labels does not count as being right."""
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y)
         self.classes_, counts = np.unique(y, return_counts=True)
@@ -65,7 +68,11 @@ class EmbeddingSVM(BaseEstimator, ClassifierMixin):
             inner = clone(self).set_params(confidence_folds=0)
             params = {"sample_weight": sample_weight} if sample_weight is not None else None
             oof = cross_val_predict(inner, X, y, cv=cv, method="predict_proba", params=params)
-            self.confidence_calibrator_ = top_class_calibrator(oof, np.searchsorted(self.classes_, y))
+            rows = np.ones(len(y), dtype=bool) if confidence_rows is None else np.asarray(confidence_rows, dtype=bool)
+            if rows.sum() < 50:
+                rows = np.ones(len(y), dtype=bool)
+            self.confidence_calibrator_ = top_class_calibrator(oof[rows], np.searchsorted(self.classes_, y[rows]))
+            self.confidence_calibration_ = f"{self.confidence_calibrator_.describe()} (out-of-fold, {int(rows.sum())} rows)"
         return self
 
     def predict_confidence(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,7 +150,8 @@ class MultiLabelSVM(BaseEstimator, ClassifierMixin):
         return Y
 
 
-def fit_classifier(label_values, X, multilabel: bool, sample_weight=None, classes=None, confidence_folds: int = 0):
+def fit_classifier(label_values, X, multilabel: bool, sample_weight=None, classes=None, confidence_folds: int = 0,
+                   confidence_rows=None):
     """Train the product's classifier on a training set: ``label_values`` are labels (multi-class) or
     '|'-joined label sets (multi-label) aligned with the rows of ``X``. ``confidence_folds >= 2``
     also calibrates the multi-class top-class confidence (see :class:`EmbeddingSVM`)."""
@@ -151,7 +159,8 @@ def fit_classifier(label_values, X, multilabel: bool, sample_weight=None, classe
 
     if multilabel:
         return MultiLabelSVM().fit(X, [split_labels(v) for v in label_values], classes=classes)
-    return EmbeddingSVM(confidence_folds=confidence_folds).fit(X, list(label_values), sample_weight=sample_weight)
+    return EmbeddingSVM(confidence_folds=confidence_folds).fit(X, list(label_values), sample_weight=sample_weight,
+                                                               confidence_rows=confidence_rows)
 
 
 def predict_labels(model, X, multilabel: bool, threshold: float = 0.5):

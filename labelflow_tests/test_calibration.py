@@ -132,3 +132,28 @@ def test_product_weak_labeller_does_not_score_seeds_with_themselves():
     ev = weak_seed_evidence(seeds, product_weak_labeller(seeds, X, labels, label_X, None, "majority_vote"), folds=5)
     # random vectors: the k-nearest-seed and centroid LFs are at chance once the scored seed is held out
     assert len(ev) > 0 and ev["correct"].mean() < 0.6
+
+
+def test_embedding_svm_top_class_confidence_is_calibrated():
+    from labelflow.training import EmbeddingSVM
+
+    rng = np.random.default_rng(6)
+    k, dim = 30, 24
+    centres = rng.normal(0, 1, (k, dim))
+
+    def draw(n_per):
+        X = np.vstack([c + 0.9 * rng.normal(0, 1, (n_per, dim)) for c in centres]).astype(np.float32)
+        return X, np.repeat([f"c{j:02d}" for j in range(k)], n_per)
+
+    X, y = draw(30)
+    Xt, yt = draw(40)
+    trusted = np.zeros(len(y), dtype=bool)
+    trusted[::2] = True
+    svm = EmbeddingSVM(confidence_folds=3).fit(X, y, confidence_rows=trusted)
+    assert "450 rows" in svm.confidence_calibration_
+    lab, cal, raw = svm.predict_confidence(Xt)
+    correct = lab == yt
+    # one-vs-rest sigmoids renormalised over 30 classes: under-confident; the top-class map fixes most of it
+    assert expected_calibration_error(raw, correct) > 0.1
+    assert expected_calibration_error(cal, correct) < 0.6 * expected_calibration_error(raw, correct)
+    assert (lab == svm.predict(Xt)).all()

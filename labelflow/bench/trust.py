@@ -89,6 +89,7 @@ def run(args) -> list[pd.DataFrame]:
 def _merged_labels(args, data, t0: float):
     """The merged, calibrated training labels (gold seeds > LLM-verified > weak-confident) of the pool."""
     ds = data.ds
+    truth = pool_truth_aligned(data)
     labels = sorted(ds.seeds["label"].unique())
     all_truth = {**dict(zip(ds.seeds["id"], ds.seeds["label"])), **dict(zip(ds.pool["id"], truth))}
     centroids = label_centroids(ds.seeds, data.seeds_X)
@@ -139,8 +140,10 @@ def _merged_labels(args, data, t0: float):
 
 def _part_a(data, truth: pd.Series, merged: pd.DataFrame, merged_X: np.ndarray, t0: float) -> pd.DataFrame:
     ds = data.ds
-    svm = EmbeddingSVM(confidence_folds=3).fit(merged_X, merged["label"], sample_weight=merged["confidence"].clip(0.05, 1.0).to_numpy())
-    _log(f"final SVM on {len(merged)} merged labels", t0)
+    # the model's confidence is calibrated on the out-of-fold predictions of the gold seeds only
+    svm = EmbeddingSVM(confidence_folds=3).fit(merged_X, merged["label"], sample_weight=merged["confidence"].clip(0.05, 1.0).to_numpy(),
+                                               confidence_rows=(merged["source"] == "gold_seed").to_numpy())
+    _log(f"final SVM on {len(merged)} merged labels; confidence {svm.confidence_calibration_}", t0)
 
     # the final labels of the pool: training labels where they exist, else the model's
     lab, cal, raw = svm.predict_confidence(data.pool_X)

@@ -100,7 +100,9 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
                   **vectors: EmbeddingIndex) -> dg.Output:
         X = all_vectors(vectors).lookup(training_set["id"])
         weights = training_set["confidence"].astype(float).clip(0.05, 1.0).to_numpy() if not ds.multilabel else None
-        model = fit_classifier(training_set["label"], X, ds.multilabel, sample_weight=weights, confidence_folds=3)
+        # the top-class confidence is calibrated on the out-of-fold predictions of gold seeds and human labels
+        model = fit_classifier(training_set["label"], X, ds.multilabel, sample_weight=weights, confidence_folds=3,
+                               confidence_rows=training_set["source"].isin(["gold_seed", "human"]).to_numpy())
         params = {"rows": len(training_set), "classes": len(model.classes_), "multilabel": ds.multilabel,
                   "git_commit": git_commit(), "config_hash": config_hash(ds)}
         params.update({f"rows_{k}": v for k, v in training_set.groupby("source").size().items()})
