@@ -49,7 +49,9 @@ class Progress:
     starting again at 0, e.g. RAC asking rank 1, then rank 2 for the rejected texts) is shown
     cumulatively: done and total add up over the rounds, the rate is over the whole step."""
 
-    def __init__(self, what: str, unit: str = "texts", every_s: float = 30.0, stream: IO[str] | None = None):
+    def __init__(self, what: str, unit: str = "texts", every_s: float | None = None, stream: IO[str] | None = None):
+        if every_s is None:  # seconds between plain lines (default 30; LABELFLOW_PROGRESS_EVERY_S overrides)
+            every_s = float(os.environ.get("LABELFLOW_PROGRESS_EVERY_S", "30"))
         self.what, self.unit, self.every_s = what, unit, float(every_s)
         self._stream = stream
         self._lock = threading.Lock()

@@ -24,6 +24,7 @@ DAY = "2026-11-18"
 NIGHT = ["my card never arrived", "I want a refund for the late parcel", "password reset email missing"]
 OPTIONS = {"inbox": "inbox", "inbox_start": "2026-11-01", "pilot_size": 6, "red_top_k": 2, "red_max_rounds": 1,
            "routing": {"max_queue": 10, "keep_min_votes": 99, "ambiguous_below": 1.01}}
+PROGRESS = re.compile(r"^  (embedding|LLM questions): [\d,]+/[\d,]+ ")
 NOISE = ("DEBUG", "WARN", "No existing dataset", "Traceback", "STEP_", "dagster - ", "Loading weights")
 
 
@@ -39,7 +40,8 @@ def demo_run(tmp_path_factory):
         write_csv(project.root / "inbox" / f"{DAY}.csv", NIGHT, ["text"])
         shutil.copy(REPO / "dagster.yaml", project.dagster_home / "dagster.yaml")  # the project's own settings
         for k, v in {**OFFLINE_ENV, FAKE_KEY_ENV: "not-a-real-key", "LABELFLOW_CONFIG": str(project.config_path),
-                     "DAGSTER_HOME": str(project.dagster_home)}.items():
+                     "DAGSTER_HOME": str(project.dagster_home),
+                     "LABELFLOW_PROGRESS_EVERY_S": "0"}.items():  # a progress line at every update (not a TTY)
             mp.setenv(k, v)
         mp.chdir(project.root)
         try:
@@ -91,6 +93,12 @@ def test_demo_terminal_is_one_line_per_asset(demo_run):
     lines = out.splitlines()
     for noise in NOISE:
         assert not [ln for ln in lines if noise in ln], f"{noise!r} on the terminal:\n{out}"
+
+    # progress of embedding and of the LLM questions (every update here; every 30 s by default)
+    progress = [ln for ln in lines if PROGRESS.match(ln)]
+    assert any(ln.startswith("  embedding: 21/21 texts (100%), ") for ln in progress), out
+    assert any(ln.startswith("  LLM questions: ") and "questions/s" in ln for ln in progress), out
+    lines = [ln for ln in lines if not PROGRESS.match(ln)]
 
     start = lines.index(next(ln for ln in lines if ln.startswith(f"== {DATASET}: every asset")))
     end = lines.index(next(ln for ln in lines if re.match(rf"{DATASET}: \d+ s, checks: \d+ passed, \d+ failed$", ln)))

@@ -37,6 +37,8 @@ FIGURES = {
     "calibration": ("gold_ece", "gold_brier", "gold_accuracy"),
     "evaluation": ("accuracy", "macro_f1", "micro_f1", "coverage"),
     "review_batch": ("texts", "strategy"),
+    "rapt_case_base": ("cases", "labels", "folds"),
+    "rapt_predictions": ("dagster/row_count", "mean_labels_avgcount"),
     "rapt_evaluation": ("best_method", "best_macro_f1"),
     "inbox_texts": ("dagster/row_count",),
     "inbox_embeddings": ("texts", "computed"),
@@ -49,7 +51,7 @@ NAMES = {"dagster/row_count": "rows", "llm_calls": "LLM calls", "macro_f1": "mac
          "low_confidence_share": "low-confidence share", "rows_gold_seed": "gold seeds", "rows_llm": "LLM-labelled",
          "seeds_suspect": "suspect seeds", "training_set_suspect": "suspect training rows", "gold_ece": "ECE",
          "gold_brier": "Brier", "gold_accuracy": "gold accuracy", "lfs": "LFs", "lf_errors": "LF errors",
-         "new_rows": "new", "stop_reason": "stop"}
+         "new_rows": "new", "stop_reason": "stop", "mean_labels_avgcount": "labels per text (AvgCount)"}
 # the closing table: (row name, asset, metadata key)
 SUMMARY = (("accuracy", "evaluation", "accuracy"), ("macro-F1", "evaluation", "macro_f1"),
            ("micro-F1", "evaluation", "micro_f1"), ("coverage", "evaluation", "coverage"),

@@ -84,10 +84,8 @@ def ingest_assets(ds: DatasetConfig) -> list:
             context.log.warning(f"{int(shared.sum())} ids appear in more than one split; one vector each (first split)")
             df = df[~shared].reset_index(drop=True)
 
-        def progress(done: int, total: int) -> None:
-            context.log.info(f"embedded {done}/{total} new texts")
-
-        index, reused = embed(stores.lancedb_uri, embedder.get(), df["id"], df["text"], df[["split"]], progress)
+        # progress: embed()'s default (a bar in `labelflow demo`; done/total, rate, ETA lines in the run's logs)
+        index, reused = embed(stores.lancedb_uri, embedder.get(), df["id"], df["text"], df[["split"]])
         context.log.info(f"{len(df)} texts: {reused} embeddings reused, {len(df) - reused} computed")
         return dg.Output(index, metadata=rounded({"texts": len(df), "reused": reused, "computed": len(df) - reused,
                                           "ids_in_several_splits": int(shared.sum())}))
