@@ -215,6 +215,30 @@ def plan_table(plan: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def prompt_chars(labels: Sequence[str], descriptions: dict, seed_text: dict, queue_texts: Sequence[str],
+                 pilot_questions: Sequence = ()) -> dict:
+    """Mean prompt characters per call of each stage, from the real prompts (:mod:`labelflow.llm.prompts`)
+    of the labels, up to 200 queued texts and the pilot questions."""
+    from labelflow.llm import prompts
+
+    def chars(msgs) -> int:
+        return sum(len(m["content"]) for m in msgs)
+
+    texts = [str(t) for t in list(queue_texts)[:200]]
+    first = labels[0] if len(labels) else ""
+    out = {
+        "descriptions": float(np.mean([chars(prompts.describe_messages(lab, [seed_text.get(lab, "")] * 5, labels[:3]))
+                                       for lab in labels])) if len(labels) else 0.0,
+        "pilot": float(np.mean([chars(prompts.validation_messages(q.label, q.description, q.examples, [q.text]))
+                                for q in pilot_questions])) if len(pilot_questions) else 0.0,
+        "rac": float(np.mean([chars(prompts.validation_messages(first, descriptions.get(first, first),
+                                                                [seed_text.get(first, "")] * 3, [t]))
+                              for t in texts])) if texts else 0.0,
+    }
+    out["red"] = out["rac"]
+    return out
+
+
 def gather_inputs(ds, project, pilot: pd.DataFrame | None = None, progress=None) -> tuple[PlanInputs, ExpertRates]:
     """The plan's inputs for dataset ``ds`` (:class:`~labelflow.config.DatasetConfig`) of ``project``,
     computed with the product's own cheap steps and no LLM call: ingestion (:func:`labelflow.data.load_dataset`),
@@ -226,7 +250,6 @@ def gather_inputs(ds, project, pilot: pd.DataFrame | None = None, progress=None)
     from labelflow.data import label_lists, load_dataset
     from labelflow.embedding import Embedder, VectorStore
     from labelflow.labelspace import LabelSpace
-    from labelflow.llm import prompts
     from labelflow.pilot import pilot_pairs
     from labelflow.routing import aggregate_votes, route
 
@@ -255,22 +278,8 @@ def gather_inputs(ds, project, pilot: pd.DataFrame | None = None, progress=None)
     hits = loo_rank_hits(seed_X, [s[0] for s in sets], k)
     rates = ExpertRates.from_pilot(pilot)
     _, p_label = expected_questions(hits, k, rates.yes_true, rates.yes_false, ds.multilabel)
-    queue_texts = routed.loc[routed["queued"], "id"].map(dict(zip(pool["id"].astype(str), pool["text"]))).head(200)
-
-    def chars(msgs) -> int:
-        return sum(len(m["content"]) for m in msgs)
-
-    seed_text = dict(zip(seeds["label"], seeds["text"]))
-    first = labels[0]
-    chars_per = {
-        "descriptions": np.mean([chars(prompts.describe_messages(lab, [seed_text.get(lab, "")] * 5, labels[:3]))
-                                 for lab in labels]) if labels else 0,
-        "pilot": np.mean([chars(prompts.validation_messages(q.label, q.description, q.examples, [q.text]))
-                          for q in questions]) if questions else 0,
-        "rac": np.mean([chars(prompts.validation_messages(first, desc[first], [seed_text.get(first, "")] * 3, [t]))
-                        for t in queue_texts]) if len(queue_texts) else 0,
-    }
-    chars_per["red"] = chars_per["rac"]
+    queue_texts = routed.loc[routed["queued"], "id"].map(dict(zip(pool["id"].astype(str), pool["text"])))
+    chars_per = prompt_chars(labels, desc, dict(zip(seeds["label"], seeds["text"])), queue_texts, questions)
     inputs = PlanInputs(
         labels_to_describe=len(set(labels) - set(user)), pilot_questions=len(questions), queued=queued, rac_k=k,
         n_labels=len(labels), rank_hits=list(hits), pool_for_red=max(len(pool) - int(round(queued * p_label)), 0),

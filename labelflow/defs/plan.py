@@ -7,7 +7,7 @@ import pandas as pd
 
 from labelflow.config import DatasetConfig
 from labelflow.defs.resources import ExpertResource
-from labelflow.defs.util import OWNERS, md_table
+from labelflow.defs.util import OWNERS, md_table, rounded
 from labelflow.labelspace import LabelSpace
 
 
@@ -20,7 +20,8 @@ def plan_assets(ds: DatasetConfig) -> list:
                           "from the queue, rac_k, the pilot's measured answer rates and the run's budget left.")
     def llm_plan(context: dg.AssetExecutionContext, expert: ExpertResource, llm_queue: pd.DataFrame,
                  pilot_validation: pd.DataFrame, label_space: LabelSpace, text_pool: pd.DataFrame) -> dg.Output:
-        from labelflow.plan import ExpertRates, PlanInputs, expected_questions, loo_rank_hits, plan_llm_run, plan_table
+        from labelflow.plan import (ExpertRates, PlanInputs, expected_questions, loo_rank_hits, plan_llm_run, plan_table,
+                                    prompt_chars)
 
         budget = expert.run_budget(context.run.run_id, p, ds.llm_budget_calls)
         rates = ExpertRates.from_pilot(pilot_validation)
@@ -31,13 +32,17 @@ def plan_assets(ds: DatasetConfig) -> list:
         inputs = PlanInputs(labels_to_describe=0, pilot_questions=0, queued=queued, rac_k=k, n_labels=len(label_space.labels),
                             rank_hits=list(hits), pool_for_red=max(len(text_pool) - int(round(queued * p_label)), 0),
                             red_top_k=ds.red_top_k, red_max_rounds=ds.red_max_rounds, red_budget_calls=ds.red_budget_calls,
-                            llm_budget_calls=budget.calls_left, multilabel=ds.multilabel, red=not ds.multilabel)
+                            llm_budget_calls=budget.calls_left, multilabel=ds.multilabel, red=not ds.multilabel,
+                            prompt_chars=prompt_chars(label_space.labels, label_space.descriptions,
+                                                      dict(zip(label_space.seed_labels, label_space.seed_texts)),
+                                                      llm_queue.loc[llm_queue["queued"].astype(bool), "text"]
+                                                      if len(llm_queue) else []))
         plan = plan_llm_run(inputs, expert.llm_config(), rates)
         context.log.info("LLM plan (descriptions and pilot already ran):\n" + plan_table(plan))
         total = plan.set_index("stage").loc["total"]
-        return dg.Output(plan, metadata={"expected_calls": int(total["calls"]), "expected_prompt_tokens": int(total["prompt_tokens"]),
+        return dg.Output(plan, metadata=rounded({"expected_calls": int(total["calls"]), "expected_prompt_tokens": int(total["prompt_tokens"]),
                                          "expected_cost_usd": float(total["cost_usd"]), "expected_seconds": float(total["seconds"]),
                                          "budget_left": -1 if budget.calls_left is None else int(budget.calls_left),
-                                         "plan": md_table(plan)})
+                                         "plan": md_table(plan)}))
 
     return [llm_plan]
