@@ -215,12 +215,15 @@ def test_llm_questions_and_embedding_report_progress(tmp_path):
     """The expert the Dagster resource hands out and the assets' embedding step carry a Progress."""
     import numpy as np
 
-    from labelflow.defs.resources import ExpertResource
+    from labelflow.defs.factory import resources
     from labelflow.defs.vectors import embed
     from labelflow.expert import ValidationItem
+    from labelflow_tests.project import temp_project
 
     with FakeOpenAI(policy=tiny_expert_policy) as srv:
-        resource = ExpertResource(model="openai/fake", api_base=srv.api_base, cache_path=str(tmp_path / "cache.duckdb"))
+        cfg = temp_project(tmp_path, [{"name": DATASET, "path": str(tmp_path / DATASET)}],
+                           llm={"model": "openai/fake", "api_base": srv.api_base})
+        resource = resources(cfg)["expert"]  # as the project's Definitions build it
         expert = resource.get()
         try:
             assert isinstance(expert.progress, Progress)
