@@ -75,7 +75,7 @@ def run(args) -> list[pd.DataFrame]:
     if "b" in parts:
         t = _part_b(args, data, t0)
         emit(t, args.out, f"trust_noise_{ds.name}", f"Label-error detection: {args.noise:.0%} noise in the full train labels ({ds.name})",
-             note="cleanlab find_label_issues (prune_by_noise_rate) on 5-fold out-of-fold EmbeddingSVM probabilities; the "
+             note=f"cleanlab find_label_issues (prune_by_noise_rate) on {args.trust_folds}-fold out-of-fold EmbeddingSVM probabilities; the "
                   "baseline flags the same number of rows with the lowest out-of-fold probability of their given label.")
         out.append(t)
     if "c" in parts and merged is not None:
