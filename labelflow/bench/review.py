@@ -21,6 +21,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from labelflow.labelspace import LabelSpace
 from labelflow.merge import merge_by_priority
 from labelflow.metrics import classification_metrics
 
@@ -87,12 +88,12 @@ def run(args) -> list[pd.DataFrame]:
     kept = routed[routed["bucket"] == "weak_confident"].merge(pool, on="id")
     queue = routed[routed["queued"].astype(bool)].merge(pool, on="id")
     seed_y = seeds["label"].to_numpy()
-    centroids = {lab: data.seeds_X[seed_y == lab].mean(axis=0) for lab in labels}
+    space = LabelSpace.build(seeds, data.seeds_X)
+    centroids = space.centroid_map()
     expert = SimulatedExpert(dict(zip(ds.pool_truth["id"].astype(str), ds.pool_truth["label"])), p=args.p,
                              label_vectors=centroids, seed=0)
     retriever = LabelRetriever().fit(labels, label_X, data.seeds_X, list(seed_y))
-    seed_texts = {lab: list(seeds["text"][seed_y == lab]) for lab in labels}
-    seed_vecs = {lab: data.seeds_X[seed_y == lab] for lab in labels}
+    seed_texts, seed_vecs = space.seed_texts_by_label(), space.seed_vectors_by_label()
     rac = RAC(expert, k=5).label(queue["id"].tolist(), queue["text"].tolist(), data.pool_X[pos[queue["id"]].to_numpy()],
                                  retriever, desc, seed_texts, seed_vecs)
     rac = rac[rac["label"] != ""].drop(columns=["text"], errors="ignore").merge(pool, on="id", how="left")
