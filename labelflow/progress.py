@@ -47,7 +47,8 @@ def _clock(seconds: float) -> str:
 class Progress:
     """Progress of one step as a ``(done, total)`` callback. A caller that works in rounds (each
     starting again at 0, e.g. RAC asking rank 1, then rank 2 for the rejected texts) is shown
-    cumulatively: done and total add up over the rounds, the rate is over the whole step."""
+    cumulatively: done and total add up over the rounds; the rate is over the whole step, timed from the
+    Progress's creation (make it when the step starts)."""
 
     def __init__(self, what: str, unit: str = "texts", every_s: float | None = None, stream: IO[str] | None = None):
         if every_s is None:  # seconds between plain lines (default 30; LABELFLOW_PROGRESS_EVERY_S overrides)
@@ -57,8 +58,7 @@ class Progress:
         self._lock = threading.Lock()
         self._offset = 0  # work of the rounds before this one
         self._done = self._total = 0  # of the current round
-        self._start: float | None = None
-        self._last_line = 0.0
+        self._start = self._last_line = time.monotonic()  # the step's work is timed from here
         self._bar = None
 
     @property
@@ -72,8 +72,6 @@ class Progress:
     def __call__(self, done: int, total: int) -> None:
         with self._lock:
             now = time.monotonic()
-            if self._start is None:
-                self._start = self._last_line = now
             if total != self._total or done < self._done:  # a new round
                 self._offset += self._done
                 self._close_bar()
@@ -94,7 +92,7 @@ class Progress:
 
     def line(self, now: float | None = None) -> str:
         """``what: done/total unit (pct), rate, ETA``."""
-        elapsed = max((now or time.monotonic()) - (self._start or time.monotonic()), 1e-9)
+        elapsed = max((now or time.monotonic()) - self._start, 1e-3)
         done, total = self.done, self.total
         rate = done / elapsed
         pct = f" ({100 * done / total:.0f}%)" if total else ""
