@@ -153,12 +153,15 @@ def run(args) -> list[pd.DataFrame]:
             wide[f"{s} - random"] = wide[s] - wide["random"]
     wide = wide[["round", "reviewed"] + strategies + [f"{s} - random" for s in strategies if s != "random"]]
     beats = {s: bool((wide.loc[wide["round"] > 0, f"{s} - random"] > 0).all()) for s in strategies if s != "random"}
+    last = long[long["round"] == args.rounds].set_index("strategy")["reviewed"]
+    short = {s: int(n) for s, n in last.items() if n < args.rounds * args.per_round}
     wide.columns.name = None
     emit(wide.astype(object), args.out, f"review_{ds.name}", f"Review rounds on {ds.name}: test macro-F1 after each round",
          note=(f"{len(seeds)} gold seeds ({args.seed_per_class or 10}/class); starting labels: embedding LFs + majority vote, "
                f"{len(kept)} weak-confident kept, RAC k=5 over {len(queue)} queued texts with {expert.name} ({len(rac)} labelled); "
                f"simulated reviewer answers from hidden gold. Beats random at every round: "
                + ", ".join(f"{s} {'yes' if b else 'no'}" for s, b in beats.items())
+               + "".join(f". {s} ran out of candidates: {n} texts reviewed in all" for s, n in short.items())
                + f". {time.perf_counter() - t_start:.0f} s in all."))
     emit(long, args.out, f"review_{ds.name}_long", f"Review rounds on {ds.name}: every round", note="corrected = reviewed texts "
          "whose training label was missing or different from the reviewer's")
