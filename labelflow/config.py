@@ -117,6 +117,22 @@ class LLMConfig:
     local_ctx: int = 4096
 
 
+COMPUTE_BACKENDS = ("local", "ray")
+
+
+@dataclass
+class ComputeConfig:
+    """Where the parallel work inside steps runs (see :mod:`labelflow.compute`): ``local`` (this process,
+    the default) or ``ray`` (``address``: ``auto`` = the cluster this machine belongs to / ``RAY_ADDRESS``,
+    ``ray://host:port`` = Ray Client, ``local`` = start a one-machine Ray). Env: ``LABELFLOW_COMPUTE``,
+    ``LABELFLOW_RAY_ADDRESS``."""
+
+    backend: str = "local"
+    address: str = "auto"
+    shard_size: int = 2048            # texts per embedding / labelling-function shard (a multiple of 256)
+    llm_requests_per_node: int = 8    # LLM requests one node's worker keeps in flight
+
+
 @dataclass
 class ProjectConfig:
     root: Path
@@ -130,6 +146,7 @@ class ProjectConfig:
     nightly_cron: str = "0 2 * * *"
     datasets: list[DatasetConfig] = field(default_factory=list)
     lock_wait_s: float = 60.0  # stores.lock_wait_s: how long a second writer waits for the project lock
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def dataset(self, name: str) -> DatasetConfig:
         for ds in self.datasets:
@@ -222,7 +239,30 @@ def config_from_dict(raw: dict[str, Any], root: Path) -> ProjectConfig:
         nightly_cron=raw.get("nightly_cron", "0 2 * * *"),
         datasets=datasets,
         lock_wait_s=_seconds(stores.get("lock_wait_s", 60.0), "stores.lock_wait_s"),
+        compute=_compute(raw.get("compute")),
     )
+
+
+def _compute(raw) -> ComputeConfig:
+    """The ``compute:`` section: ``backend: local|ray`` and a ``ray:`` sub-section (``address``,
+    ``shard_size``, ``llm_requests_per_node``); LABELFLOW_COMPUTE / LABELFLOW_RAY_ADDRESS override."""
+    raw = dict(raw or {})
+    ray_raw = dict(raw.pop("ray", None) or {})
+    unknown = set(raw) - {"backend"}
+    if unknown:
+        raise ConfigError(f"compute: unknown key(s) {sorted(unknown)}; allowed: ['backend', 'ray']")
+    cc = _build(ComputeConfig, {**ray_raw, **({"backend": raw["backend"]} if "backend" in raw else {})}, "compute.ray")
+    cc.backend = os.environ.get("LABELFLOW_COMPUTE") or cc.backend
+    cc.address = os.environ.get("LABELFLOW_RAY_ADDRESS") or cc.address
+    if cc.backend not in COMPUTE_BACKENDS:
+        raise ConfigError(f"compute.backend must be one of {list(COMPUTE_BACKENDS)}, got {cc.backend!r}")
+    if not (cc.address in ("auto", "local") or str(cc.address).startswith("ray://") or ":" in str(cc.address)):
+        raise ConfigError(f"compute.ray.address must be auto, local, ray://host:port or host:port, got {cc.address!r}")
+    if int(cc.shard_size) < 256 or int(cc.shard_size) % 256:
+        raise ConfigError(f"compute.ray.shard_size must be a positive multiple of 256, got {cc.shard_size!r}")
+    if int(cc.llm_requests_per_node) < 1:
+        raise ConfigError(f"compute.ray.llm_requests_per_node must be >= 1, got {cc.llm_requests_per_node!r}")
+    return cc
 
 
 def _seconds(value, where: str) -> float:

@@ -18,7 +18,8 @@ from labelflow.defs.nightly import NIGHTLY_ASSETS, inbox_sensor, nightly_assets,
 from labelflow.defs.rapt import rapt_assets
 from labelflow.defs.review import ReviewResource, review_assets, review_job, review_sensor
 from labelflow.defs.trust import trust_assets
-from labelflow.defs.resources import EmbedderResource, ExpertResource, MLflowResource, StoresResource
+from labelflow.defs.resources import (ComputeResource, EmbedderResource, ExpertResource, MLflowResource, StoresResource,
+                                      compute_fields)
 from labelflow.defs.vectors import EmbeddingIOManager
 from labelflow.lock import display_path, lock_path_for
 
@@ -39,6 +40,8 @@ def dataset_graph(ds: DatasetConfig) -> list:
 
 def resources(cfg: ProjectConfig) -> dict:
     cfg.warehouse.parent.mkdir(parents=True, exist_ok=True)
+    # compute: local | ray (labelflow.compute); embedding, labelling functions and LLM questions use it
+    compute = ComputeResource(**dataclasses.asdict(cfg.compute))
     return {
         # the warehouse IO manager is part of every step: it holds the project lock for the whole run
         "io_manager": WarehouseIOManager(database=str(cfg.warehouse), lock_path=str(lock_path_for(cfg.warehouse)),
@@ -50,12 +53,13 @@ def resources(cfg: ProjectConfig) -> dict:
         "values_io_manager": dg.FilesystemIOManager(base_dir=str(cfg.lancedb.parent / "values")),
         "review": ReviewResource(warehouse=str(cfg.warehouse), review_dir=str(cfg.root / "data" / "review")),
         "stores": StoresResource(lancedb_uri=str(cfg.lancedb), models_dir=str(cfg.models_dir)),
-        "embedder": EmbedderResource(model=cfg.embedding_model),
+        "compute": compute,
+        "embedder": EmbedderResource(model=cfg.embedding_model, **compute_fields(cfg.compute)),
         "mlflow": MLflowResource(tracking_uri=cfg.mlflow_tracking_uri, artifact_root=str(cfg.mlflow_artifacts)),
         # the llm: section of labelflow.yaml, field for field (ExpertResource mirrors LLMConfig so the
         # Dagster UI can override any of it in run config)
         "expert": ExpertResource(**dataclasses.asdict(cfg.llm), cache_path=str(cfg.root / "data" / "llm_cache.sqlite"),
-                                 local_model_dir=str(cfg.root / "data" / "llm")),
+                                 local_model_dir=str(cfg.root / "data" / "llm"), **compute_fields(cfg.compute)),
     }
 
 

@@ -8,7 +8,8 @@ import pandas as pd
 
 from labelflow.config import DatasetConfig
 from labelflow.data import label_lists
-from labelflow.defs.resources import EmbedderResource, ExpertResource, MLflowResource, StoresResource, budget_metadata
+from labelflow.defs.resources import (ComputeResource, EmbedderResource, ExpertResource, MLflowResource, StoresResource,
+                                      budget_metadata)
 from labelflow.expert import DescribeWithinBudget
 from labelflow.defs.util import OWNERS, md_figure, md_table, usage_metadata, rounded
 from labelflow.defs.vectors import embed
@@ -115,15 +116,18 @@ def labelling_assets(ds: DatasetConfig) -> list:
                           "(as validated at ingestion) "
                           "plus built-in embedding LFs (seed centroid, k nearest seeds, label description). The LF "
                           "analysis (coverage, overlaps, conflicts, accuracy on the seeds) is in the metadata and MLflow.")
-    def weak_label_matrix(context: dg.AssetExecutionContext, mlflow: MLflowResource, seed_labels: pd.DataFrame,
-                          text_pool: pd.DataFrame, hidden_pool_labels: pd.DataFrame, label_space: LabelSpace,
-                          text_embeddings: EmbeddingIndex, lf_definitions: pd.DataFrame) -> dg.Output:
+    def weak_label_matrix(context: dg.AssetExecutionContext, mlflow: MLflowResource, compute: ComputeResource,
+                          seed_labels: pd.DataFrame, text_pool: pd.DataFrame, hidden_pool_labels: pd.DataFrame,
+                          label_space: LabelSpace, text_embeddings: EmbeddingIndex, lf_definitions: pd.DataFrame) -> dg.Output:
         from labelflow import weak
+        from labelflow.compute import apply_lfs_sharded
 
         labels, seed_X = label_space.labels, label_space.seed_X
         lfs = weak.standard_lfs(lf_definitions, labels, seed_X, label_space.seed_sets, label_space.description_X)
         pool_X = text_embeddings.lookup(text_pool["id"])
-        votes, errors = weak.apply_lfs(lfs, text_pool["id"], text_pool["text"], pool_X, labels=labels)
+        # compute: ray runs the LFs over shards of the pool on the cluster (same votes as one local call)
+        votes, errors = apply_lfs_sharded(compute.get(), lf_definitions, labels, seed_X, label_space.seed_sets,
+                                          label_space.description_X, text_pool["id"], text_pool["text"], pool_X)
         for _, e in errors.iterrows():
             context.log.warning(f"labelling function {e['lf']} failed on text {e['id']}: {e['error']} (excluded from this run)")
         names = [lf.name for lf in lfs]

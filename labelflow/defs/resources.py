@@ -28,15 +28,49 @@ class StoresResource(dg.ConfigurableResource):
         return path
 
 
+class ComputeResource(dg.ConfigurableResource):
+    """Where the parallel work inside steps runs (``compute:`` in labelflow.yaml, see
+    :mod:`labelflow.compute`): ``local`` (this process) or ``ray`` (a Ray cluster at ``address``)."""
+
+    backend: str = "local"
+    address: str = "auto"
+    shard_size: int = 2048
+    llm_requests_per_node: int = 8
+
+    def get(self):
+        from labelflow.compute import get_backend
+
+        return get_backend(self.backend, self.address, self.shard_size, self.llm_requests_per_node)
+
+
+def _backend(resource):
+    """The compute backend named by a resource's ``compute`` / ``ray_*`` fields."""
+    from labelflow.compute import get_backend
+
+    return get_backend(resource.compute, resource.ray_address, resource.ray_shard_size, resource.ray_llm_requests_per_node)
+
+
+def compute_fields(compute_config) -> dict:
+    """The ``compute`` / ``ray_*`` fields of the embedder and expert resources from a ComputeConfig."""
+    c = compute_config
+    return {"compute": c.backend, "ray_address": c.address, "ray_shard_size": c.shard_size,
+            "ray_llm_requests_per_node": c.llm_requests_per_node}
+
+
 class EmbedderResource(dg.ConfigurableResource):
-    """The offline embedding model: ``minilm`` (packaged all-MiniLM-L6-v2) or a local model folder."""
+    """The offline embedding model: ``minilm`` (packaged all-MiniLM-L6-v2) or a local model folder;
+    with ``compute: ray`` its ``encode`` runs on the cluster's encoder actors."""
 
     model: str = "minilm"
+    compute: str = "local"  # the compute: section, as in ComputeResource
+    ray_address: str = "auto"
+    ray_shard_size: int = 2048
+    ray_llm_requests_per_node: int = 8
 
     def get(self) -> Embedder:
         if self.model not in _EMBEDDERS:
             _EMBEDDERS[self.model] = Embedder(self.model)
-        return _EMBEDDERS[self.model]
+        return _backend(self).encoder(_EMBEDDERS[self.model])
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -75,6 +109,10 @@ class ExpertResource(dg.ConfigurableResource):
     temperature: float = 0.0
     local_ctx: int = 4096
     local_threads: int | None = None
+    compute: str = "local"  # compute: ray sends the uncached questions from the cluster's LLM workers
+    ray_address: str = "auto"
+    ray_shard_size: int = 2048
+    ray_llm_requests_per_node: int = 8
 
     _server = PrivateAttr(default=None)
     _budgets = PrivateAttr(default_factory=dict)
@@ -117,6 +155,7 @@ class ExpertResource(dg.ConfigurableResource):
         options["progress"] = Progress("LLM questions", unit="questions")  # a bar in `labelflow demo`; run-log lines
         exp = make_expert(self.llm_config(), cache_path=self.cache_path, budget=budget,
                           threshold=self.threshold if threshold is None else threshold, server=self._server, **options)
+        exp = _backend(self).attach_llm(exp, self.llm_config())
         self._experts.append(exp)
         return exp
 

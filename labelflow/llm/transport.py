@@ -129,6 +129,7 @@ class _Failure:
     retryable: bool
     fatal: bool
     retry_after: float | None
+    sent: bool = True  # False: nothing reached the provider (e.g. the API key variable is unset)
 
 
 class Transport:
@@ -149,6 +150,10 @@ class Transport:
         self.name = name or model
         self._rpm = RequestRateLimiter(rpm)
         self._tpm = TokenRateLimiter(tpm)
+        # compute: ray — ``remote(messages, params, est_tokens) -> (parsed, failure, latency)`` sends each
+        # attempt from a cluster worker (labelflow.compute); its limiter replaces the rpm/tpm limits here.
+        # Budget, retries, the cache and accounting stay with the caller's process.
+        self.remote = None
 
     def api_key(self) -> str | None:
         if self.api_key_env:
@@ -200,6 +205,16 @@ class Transport:
             cost = 0.0
         return text, tokens, Usage(calls=1, prompt_tokens=pt, completion_tokens=ct, cost=cost, latency_s=latency)
 
+    def attempt_once(self, messages: list[dict], params: dict[str, Any]):
+        """One attempt without budget or limits (a cluster worker's part, see ``remote``):
+        ``((text, tokens, usage) or None, _Failure or None, latency)``."""
+        try:
+            secret = self.api_key()
+        except LLMCallError as exc:
+            return None, _Failure(str(exc), None, False, True, None, sent=False), 0.0
+        resp, failure, latency = self._attempt(messages, params, secret)
+        return (self._parse(resp, params, latency) if failure is None else None), failure, latency
+
     def send(self, messages: list[dict], params: dict[str, Any], budget: Budget) -> Response:
         """Send one chat request (``params`` go to ``litellm.completion``). Raises
         :class:`~labelflow.expert.BudgetExceeded` (nothing more sent) or :class:`LLMCallError`."""
@@ -208,16 +223,24 @@ class Transport:
         total = Usage()
         for attempt in range(self.max_retries + 1):
             budget.reserve(est)
-            try:
-                secret = self.api_key()
-            except LLMCallError:
-                budget.release(est)
-                raise
-            self._rpm.acquire()
-            handle = self._tpm.acquire(est)
-            resp, failure, latency = self._attempt(messages, params, secret)
+            handle = None
+            if self.remote is not None:
+                parsed, failure, latency = self.remote(messages, params, est)
+                if failure is not None and not failure.sent:
+                    budget.release(est)
+                    raise LLMCallError(f"{self.name}: {failure.message}", fatal=True)
+            else:
+                try:
+                    secret = self.api_key()
+                except LLMCallError:
+                    budget.release(est)
+                    raise
+                self._rpm.acquire()
+                handle = self._tpm.acquire(est)
+                resp, failure, latency = self._attempt(messages, params, secret)
+                parsed = self._parse(resp, params, latency) if failure is None else None
             if failure is None:
-                text, tokens, usage = self._parse(resp, params, latency)
+                text, tokens, usage = parsed
                 self._tpm.settle(handle, usage.prompt_tokens + usage.completion_tokens)
                 budget.settle(est, usage)
                 return Response(text, tokens, total + usage)
