@@ -194,7 +194,8 @@ class RunReport:
                 while error is not None and error.cause is not None:  # the user code's error, not Dagster's wrapper
                     error = error.cause
                 message = (error.message.strip().splitlines() or ["(no message)"])[0] if error else "(no message)"
-                self._print(f"  {step:<{self.width}} {seconds:6.1f} s  FAILED: {message[:200]}")
+                name = step.split("__", 1)[-1]  # the step of an asset is "<dataset>__<asset>"
+                self._print(f"  {name:<{self.width}} {seconds:6.1f} s  FAILED: {message[:200]}")
             for note in self.notes.pop(step, []):
                 self._print(f"  {'':<{self.width}} {note}")
             warnings = self.warnings.pop(step, [])
