@@ -9,13 +9,9 @@ import duckdb
 import pandas as pd
 import pytest
 
-ray = pytest.importorskip("ray")
-
-from labelflow.bench.fake_llm import FakeLLM  # noqa: E402
-from labelflow.bench.scale import LocalRayCluster, write_synthetic_dataset  # noqa: E402
-from labelflow.config import config_from_dict  # noqa: E402
-
-pytestmark = pytest.mark.slow
+from labelflow.bench.fake_llm import FakeLLM
+from labelflow.bench.scale import LocalRayCluster, write_synthetic_dataset
+from labelflow.config import ConfigError, config_from_dict
 
 TABLES = {"weak_labels": ["id", "label"], "rac_labels": ["id", "label", "status"], "red_labels": ["id", "label"],
           "pool_predictions": ["id", "label"], "training_set": ["id", "label", "label_source"]}
@@ -46,7 +42,60 @@ def _run(root, data, api_base, compute: dict):
     return tables, metrics
 
 
+def test_compute_config_and_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("LABELFLOW_COMPUTE", raising=False)
+    monkeypatch.delenv("LABELFLOW_RAY_ADDRESS", raising=False)
+    assert config_from_dict({}, tmp_path).compute.backend == "local"
+    c = config_from_dict({"compute": {"backend": "ray", "ray": {"address": "ray://head:10001", "shard_size": 512}}},
+                         tmp_path).compute
+    assert (c.backend, c.address, c.shard_size) == ("ray", "ray://head:10001", 512)
+    monkeypatch.setenv("LABELFLOW_COMPUTE", "ray")
+    monkeypatch.setenv("LABELFLOW_RAY_ADDRESS", "10.0.0.5:6379")
+    c = config_from_dict({}, tmp_path).compute
+    assert (c.backend, c.address) == ("ray", "10.0.0.5:6379")
+    monkeypatch.delenv("LABELFLOW_COMPUTE")
+    monkeypatch.delenv("LABELFLOW_RAY_ADDRESS")
+    for bad, words in [({"backend": "dask"}, "compute.backend"), ({"ray": {"shard_size": 1000}}, "multiple of 256"),
+                       ({"ray": {"address": "nowhere"}}, "compute.ray.address"), ({"workers": 3}, "unknown key")]:
+        with pytest.raises(ConfigError, match=words):
+            config_from_dict({"compute": bad}, tmp_path)
+
+
+class _ShardedInProcess:
+    """A backend that cuts shards like the Ray one but runs them here (checks the merge, not Ray)."""
+
+    name, shard_size = "sharded", 256
+
+    def map_shards(self, fn, items, shared=None):
+        return [fn(item, shared) for item in items]
+
+
+def test_sharded_labelling_functions_equal_one_call():
+    import numpy as np
+
+    from labelflow import weak
+    from labelflow.compute import LocalBackend, apply_lfs_sharded
+
+    rng = np.random.default_rng(0)
+    labels = ["a", "b", "c"]
+    seed_X = rng.standard_normal((9, 16)).astype(np.float32)
+    seed_X /= np.linalg.norm(seed_X, axis=1, keepdims=True)
+    seed_sets = [[labels[i % 3]] for i in range(9)]
+    desc_X = seed_X[:3]
+    X = rng.standard_normal((700, 16)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    ids, texts = [f"t{i}" for i in range(700)], [f"text {i}" for i in range(700)]
+    lfs = weak.standard_lfs(None, labels, seed_X, seed_sets, desc_X)
+    one, _ = weak.apply_lfs(lfs, ids, texts, X, labels=labels)
+    for backend in (LocalBackend(), _ShardedInProcess()):
+        votes, errors = apply_lfs_sharded(backend, None, labels, seed_X, seed_sets, desc_X, ids, texts, X)
+        assert len(errors) == 0
+        pd.testing.assert_frame_equal(votes.reset_index(drop=True), one.reset_index(drop=True))
+
+
+@pytest.mark.slow
 def test_ray_cluster_matches_local(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
     monkeypatch.delenv("LABELFLOW_COMPUTE", raising=False)
     monkeypatch.delenv("LABELFLOW_RAY_ADDRESS", raising=False)
     data = write_synthetic_dataset(tmp_path / "syn", pool=2000, classes=8, seeds_per_class=5, gold_per_class=4)
