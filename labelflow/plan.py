@@ -279,7 +279,8 @@ def gather_inputs(ds, project, pilot: pd.DataFrame | None = None, progress=None)
     rates = ExpertRates.from_pilot(pilot)
     _, p_label = expected_questions(hits, k, rates.yes_true, rates.yes_false, ds.multilabel)
     queue_texts = routed.loc[routed["queued"], "id"].map(dict(zip(pool["id"].astype(str), pool["text"])))
-    chars_per = prompt_chars(labels, desc, dict(zip(seeds["label"], seeds["text"])), queue_texts, questions)
+    chars_per = prompt_chars(labels, desc, {lab: texts[0] for lab, texts in space.seed_texts_by_label().items()},
+                             queue_texts, questions)
     inputs = PlanInputs(
         labels_to_describe=len(set(labels) - set(user)), pilot_questions=len(questions), queued=queued, rac_k=k,
         n_labels=len(labels), rank_hits=list(hits), pool_for_red=max(len(pool) - int(round(queued * p_label)), 0),

@@ -34,7 +34,7 @@ def plan_assets(ds: DatasetConfig) -> list:
                             red_top_k=ds.red_top_k, red_max_rounds=ds.red_max_rounds, red_budget_calls=ds.red_budget_calls,
                             llm_budget_calls=budget.calls_left, multilabel=ds.multilabel, red=not ds.multilabel,
                             prompt_chars=prompt_chars(label_space.labels, label_space.descriptions,
-                                                      dict(zip(label_space.seed_labels, label_space.seed_texts)),
+                                                      {lab: texts[0] for lab, texts in label_space.seed_texts_by_label().items()},
                                                       llm_queue.loc[llm_queue["queued"].astype(bool), "text"]
                                                       if len(llm_queue) else []))
         plan = plan_llm_run(inputs, expert.llm_config(), rates)
