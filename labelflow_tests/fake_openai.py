@@ -144,6 +144,8 @@ class FakeOpenAI:
         self.policy = policy
         self.delay_s = delay_s
         self.count = 0
+        self.in_flight = 0
+        self.max_in_flight = 0  # high-water mark of requests being answered at once
         self.requests: list[dict] = []
         self._script: list[Any] = []
         self._lock = threading.Lock()
@@ -160,6 +162,7 @@ class FakeOpenAI:
     def reset(self) -> None:
         with self._lock:
             self.count = 0
+            self.max_in_flight = 0
             self.requests.clear()
             self._script.clear()
 
@@ -209,6 +212,15 @@ class FakeOpenAI:
                     fake.count += 1
                     fake.requests.append(body)
                     action = fake._script.pop(0) if fake._script else None
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    self._answer(action, body)
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
+
+            def _answer(self, action: Any, body: dict) -> None:
                 if action is None:
                     try:
                         action = fake.policy(body) if callable(fake.policy) else fake.policy

@@ -194,11 +194,10 @@ def test_concurrency_keeps_input_order_and_accounts_every_call(server, tmp_path)
     server.delay_s = 0.2
     texts = [f"item {i} " + ("refund" if i % 2 else "card") for i in range(12)]
     ex = make(server, tmp_path, concurrency=4)
-    t0 = time.monotonic()
     v = ex.validate(items(*texts))
-    took = time.monotonic() - t0
     assert outcomes(v) == [ACCEPT if i % 2 else REJECT for i in range(12)]
-    assert server.count == 12 and ex.usage.calls == 12 and took < 12 * 0.2 * 0.6  # in parallel
+    assert server.count == 12 and ex.usage.calls == 12
+    assert 2 <= server.max_in_flight <= 4  # in parallel, never more than `concurrency` at once
     total = sum((x.usage for x in v), Usage())
     assert total.calls == 12 and total.prompt_tokens == ex.usage.prompt_tokens > 0
     ex.validate(items(*texts))
