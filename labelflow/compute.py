@@ -17,7 +17,8 @@
   ``llm.tpm``. The cache look-ups and writes, the run's :class:`~labelflow.llm.budget.Budget`
   (reserved before each attempt is dispatched), retries and parsing stay in the driver, so nothing is
   paid twice and the budget is never overshot. API keys are read from each worker's own environment
-  (the variable named by ``llm.api_key_env``); they never travel through Ray.
+  (the variable named by ``llm.api_key_env``); they never travel through Ray. An LLM served on
+127.0.0.1 (``llm.model: local``) is asked from the driver when the cluster spans other machines.
 
 ``address``: ``auto`` (the cluster this machine belongs to, or ``RAY_ADDRESS``), ``ray://host:port``
 (Ray Client), ``host:port`` (a cluster's GCS) or ``local`` (start a Ray on this machine only).
@@ -27,11 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from typing import Any, Callable, Sequence
+from urllib.parse import urlparse
 
 import numpy as np
+
+log = logging.getLogger("labelflow.compute")
 
 SHARD_ALIGN = 256  # labelflow.embedding.Embedder encodes (and sorts by length) in chunks of 4 x 64 texts
 NAMESPACE = "labelflow"
@@ -158,6 +163,13 @@ class RayBackend:
         if transport is None:
             return expert
         ray = _ray()
+        host = urlparse(transport.api_base or "").hostname
+        here = ray.util.get_node_ip_address()
+        if host in ("127.0.0.1", "localhost", "::1") and any(n["NodeManagerAddress"] != here for n in self.alive_nodes()):
+            # e.g. llm.model: local, served on this machine only: the other nodes cannot reach it
+            log.warning("%s: the LLM at %s is reachable from this machine only; its questions are sent from here",
+                        transport.name, transport.api_base)
+            return expert
         cap = int(getattr(llm_config, "concurrency", None) or expert.concurrency)
         spec = {"model": transport.model, "api_base": transport.api_base, "api_key_env": transport.api_key_env,
                 "timeout_s": transport.timeout_s, "name": transport.name, "rpm": getattr(llm_config, "rpm", None),
