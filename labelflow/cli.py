@@ -33,6 +33,9 @@ def _bench_parser(sub, method_options: bool = True) -> None:
     p.add_argument("--p", type=float, default=0.9, help="SimulatedExpert accuracy")
     p.add_argument("--sample", type=int, default=None, help="score on a seeded sample of N test texts")
     p.add_argument("--out", default="data/bench", help="folder for CSV + Markdown results")
+    p.add_argument("--embedding-model", default="minilm",
+                   help="minilm (torch), minilm-int8 (int8 ONNX on onnxruntime; the onnx extra) or a local "
+                        "sentence-transformers folder (baseline, rac and scale benchmarks)")
     for method in METHODS if method_options else []:
         try:
             mod = importlib.import_module(f"labelflow.bench.{method}")

@@ -21,12 +21,6 @@ from labelflow.training import fit_classifier, predict_labels
 
 
 def add_arguments(p) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("labelflow.bench.scale") is None:  # else bench scale registers the same flag
-        p.add_argument("--embedding-model", default="minilm",
-                       help="minilm (torch), minilm-int8 (int8 ONNX on onnxruntime; the onnx extra) or a local "
-                            "sentence-transformers folder (baseline and rac benchmarks)")
     p.add_argument("--skip-full-train", action="store_true",
                    help="baseline: only the K-shot setting (embeds seeds and test, not the pool)")
     p.add_argument("--skip-timing", action="store_true", help="baseline: skip the pipeline-vs-embedding timing")

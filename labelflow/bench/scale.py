@@ -215,7 +215,6 @@ def add_arguments(parser) -> None:
     g.add_argument("--llm-latency-ms", type=float, default=200.0, help="scale: the test LLM server's latency per request")
     g.add_argument("--llm-requests-per-node", type=int, default=8, help="scale: LLM requests in flight per node")
     g.add_argument("--shard-size", type=int, default=512, help="scale: texts per shard (a multiple of 256)")
-    g.add_argument("--embedding-model", default="minilm", help="scale: embedding model (minilm, minilm-int8, a folder)")
     g.add_argument("--repeats", type=int, default=1,
                    help="scale: measure the configurations this many times, interleaved; the fastest of each is reported")
 
