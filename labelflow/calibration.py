@@ -81,15 +81,24 @@ def risk_coverage(confidence, correct, coverages: Sequence[float] = COVERAGES) -
 def calibration_row(confidence, correct, n_bins: int = N_BINS) -> dict:
     """One row of figures: n, accuracy, mean confidence, ECE, Brier and accuracy at each coverage."""
     c, y = _arrays(confidence, correct)
-    row = {"n": int(len(c)), "accuracy": float(y.mean()) if len(c) else float("nan"),
-           "mean_confidence": float(c.mean()) if len(c) else float("nan"),
-           "ece": expected_calibration_error(c, y, n_bins), "brier": brier_score(c, y)}
+    row = {
+        "n": int(len(c)),
+        "accuracy": float(y.mean()) if len(c) else float("nan"),
+        "mean_confidence": float(c.mean()) if len(c) else float("nan"),
+        "ece": expected_calibration_error(c, y, n_bins),
+        "brier": brier_score(c, y),
+    }
     row.update({f"acc_at_{int(round(x * 100))}": v for x, v in risk_coverage(c, y).items()})
     return row
 
 
-def calibration_table(df: pd.DataFrame, confidence: str = "confidence", correct: str = "correct",
-                      by: str | None = "source", extra: Sequence[str] = ()) -> pd.DataFrame:
+def calibration_table(
+    df: pd.DataFrame,
+    confidence: str = "confidence",
+    correct: str = "correct",
+    by: str | None = "source",
+    extra: Sequence[str] = (),
+) -> pd.DataFrame:
     """Figures overall (``source = all``) and per value of ``by``; ``extra`` confidence columns (e.g.
     ``confidence_raw``) add their ECE and Brier as ``ece_<col>`` / ``brier_<col>`` for comparison."""
     groups = [("all", df)]
@@ -105,8 +114,11 @@ def calibration_table(df: pd.DataFrame, confidence: str = "confidence", correct:
     return pd.DataFrame(rows)
 
 
-def reliability_figure(groups: dict[str, tuple[Sequence[float], Sequence[bool]]], n_bins: int = N_BINS,
-                       title: str = "Reliability (15 equal-mass bins)"):
+def reliability_figure(
+    groups: dict[str, tuple[Sequence[float], Sequence[bool]]],
+    n_bins: int = N_BINS,
+    title: str = "Reliability (15 equal-mass bins)",
+):
     """Reliability diagram: accuracy against mean confidence per equal-mass bin, one line per group."""
     import matplotlib
 
@@ -120,8 +132,13 @@ def reliability_figure(groups: dict[str, tuple[Sequence[float], Sequence[bool]]]
         if not len(c):
             continue
         bins = equal_mass_bins(c, n_bins)
-        ax.plot([c[b].mean() for b in bins], [y[b].mean() for b in bins], marker="o", markersize=3,
-                label=f"{name} (ECE {expected_calibration_error(c, y, n_bins):.3f}, n={len(c)})")
+        ax.plot(
+            [c[b].mean() for b in bins],
+            [y[b].mean() for b in bins],
+            marker="o",
+            markersize=3,
+            label=f"{name} (ECE {expected_calibration_error(c, y, n_bins):.3f}, n={len(c)})",
+        )
     ax.set_xlabel("mean confidence")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1.02)
@@ -172,8 +189,15 @@ class ScoreCalibrator:
     only, it uses the empirical precision per distinct score (else overall) under a Beta(1, 1) prior
     (``method_`` says which was used). Outputs are clipped to [``floor``, ``ceiling``]."""
 
-    def __init__(self, method: str = "auto", logit_input: bool = False, min_evidence: int = 10,
-                 isotonic_min: int = 200, floor: float = 0.0, ceiling: float = 1.0):
+    def __init__(
+        self,
+        method: str = "auto",
+        logit_input: bool = False,
+        min_evidence: int = 10,
+        isotonic_min: int = 200,
+        floor: float = 0.0,
+        ceiling: float = 1.0,
+    ):
         if method not in ("auto", "isotonic", "platt"):
             raise ValueError(f"method must be auto, isotonic or platt, got {method!r}")
         self.method = method
@@ -249,8 +273,9 @@ def llm_answer_calibrator(scores, truth, outcomes=None) -> ScoreCalibrator:
     return ScoreCalibrator(method="auto").fit(s, t)
 
 
-def weak_seed_evidence(seeds: pd.DataFrame, label_seeds: Callable[[np.ndarray, np.ndarray], pd.DataFrame],
-                       folds: int = 5, seed: int = 0) -> pd.DataFrame:
+def weak_seed_evidence(
+    seeds: pd.DataFrame, label_seeds: Callable[[np.ndarray, np.ndarray], pd.DataFrame], folds: int = 5, seed: int = 0
+) -> pd.DataFrame:
     """Cross-validated (confidence, correct) of the weak labels on the seeds.
 
     ``label_seeds(train_idx, test_idx)`` must build the labelling functions (and any label model) from
@@ -276,8 +301,15 @@ def weak_seed_evidence(seeds: pd.DataFrame, label_seeds: Callable[[np.ndarray, n
     return ev.reset_index(drop=True)
 
 
-def product_weak_labeller(seeds: pd.DataFrame, seed_X: np.ndarray, labels: Sequence[str], label_X: np.ndarray,
-                          lf_source, label_model: str, multilabel: bool = False) -> Callable[[np.ndarray, np.ndarray], pd.DataFrame]:
+def product_weak_labeller(
+    seeds: pd.DataFrame,
+    seed_X: np.ndarray,
+    labels: Sequence[str],
+    label_X: np.ndarray,
+    lf_source,
+    label_model: str,
+    multilabel: bool = False,
+) -> Callable[[np.ndarray, np.ndarray], pd.DataFrame]:
     """The ``label_seeds`` function for :func:`weak_seed_evidence` that uses the product's own LFs
     (:func:`labelflow.weak.standard_lfs`) and label model (:func:`labelflow.routing.aggregate_votes`)."""
     from labelflow import weak
@@ -317,8 +349,9 @@ WEAK_SOURCES = ("weak-confident",)
 GOLD_SOURCES = ("gold_seed", "human")
 
 
-def calibrate_labels(frame: pd.DataFrame, llm: ScoreCalibrator | None, weak: ScoreCalibrator | None,
-                     min_confidence: float | None = None) -> pd.DataFrame:
+def calibrate_labels(
+    frame: pd.DataFrame, llm: ScoreCalibrator | None, weak: ScoreCalibrator | None, min_confidence: float | None = None
+) -> pd.DataFrame:
     """Per-source calibrated confidence for labelled rows (``source``, ``confidence`` = the source's raw
     confidence). Adds ``confidence_raw`` (the input), ``confidence`` (P(label right)), ``label_source``
     and ``needs_review`` (calibrated confidence below ``min_confidence``).

@@ -1,9 +1,9 @@
 """The ``labelflow`` command line.
 
-    labelflow bench --dataset DIR --method baseline|pilot|weak|rac|red|rapt ... [--out DIR]
-    labelflow llm serve|fetch|status
-    labelflow runs compare --dataset NAME [-n N]
-    labelflow export --dataset NAME --out FILE
+labelflow bench --dataset DIR --method baseline|pilot|weak|rac|red|rapt ... [--out DIR]
+labelflow llm serve|fetch|status
+labelflow runs compare --dataset NAME [-n N]
+labelflow export --dataset NAME --out FILE
 """
 
 from __future__ import annotations
@@ -24,18 +24,29 @@ def _bench_parser(sub, method_options: bool = True) -> None:
     p.add_argument("--dataset", required=False, help="dataset folder (train/test[/unlabeled][/labels.csv])")
     p.add_argument("--method", default="baseline", choices=METHODS)
     p.add_argument("--task", choices=["multiclass", "multilabel"], help="default: multilabel if train has a 'labels' column")
-    p.add_argument("--label-conflicts", default="error", choices=["error", "drop", "keep_first", "merge"],
-                   help="a text with two gold labels: error (list them), drop, keep_first or merge (multi-label union)")
+    p.add_argument(
+        "--label-conflicts",
+        default="error",
+        choices=["error", "drop", "keep_first", "merge"],
+        help="a text with two gold labels: error (list them), drop, keep_first or merge (multi-label union)",
+    )
     p.add_argument("--seed-per-class", type=int, default=10, help="K gold seeds per class (0 = full train)")
     p.add_argument("--seeds", type=int, default=1, help="average over N random splits")
-    p.add_argument("--expert", default="simulated", choices=["simulated", "local", "config"],
-                   help="simulated (hidden gold, accuracy --p), local (the bundled local LLM) or config (labelflow.yaml's llm)")
+    p.add_argument(
+        "--expert",
+        default="simulated",
+        choices=["simulated", "local", "config"],
+        help="simulated (hidden gold, accuracy --p), local (the bundled local LLM) or config (labelflow.yaml's llm)",
+    )
     p.add_argument("--p", type=float, default=0.9, help="SimulatedExpert accuracy")
     p.add_argument("--sample", type=int, default=None, help="score on a seeded sample of N test texts")
     p.add_argument("--out", default="data/bench", help="folder for CSV + Markdown results")
-    p.add_argument("--embedding-model", default="minilm",
-                   help="minilm (torch), minilm-int8 (int8 ONNX on onnxruntime; the onnx extra) or a local "
-                        "sentence-transformers folder (baseline, rac and scale benchmarks)")
+    p.add_argument(
+        "--embedding-model",
+        default="minilm",
+        help="minilm (torch), minilm-int8 (int8 ONNX on onnxruntime; the onnx extra) or a local "
+        "sentence-transformers folder (baseline, rac and scale benchmarks)",
+    )
     for method in METHODS if method_options else []:
         try:
             mod = importlib.import_module(f"labelflow.bench.{method}")
@@ -50,11 +61,20 @@ def _bench_parser(sub, method_options: bool = True) -> None:
 # User-facing errors: bad input, config, a store in use, a spent budget, a tampered file. The CLI prints
 # them as one line and exits 2; anything else is a bug and keeps its traceback. Looked up by name in
 # the modules already imported (an error of a module never imported cannot have been raised).
-USER_ERRORS = [("labelflow.data", "IngestError"), ("labelflow.config", "ConfigError"), ("labelflow.lock", "LockHeld"),
-               ("labelflow.commands.export", "ExportError"), ("labelflow.expert", "BudgetExceeded"),
-               ("labelflow.llm.budget", "BudgetExceeded"), ("labelflow.modelstore", "ModelIntegrityError"),
-               ("labelflow.weak", "LFFileError"), ("labelflow.review", "ReviewError"), ("labelflow.review", "MissingInput"),
-               ("labelflow.llm.local", "LocalModelError"), ("duckdb", "IOException")]
+USER_ERRORS = [
+    ("labelflow.data", "IngestError"),
+    ("labelflow.config", "ConfigError"),
+    ("labelflow.lock", "LockHeld"),
+    ("labelflow.commands.export", "ExportError"),
+    ("labelflow.expert", "BudgetExceeded"),
+    ("labelflow.llm.budget", "BudgetExceeded"),
+    ("labelflow.modelstore", "ModelIntegrityError"),
+    ("labelflow.weak", "LFFileError"),
+    ("labelflow.review", "ReviewError"),
+    ("labelflow.review", "MissingInput"),
+    ("labelflow.llm.local", "LocalModelError"),
+    ("duckdb", "IOException"),
+]
 USER_ERROR_EXIT = 2
 
 

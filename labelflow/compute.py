@@ -139,8 +139,9 @@ class RayBackend:
         limits = {k: spec.get(k) for k in ("rpm", "tpm", "concurrency")}
         endpoint = {k: spec.get(k) for k in ("model", "api_base")}
         digest = hashlib.sha256(json.dumps([endpoint, limits], sort_keys=True).encode()).hexdigest()[:16]
-        limiter = _Limiter.options(name=f"labelflow-llm-limiter-{digest}", namespace=NAMESPACE, get_if_exists=True,
-                                   lifetime="detached", num_cpus=0).remote(**limits)
+        limiter = _Limiter.options(
+            name=f"labelflow-llm-limiter-{digest}", namespace=NAMESPACE, get_if_exists=True, lifetime="detached", num_cpus=0
+        ).remote(**limits)
         with self._lock:
             workers = self._llm_workers.get(digest)
             if workers is None:
@@ -148,9 +149,11 @@ class RayBackend:
                 for node in self.alive_nodes():
                     strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
                     # I/O-bound: no CPU reserved, so shards can still use every core
-                    workers.append(_LLMWorker.options(num_cpus=0, scheduling_strategy=strategy,
-                                                      max_concurrency=self.llm_requests_per_node)
-                                   .remote(spec, limiter))
+                    workers.append(
+                        _LLMWorker.options(
+                            num_cpus=0, scheduling_strategy=strategy, max_concurrency=self.llm_requests_per_node
+                        ).remote(spec, limiter)
+                    )
                 self._llm_workers[digest] = workers
         return workers, limiter
 
@@ -167,13 +170,23 @@ class RayBackend:
         here = ray.util.get_node_ip_address()
         if host in ("127.0.0.1", "localhost", "::1") and any(n["NodeManagerAddress"] != here for n in self.alive_nodes()):
             # e.g. llm.model: local, served on this machine only: the other nodes cannot reach it
-            log.warning("%s: the LLM at %s is reachable from this machine only; its questions are sent from here",
-                        transport.name, transport.api_base)
+            log.warning(
+                "%s: the LLM at %s is reachable from this machine only; its questions are sent from here",
+                transport.name,
+                transport.api_base,
+            )
             return expert
         cap = int(getattr(llm_config, "concurrency", None) or expert.concurrency)
-        spec = {"model": transport.model, "api_base": transport.api_base, "api_key_env": transport.api_key_env,
-                "timeout_s": transport.timeout_s, "name": transport.name, "rpm": getattr(llm_config, "rpm", None),
-                "tpm": getattr(llm_config, "tpm", None), "concurrency": cap}
+        spec = {
+            "model": transport.model,
+            "api_base": transport.api_base,
+            "api_key_env": transport.api_key_env,
+            "timeout_s": transport.timeout_s,
+            "name": transport.name,
+            "rpm": getattr(llm_config, "rpm", None),
+            "tpm": getattr(llm_config, "tpm", None),
+            "concurrency": cap,
+        }
         workers, limiter = self._llm_pool(spec)
         counter = iter(range(1 << 62))
         lock = threading.Lock()
@@ -236,12 +249,13 @@ class RayEncoder:
         n = max(1, min(len(parts), gpus if gpus else self.backend._cpus()))
         opts = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": 1}
         device = "cuda" if gpus else "cpu"
-        actors = [_Encoder.options(scheduling_strategy="SPREAD", **opts).remote(self.model, self.batch_size, device)
-                  for _ in range(n)]
+        actors = [
+            _Encoder.options(scheduling_strategy="SPREAD", **opts).remote(self.model, self.batch_size, device) for _ in range(n)
+        ]
         try:
             pool = ActorPool(actors)
             out, done = [], 0
-            for vecs in pool.map(lambda a, p: a.encode.remote(texts[p[0]:p[1]]), parts):
+            for vecs in pool.map(lambda a, p: a.encode.remote(texts[p[0] : p[1]]), parts):
                 out.append(vecs)
                 done += len(vecs)
                 if progress:
@@ -341,8 +355,15 @@ class _LimiterImpl:
             self._cond.notify_all()
 
     async def stats(self) -> dict:
-        return {"admitted": self.admitted, "peak_in_flight": self.peak, "in_flight": self._in_flight,
-                "waited_s": round(self.waited_s, 3), "concurrency": self.concurrency, "rpm": self.rpm, "tpm": self.tpm}
+        return {
+            "admitted": self.admitted,
+            "peak_in_flight": self.peak,
+            "in_flight": self._in_flight,
+            "waited_s": round(self.waited_s, 3),
+            "concurrency": self.concurrency,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+        }
 
     async def reset_stats(self) -> None:
         self.admitted = self.peak = 0
@@ -357,8 +378,14 @@ class _LLMWorkerImpl:
         from labelflow.llm.transport import Transport
 
         self.limiter = limiter
-        self.transport = Transport(spec["model"], api_base=spec["api_base"], api_key_env=spec["api_key_env"],
-                                   timeout_s=spec["timeout_s"], max_retries=0, name=spec["name"])
+        self.transport = Transport(
+            spec["model"],
+            api_base=spec["api_base"],
+            api_key_env=spec["api_key_env"],
+            timeout_s=spec["timeout_s"],
+            max_retries=0,
+            name=spec["name"],
+        )
 
     def attempt(self, messages: list[dict], params: dict, est: int):
         ray = _ray()
@@ -381,8 +408,7 @@ _BACKENDS: dict[tuple, Any] = {}
 _BACKENDS_LOCK = threading.Lock()
 
 
-def get_backend(backend: str = "local", address: str = "auto", shard_size: int = 2048,
-                llm_requests_per_node: int = 8):
+def get_backend(backend: str = "local", address: str = "auto", shard_size: int = 2048, llm_requests_per_node: int = 8):
     """The process's backend for these settings (a Ray connection is made once per process)."""
     if backend == "local":
         return LocalBackend(shard_size)
@@ -421,8 +447,9 @@ def _lf_shard(part: tuple, shared: dict):
     from labelflow import weak
 
     lo, hi = part
-    lfs = weak.standard_lfs(shared["lf_definitions"], shared["labels"], shared["seed_X"], shared["seed_sets"],
-                            shared["description_X"])
+    lfs = weak.standard_lfs(
+        shared["lf_definitions"], shared["labels"], shared["seed_X"], shared["seed_sets"], shared["description_X"]
+    )
     X = shared["X"][lo:hi] if shared["X"] is not None else None
     return weak.apply_lfs(lfs, shared["ids"][lo:hi], shared["texts"][lo:hi], X, labels=shared["labels"])
 
@@ -436,8 +463,16 @@ def apply_lfs_sharded(backend, lf_definitions, labels, seed_X, seed_sets, descri
     from labelflow import weak
 
     ids, texts = list(map(str, ids)), list(texts)
-    shared = {"lf_definitions": lf_definitions, "labels": list(labels), "seed_X": seed_X, "seed_sets": seed_sets,
-              "description_X": description_X, "ids": ids, "texts": texts, "X": X}
+    shared = {
+        "lf_definitions": lf_definitions,
+        "labels": list(labels),
+        "seed_X": seed_X,
+        "seed_sets": seed_sets,
+        "description_X": description_X,
+        "ids": ids,
+        "texts": texts,
+        "X": X,
+    }
     parts = [(0, len(ids))] if backend.name == "local" else shards(len(ids), backend.shard_size)
     results = backend.map_shards(_lf_shard, parts, shared)
     if len(results) == 1:

@@ -45,11 +45,13 @@ def check_dataset_name(name, where: str) -> None:
     """A dataset name is a DuckDB schema, a Dagster key prefix and part of LanceDB table names:
     ``^[a-z][a-z0-9_]*$``, not a DuckDB keyword, not a reserved schema name."""
     if not isinstance(name, str) or not DATASET_NAME.match(name):
-        raise ConfigError(f"{where}: name {name!r} must match ^[a-z][a-z0-9_]*$ (lower-case letters, digits and '_', "
-                          "starting with a letter)")
+        raise ConfigError(
+            f"{where}: name {name!r} must match ^[a-z][a-z0-9_]*$ (lower-case letters, digits and '_', starting with a letter)"
+        )
     if name in RESERVED_SCHEMAS:
-        raise ConfigError(f"{where}: name {name!r} is a reserved DuckDB schema ({', '.join(sorted(RESERVED_SCHEMAS))}); "
-                          "choose another name")
+        raise ConfigError(
+            f"{where}: name {name!r} is a reserved DuckDB schema ({', '.join(sorted(RESERVED_SCHEMAS))}); choose another name"
+        )
     if name in duckdb_keywords():
         raise ConfigError(f"{where}: name {name!r} is a DuckDB keyword; choose another name (e.g. {name + '_data'!r})")
 
@@ -74,12 +76,12 @@ class DatasetConfig:
     seed_per_class: int | None = None  # benchmark mode: K gold seeds per class, the rest a hidden pool
     seed: int = 0
     max_text_chars: int = 5000
-    inbox: Path | None = None       # folder of daily files YYYY-MM-DD*.csv|parquet|jsonl (nightly relabelling)
+    inbox: Path | None = None  # folder of daily files YYYY-MM-DD*.csv|parquet|jsonl (nightly relabelling)
     inbox_start: str = "2026-01-01"  # first day of the inbox's daily partitions
     label_model: str = "majority_vote"  # or "dawid_skene" (measured: not better than MV on DailyDialog)
     rac_k: int = 5
     red_max_rounds: int = 5
-    red_top_k: int = 100            # most uncertain pool texts sent to the expert per R.E.D. round
+    red_top_k: int = 100  # most uncertain pool texts sent to the expert per R.E.D. round
     red_budget_calls: int | None = None  # R.E.D.'s own call budget (default: llm_budget_calls)
     llm_budget_calls: int | None = 2000
     pilot_size: int = 40
@@ -129,8 +131,8 @@ class ComputeConfig:
 
     backend: str = "local"
     address: str = "auto"
-    shard_size: int = 2048            # texts per embedding / labelling-function shard (a multiple of 256)
-    llm_requests_per_node: int = 8    # LLM requests one node's worker keeps in flight
+    shard_size: int = 2048  # texts per embedding / labelling-function shard (a multiple of 256)
+    llm_requests_per_node: int = 8  # LLM requests one node's worker keeps in flight
 
 
 @dataclass
@@ -219,10 +221,13 @@ def config_from_dict(raw: dict[str, Any], root: Path) -> ProjectConfig:
         if clash:
             raise ConfigError(f"{where}: name {dc.name!r} is already used by datasets[{clash[0]}]; dataset names must be unique")
         if dc.label_conflicts not in LABEL_CONFLICT_POLICIES:
-            raise ConfigError(f"{where}: label_conflicts must be one of {list(LABEL_CONFLICT_POLICIES)}, got {dc.label_conflicts!r}")
+            raise ConfigError(
+                f"{where}: label_conflicts must be one of {list(LABEL_CONFLICT_POLICIES)}, got {dc.label_conflicts!r}"
+            )
         if dc.label_conflicts == "merge" and not dc.multilabel:
-            raise ConfigError(f"{where}: label_conflicts 'merge' (label union) needs task: multilabel; "
-                              "use error, drop or keep_first")
+            raise ConfigError(
+                f"{where}: label_conflicts 'merge' (label union) needs task: multilabel; use error, drop or keep_first"
+            )
         datasets.append(dc)
     llm = _build(LLMConfig, dict(raw.get("llm") or {}), "llm")
     if os.environ.get("LABELFLOW_LLM_MODEL"):

@@ -43,8 +43,7 @@ class IngestError(ValueError):
     """Bad input. ``file``, ``row`` (1-based data row, header excluded), ``field`` and ``line`` (the
     1-based physical line of the file where the row starts; None for Parquet) say where."""
 
-    def __init__(self, file: Path | str, row: int | None, field_name: str | None, message: str,
-                 line: int | None = None):
+    def __init__(self, file: Path | str, row: int | None, field_name: str | None, message: str, line: int | None = None):
         self.file, self.row, self.field, self.line = str(file), row, field_name, line
         where = str(file)
         if row is not None:
@@ -74,8 +73,15 @@ def join_labels(labels) -> str:
 # Characters that show nothing on their own: controls (Cc), format characters (Cf: zero-width space /
 # joiners, BOM, bidi marks, soft hyphen, tags), spaces and separators (Z*), plus the variation selectors,
 # the combining grapheme joiner, the Hangul fillers and the blank Braille pattern.
-_EXTRA_INVISIBLE = [(0x034F, 0x034F), (0x115F, 0x1160), (0x2800, 0x2800), (0x3164, 0x3164), (0xFE00, 0xFE0F),
-                    (0xFFA0, 0xFFA0), (0xE0100, 0xE01EF)]
+_EXTRA_INVISIBLE = [
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x2800, 0x2800),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xE0100, 0xE01EF),
+]
 
 
 def _ranges(cps: list[int]) -> str:
@@ -138,6 +144,7 @@ def _as_int_string(v) -> str | None:
 
 # --- files ------------------------------------------------------------------------------------------------
 
+
 def _case_variants(folder: Path, stem: str, suffixes=SUFFIXES) -> list[str]:
     """Files in ``folder`` that look meant as ``stem`` but do not match exactly (case, other suffix)."""
     if not folder.is_dir():
@@ -163,9 +170,13 @@ def find_table(folder: Path, stem: str) -> Path | None:
     if not found:
         near = _case_variants(folder, stem)
         if near:
-            raise IngestError(folder / f"{stem}.csv", None, None,
-                              f"not found, but the folder has {near}: names are case-sensitive and must be one of "
-                              f"{[stem + s for s in SUFFIXES]}; rename the file")
+            raise IngestError(
+                folder / f"{stem}.csv",
+                None,
+                None,
+                f"not found, but the folder has {near}: names are case-sensitive and must be one of "
+                f"{[stem + s for s in SUFFIXES]}; rename the file",
+            )
     return found[0] if found else None
 
 
@@ -201,15 +212,23 @@ def _read_csv(path: Path, content: str) -> _Table:
                 continue
             if len(rec) != len(header):
                 what = "more" if len(rec) > len(header) else "fewer"
-                raise IngestError(path, len(records) + 1, None,
-                                  f"row has {len(rec)} fields, {what} than the header's {len(header)} ({header}); "
-                                  "quote fields that contain commas", line=start)
+                raise IngestError(
+                    path,
+                    len(records) + 1,
+                    None,
+                    f"row has {len(rec)} fields, {what} than the header's {len(header)} ({header}); "
+                    "quote fields that contain commas",
+                    line=start,
+                )
             records.append(rec)
             lines.append(start)
     except csv.Error as exc:
         start = prev + 1
-        msg = (f"a quoted field opened on line {start} is never closed" if "unexpected end of data" in str(exc)
-               else f"not valid CSV ({exc})")
+        msg = (
+            f"a quoted field opened on line {start} is never closed"
+            if "unexpected end of data" in str(exc)
+            else f"not valid CSV ({exc})"
+        )
         raise IngestError(path, len(records) + 1, None, msg, line=start) from None
     if header is None:
         raise IngestError(path, None, None, "file is empty (no header, zero rows)")
@@ -220,8 +239,9 @@ def _read_csv(path: Path, content: str) -> _Table:
             has_nul = df[col].str.contains("\x00", regex=False).to_numpy()
             if has_nul.any():
                 i = int(np.flatnonzero(has_nul)[0])
-                raise IngestError(path, i + 1, col, "contains a NUL byte (\\x00); remove it (it would cut the text there)",
-                                  line=lines[i])
+                raise IngestError(
+                    path, i + 1, col, "contains a NUL byte (\\x00); remove it (it would cut the text there)", line=lines[i]
+                )
     return _Table(path, df, np.asarray(lines, dtype=np.int64), all_str=True)
 
 
@@ -287,8 +307,7 @@ def _read(path: Path) -> _Table:
                 row = sum(1 for rec in csv.reader(io.StringIO(prefix, newline="")) if rec) - 1
             else:
                 row = sum(1 for ln in prefix.splitlines() if ln.strip())
-            raise IngestError(path, row, None, f"bytes are not valid UTF-8 at byte {exc.start} (line {line})",
-                              line=line) from exc
+            raise IngestError(path, row, None, f"bytes are not valid UTF-8 at byte {exc.start} (line {line})", line=line) from exc
         if content.startswith("\ufeff"):
             content = content[1:]
         t = _read_csv(path, content) if suffix == ".csv" else _read_jsonl(path, content)
@@ -307,6 +326,7 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 # --- per-column validation ------------------------------------------------------------------------------
+
 
 def _require(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
     for col in columns:
@@ -386,8 +406,11 @@ def _labels(t: _Table, multilabel: bool) -> pd.Series:
         if multilabel:
             parts = [p.strip() for p in (value.split(LABEL_SEP) if isinstance(value, str) else value)]
             if not parts or any(not p for p in parts) or (not isinstance(value, str) and any(LABEL_SEP in p for p in parts)):
-                t.fail(i, col, f"cannot parse label set {v!r}: expected labels joined by '{LABEL_SEP}' "
-                               "(or a list of labels), none empty")
+                t.fail(
+                    i,
+                    col,
+                    f"cannot parse label set {v!r}: expected labels joined by '{LABEL_SEP}' (or a list of labels), none empty",
+                )
             out.append(parts)
         else:
             value = value.strip()
@@ -400,8 +423,11 @@ def _labels(t: _Table, multilabel: bool) -> pd.Series:
     if (j := _first(bad)) is not None:
         lab = flat.iat[j]
         ch = forbidden.search(lab).group(0)
-        why = ("'|' separates the labels of a multi-label set" if ch == LABEL_SEP
-               else f"character {ch!r} (U+{ord(ch):04X}) is not allowed in a label (no control or invisible characters, '<' or '>')")
+        why = (
+            "'|' separates the labels of a multi-label set"
+            if ch == LABEL_SEP
+            else f"character {ch!r} (U+{ord(ch):04X}) is not allowed in a label (no control or invisible characters, '<' or '>')"
+        )
         t.fail(int(owner[j]), col, f"label {lab!r}: {why}")
     return pd.Series([join_labels(p) if multilabel else p[0] for p in out], dtype=object)
 
@@ -473,10 +499,14 @@ def check_ids(frames: list[pd.DataFrame]) -> None:
         a = grp.iloc[0]
         b = grp[grp["text"] != a["text"]].iloc[0]
         line = None if pd.isna(b["line"]) else int(b["line"])
-        raise IngestError(b["path"], int(b["row"]), "id",
-                          f"the same id {first_id!r} has another text here ({b['text'][:50]!r}) than at {_where(a)} "
-                          f"({a['text'][:50]!r}); an id must name one text ({len(bad['id'].unique())} such id(s) in all)",
-                          line=line)
+        raise IngestError(
+            b["path"],
+            int(b["row"]),
+            "id",
+            f"the same id {first_id!r} has another text here ({b['text'][:50]!r}) than at {_where(a)} "
+            f"({a['text'][:50]!r}); an id must name one text ({len(bad['id'].unique())} such id(s) in all)",
+            line=line,
+        )
 
 
 def resolve_label_conflicts(rows: pd.DataFrame, policy: str, multilabel: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -513,13 +543,18 @@ def resolve_label_conflicts(rows: pd.DataFrame, policy: str, multilabel: bool) -
         grp = bad[bad["text"] == first_text]
         b = grp[grp["label"] != grp["label"].iat[0]].iloc[0]
         raise IngestError(
-            b["path"], int(b["row"]), "label",
+            b["path"],
+            int(b["row"]),
+            "label",
             f"label conflicts: {n_texts} text(s) carry two or more different labels (the same text with another label "
-            f"here than at {_where(grp.iloc[0])}); first {min(n_texts, _MAX_LISTED)}: " + "; ".join(listed)
-            + ". Fix the data, or set label_conflicts: drop | keep_first" + (" | merge" if multilabel else "")
+            f"here than at {_where(grp.iloc[0])}); first {min(n_texts, _MAX_LISTED)}: "
+            + "; ".join(listed)
+            + ". Fix the data, or set label_conflicts: drop | keep_first"
+            + (" | merge" if multilabel else "")
             + " for this dataset (labelflow.yaml, or labelflow bench --label-conflicts); every affected row is then "
             "recorded in the label_conflicts table",
-            line=None if pd.isna(b["line"]) else int(b["line"]))
+            line=None if pd.isna(b["line"]) else int(b["line"]),
+        )
     first_label = bad.groupby("text", sort=False)["label"].transform("first")
     if policy == "drop":
         action = pd.Series("dropped", index=bad.index)
@@ -643,10 +678,12 @@ def load_dataset(
     labelled, duplicates = _dedupe(labelled, ["id", "text", "label"])
     train = labelled[labelled["file"] == train_path.name].reset_index(drop=True)
     files = {"train": str(train_path)}
-    report: dict = {"label_conflicts_policy": label_conflicts,
-                    "label_conflict_texts": int(conflicts["text"].nunique()) if len(conflicts) else 0,
-                    "label_conflict_rows": len(conflicts),
-                    "label_conflict_rows_dropped": int((conflicts["action"] == "dropped").sum()) if len(conflicts) else 0}
+    report: dict = {
+        "label_conflicts_policy": label_conflicts,
+        "label_conflict_texts": int(conflicts["text"].nunique()) if len(conflicts) else 0,
+        "label_conflict_rows": len(conflicts),
+        "label_conflict_rows_dropped": int((conflicts["action"] == "dropped").sum()) if len(conflicts) else 0,
+    }
 
     pool_truth = pd.DataFrame(columns=["id", "text", "label"])
     if seed_per_class:
@@ -664,9 +701,13 @@ def load_dataset(
         if (i := _first(unknown)) is not None:
             r = gold.iloc[i]
             lab = next(lab for lab in label_lists(pd.Series([r["label"]]), multilabel)[0] if lab not in known)
-            raise IngestError(test_path, int(r["row"]), "labels" if multilabel else "label",
-                              f"label {lab!r} has no seed example in {train_path.name}",
-                              line=None if pd.isna(r["line"]) else int(r["line"]))
+            raise IngestError(
+                test_path,
+                int(r["row"]),
+                "labels" if multilabel else "label",
+                f"label {lab!r} has no seed example in {train_path.name}",
+                line=None if pd.isna(r["line"]) else int(r["line"]),
+            )
         files["test"] = str(test_path)
     else:
         gold = pd.DataFrame(columns=["id", "text", "label"])
@@ -677,15 +718,20 @@ def load_dataset(
         duplicates.update(dup_unl)
         pool_parts.append(unl[["id", "text"]])
         files["unlabeled"] = str(unl_path)
-    pool = (pd.concat(pool_parts, ignore_index=True) if pool_parts else pd.DataFrame(columns=["id", "text"]))
+    pool = pd.concat(pool_parts, ignore_index=True) if pool_parts else pd.DataFrame(columns=["id", "text"])
     n_pool_dup = int(pool.duplicated("id").sum())
     pool = pool.drop_duplicates("id").reset_index(drop=True)
     in_seeds = pool["id"].isin(set(seeds["id"]))
     pool = pool[~in_seeds].reset_index(drop=True)
-    report.update({"duplicate_rows_removed": {f: duplicates.get(f, 0) for f in
-                                              [Path(p).name for p in (train_path, test_path, unl_path) if p is not None]},
-                   "unlabeled_texts_also_in_benchmark_pool": n_pool_dup,
-                   "pool_texts_already_seeds": int(in_seeds.sum())})
+    report.update(
+        {
+            "duplicate_rows_removed": {
+                f: duplicates.get(f, 0) for f in [Path(p).name for p in (train_path, test_path, unl_path) if p is not None]
+            },
+            "unlabeled_texts_also_in_benchmark_pool": n_pool_dup,
+            "pool_texts_already_seeds": int(in_seeds.sum()),
+        }
+    )
 
     descriptions = read_label_descriptions(folder, seed_labels, train_path.name)
     if len(descriptions) or (folder / "labels.csv").exists():
@@ -694,8 +740,12 @@ def load_dataset(
     lf_path = folder / "lfs.yaml"
     near = _case_variants(folder, "lfs", (".yaml",))
     if not lf_path.exists() and near:
-        raise IngestError(lf_path, None, None, f"not found, but the folder has {near}: the labelling-function file "
-                                               "must be named exactly 'lfs.yaml'; rename it")
+        raise IngestError(
+            lf_path,
+            None,
+            None,
+            f"not found, but the folder has {near}: the labelling-function file must be named exactly 'lfs.yaml'; rename it",
+        )
     if lf_path.exists():
         from labelflow.weak import parse_lf_file
 
@@ -735,15 +785,23 @@ def read_label_descriptions(folder: str | Path, seed_labels, train_name: str = "
     if not labels_path.exists():
         near = _case_variants(folder, "labels", (".csv",))
         if near:
-            raise IngestError(labels_path, None, None, f"not found, but the folder has {near}: label descriptions must "
-                                                       "be in a file named exactly 'labels.csv'; rename it")
+            raise IngestError(
+                labels_path,
+                None,
+                None,
+                f"not found, but the folder has {near}: label descriptions must "
+                "be in a file named exactly 'labels.csv'; rename it",
+            )
         return pd.DataFrame(columns=["label", "description"])
     known = set(seed_labels)
     t = _read(labels_path)
     _require(t.df, labels_path, ["label"])
-    desc = pd.DataFrame({"label": t.df["label"].astype(str).str.strip(),
-                         "description": (t.df["description"].astype(str).str.strip() if "description" in t.df.columns
-                                         else "")})
+    desc = pd.DataFrame(
+        {
+            "label": t.df["label"].astype(str).str.strip(),
+            "description": (t.df["description"].astype(str).str.strip() if "description" in t.df.columns else ""),
+        }
+    )
     for i, lab in enumerate(desc["label"]):
         if not lab:
             t.fail(i, "label", "label is empty")

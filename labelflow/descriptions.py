@@ -27,8 +27,7 @@ MAX_DESCRIPTION_CHARS = 800
 _PREFIX = re.compile(r"^\s*(?:\*\*)?\s*(?:label\s+)?description\s*(?:\*\*)?\s*:\s*(?:\*\*)?\s*", re.I)
 
 
-def seed_examples(seeds_df: pd.DataFrame, label: str, n: int, multilabel: bool = False,
-                  exclude: Sequence[str] = ()) -> list[str]:
+def seed_examples(seeds_df: pd.DataFrame, label: str, n: int, multilabel: bool = False, exclude: Sequence[str] = ()) -> list[str]:
     """Up to ``n`` seed texts of ``label``, chosen deterministically (by text id, so the choice does not
     depend on row order), shortest-first ties broken by id; ``exclude`` lists ids to leave out."""
     if multilabel:

@@ -78,8 +78,10 @@ class EmbeddingIndex:
         ids = [str(i) for i in ids]
         missing = [i for i in ids if i not in pos]
         if missing:
-            raise KeyError(f"{len(missing)} of {len(ids)} ids have no vector in the {self.model or 'embedding'} "
-                           f"index of {len(self)} texts, e.g. {missing[0]!r}")
+            raise KeyError(
+                f"{len(missing)} of {len(ids)} ids have no vector in the {self.model or 'embedding'} "
+                f"index of {len(self)} texts, e.g. {missing[0]!r}"
+            )
         return np.fromiter((pos[i] for i in ids), dtype=np.int64, count=len(ids))
 
     def lookup(self, ids: Iterable) -> np.ndarray:
@@ -132,9 +134,14 @@ class EmbeddingIndex:
         return cls(df["id"].astype(str), M, model, extra if len(extra.columns) else None)
 
 
-def embed_index(ids: Sequence, texts: Sequence[str], embedder: "Embedder", cache: "VectorStore | None" = None,
-                columns: pd.DataFrame | None = None,
-                progress: Callable[[int, int], None] | None = None) -> tuple[EmbeddingIndex, int]:
+def embed_index(
+    ids: Sequence,
+    texts: Sequence[str],
+    embedder: "Embedder",
+    cache: "VectorStore | None" = None,
+    columns: pd.DataFrame | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[EmbeddingIndex, int]:
     """Embed ``texts`` into an :class:`EmbeddingIndex` keyed by ``ids`` (row-aligned ``columns`` kept;
     a ``text_hash`` column is added). With ``cache`` (a :class:`VectorStore`) every (text hash, model)
     already embedded is reused. Returns (index, number of texts reused)."""
@@ -143,12 +150,11 @@ def embed_index(ids: Sequence, texts: Sequence[str], embedder: "Embedder", cache
         X, reused = cache.embed_cached(texts, embedder, progress=progress)
     else:
         X, reused = embedder.encode(texts, progress=progress), 0
-    cols = (columns.reset_index(drop=True).copy() if columns is not None else pd.DataFrame(index=range(len(texts))))
+    cols = columns.reset_index(drop=True).copy() if columns is not None else pd.DataFrame(index=range(len(texts)))
     cols["text_hash"] = [text_id(t) for t in texts]
     if not len(texts):
         X = np.zeros((0, X.shape[1] if X.ndim == 2 else 0), np.float32)
     return EmbeddingIndex(ids, X, embedder.name, cols), reused
-
 
 
 class Embedder:
@@ -187,7 +193,8 @@ class Embedder:
                 if not Path(path).exists():
                     raise FileNotFoundError(
                         f"embedding model {path!r} is not a local folder; labelflow never downloads weights "
-                        f"(use 'minilm' or a local sentence-transformers folder)")
+                        f"(use 'minilm' or a local sentence-transformers folder)"
+                    )
             self._st = SentenceTransformer(path, device=self.device)
         return self._st
 
@@ -205,8 +212,11 @@ class Embedder:
         out = []
         for start in range(0, len(texts), chunk):
             part = texts[start : start + chunk]
-            out.append(st.encode(part, batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False))
+            out.append(
+                st.encode(
+                    part, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+                )
+            )
             if progress:
                 progress(min(start + chunk, len(texts)), len(texts))
         return np.vstack(out).astype(np.float32)
@@ -263,8 +273,9 @@ class VectorStore:
             q = q.where(where, prefilter=True)
         return q.to_pandas()
 
-    def embed_cached(self, texts: Sequence[str], embedder: Embedder,
-                     progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
+    def embed_cached(
+        self, texts: Sequence[str], embedder: Embedder, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[np.ndarray, int]:
         """Vectors for ``texts``, reusing every (text hash, model) already in the cache.
         Returns (vectors, number reused)."""
         texts = list(texts)
@@ -277,8 +288,7 @@ class VectorStore:
             for start in range(0, len(wanted), 2000):
                 chunk = wanted[start : start + 2000]
                 inlist = ",".join(f"'{h}'" for h in chunk)
-                got = (tbl.search().where(f"model = '{model}' AND text_hash IN ({inlist})")
-                       .limit(len(chunk) + 10).to_pandas())
+                got = tbl.search().where(f"model = '{model}' AND text_hash IN ({inlist})").limit(len(chunk) + 10).to_pandas()
                 for h, v in zip(got["text_hash"], got["vector"]):
                     known[h] = np.asarray(v, dtype=np.float32)
         missing_idx = [i for i, h in enumerate(hashes) if h not in known]

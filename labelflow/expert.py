@@ -103,8 +103,17 @@ class Expert(Protocol):
     def usage(self) -> Usage: ...
 
 
-def make_expert(llm_config, *, cache_path=None, budget=None, threshold: float | None = None, name: str | None = None,
-                server=None, local_model_dir="data/llm", **options):
+def make_expert(
+    llm_config,
+    *,
+    cache_path=None,
+    budget=None,
+    threshold: float | None = None,
+    name: str | None = None,
+    server=None,
+    local_model_dir="data/llm",
+    **options,
+):
     """The one expert factory.
 
     * ``llm_config`` a :class:`labelflow.config.LLMConfig`: an :class:`~labelflow.llm.LLMExpert` for its
@@ -133,8 +142,13 @@ def make_expert(llm_config, *, cache_path=None, budget=None, threshold: float | 
             from labelflow.llm.local import LocalLLMServer, ensure_model
 
             model_dir = Path(local_model_dir)
-            server = LocalLLMServer(ensure_model(model_dir), n_ctx=llm_config.local_ctx,
-                                    threads=llm_config.local_threads, log_dir=model_dir, model_dir=model_dir).start()
+            server = LocalLLMServer(
+                ensure_model(model_dir),
+                n_ctx=llm_config.local_ctx,
+                threads=llm_config.local_threads,
+                log_dir=model_dir,
+                model_dir=model_dir,
+            ).start()
             on_close = server.stop
         model, api_base = server.model, server.api_base
         name = name or "local:qwen2.5-coder-1.5b"

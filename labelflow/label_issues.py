@@ -24,8 +24,9 @@ from labelflow.data import split_labels
 ISSUE_COLUMNS = ["id", "text", "label", "suggested_label", "quality", "source"]
 
 
-def out_of_fold_proba(X: np.ndarray, labels: Sequence[str], multilabel: bool = False, folds: int = 5, seed: int = 0,
-                      estimator=None) -> tuple[np.ndarray, list[str]]:
+def out_of_fold_proba(
+    X: np.ndarray, labels: Sequence[str], multilabel: bool = False, folds: int = 5, seed: int = 0, estimator=None
+) -> tuple[np.ndarray, list[str]]:
     """(n, n_classes) out-of-fold probabilities and the class order. Multi-class folds are stratified
     and never more than the smallest class's count (so every class is in every training fold); a class
     with a single example cannot be held out and raises."""
@@ -63,8 +64,13 @@ def _indices(labels: Sequence[str], classes: Sequence[str], multilabel: bool):
     return np.array([pos[str(v)] for v in labels], dtype=int)
 
 
-def find_label_issues(frame: pd.DataFrame, pred_probs: np.ndarray, classes: Sequence[str], multilabel: bool = False,
-                      filter_by: str = "prune_by_noise_rate") -> pd.DataFrame:
+def find_label_issues(
+    frame: pd.DataFrame,
+    pred_probs: np.ndarray,
+    classes: Sequence[str],
+    multilabel: bool = False,
+    filter_by: str = "prune_by_noise_rate",
+) -> pd.DataFrame:
     """Confident learning over ``frame`` (``id, text, label`` and optionally ``source``) with out-of-fold
     ``pred_probs`` aligned to its rows. Returns the suspected issues, most suspect first, with
     :data:`ISSUE_COLUMNS` (``suggested_label``: the model's arg-max label, or label set at 0.5). Runs in
@@ -109,8 +115,9 @@ def lowest_self_confidence(labels: Sequence[str], pred_probs: np.ndarray, classe
     return np.argsort(self_conf, kind="stable")[:n]
 
 
-def inject_label_noise(labels: Sequence[str], rate: float, mode: str = "uniform", nearest: dict[str, list[str]] | None = None,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def inject_label_noise(
+    labels: Sequence[str], rate: float, mode: str = "uniform", nearest: dict[str, list[str]] | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Flip ``round(rate * n)`` labels chosen at random: ``uniform`` to any other label, ``confusable``
     to the label's nearest label (``nearest``: label -> labels by similarity, e.g.
     :func:`labelflow.embedding.nearest_labels`). Returns (noisy labels, flipped mask)."""

@@ -190,16 +190,16 @@ class MajorityVote(_Base):
 class _Triples:
     """Candidate (text, class) pairs and their pairing with each vote on the same text."""
 
-    cand_row: np.ndarray      # (C,) text row of each candidate, sorted by row
-    cand_cls: np.ndarray      # (C,) class of each candidate
-    seg_start: np.ndarray     # start of each covered row's candidate segment
-    covered: np.ndarray       # (n_cov,) covered rows, in segment order
-    t_cand: np.ndarray        # (T,) candidate of each triple
-    t_jc: np.ndarray          # (T,) lf * k + candidate class
-    diag: np.ndarray          # (T,) bool: the vote equals the candidate class
-    off_key: np.ndarray       # (T_off,) (lf * k + class) * k + voted label, for ~diag triples
+    cand_row: np.ndarray  # (C,) text row of each candidate, sorted by row
+    cand_cls: np.ndarray  # (C,) class of each candidate
+    seg_start: np.ndarray  # start of each covered row's candidate segment
+    covered: np.ndarray  # (n_cov,) covered rows, in segment order
+    t_cand: np.ndarray  # (T,) candidate of each triple
+    t_jc: np.ndarray  # (T,) lf * k + candidate class
+    diag: np.ndarray  # (T,) bool: the vote equals the candidate class
+    off_key: np.ndarray  # (T_off,) (lf * k + class) * k + voted label, for ~diag triples
     rest_rows_lf: np.ndarray  # (V,) LF of each vote (for the rest bucket)
-    vote_row: np.ndarray      # (V,) row of each vote
+    vote_row: np.ndarray  # (V,) row of each vote
     n: int
 
 
@@ -238,8 +238,9 @@ class DawidSkene(_Base):
     ``diag_`` / ``row_total_`` ((n_lfs, k) soft counts), ``n_iter_``, ``converged_``, ``log_likelihood_``.
     """
 
-    def __init__(self, alpha: float = 2.0, prior_accuracy: float = 0.7, prior_alpha: float = 1.0,
-                 tol: float = 1e-5, max_iter: int = 100):
+    def __init__(
+        self, alpha: float = 2.0, prior_accuracy: float = 0.7, prior_alpha: float = 1.0, tol: float = 1e-5, max_iter: int = 100
+    ):
         self.alpha = alpha
         self.prior_accuracy = prior_accuracy
         self.prior_alpha = prior_alpha
@@ -349,7 +350,7 @@ class DawidSkene(_Base):
         D = P.toarray()
         n_cand = np.diff(P.indptr)[tr.covered]
         spread = np.where(k > n_cand, post_rest / np.maximum(k - n_cand, 1), 0.0)
-        zero = (D[tr.covered] == 0)
+        zero = D[tr.covered] == 0
         D[tr.covered] += zero * spread[:, None]
         return D
 

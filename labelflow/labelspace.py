@@ -33,7 +33,7 @@ def seed_centroids(seed_X: np.ndarray, seed_sets: Sequence, labels: Sequence[str
     sums = np.zeros((len(index), X.shape[1] if X.ndim == 2 else 0), dtype=np.float64)
     counts = np.zeros(len(index), dtype=np.int64)
     for row, labs in enumerate(seed_sets):
-        for lab in ([labs] if isinstance(labs, str) else labs):
+        for lab in [labs] if isinstance(labs, str) else labs:
             sums[index[lab]] += X[row]
             counts[index[lab]] += 1
     means = sums / np.maximum(counts, 1)[:, None]
@@ -66,9 +66,14 @@ class LabelSpace:
         self.seed_rows = {lab: np.asarray(r, dtype=np.int64) for lab, r in rows.items()}
 
     @classmethod
-    def build(cls, seeds: pd.DataFrame, seed_vectors: EmbeddingIndex | np.ndarray, multilabel: bool = False,
-              descriptions: pd.DataFrame | Mapping[str, str] | None = None,
-              description_vectors: EmbeddingIndex | None = None) -> "LabelSpace":
+    def build(
+        cls,
+        seeds: pd.DataFrame,
+        seed_vectors: EmbeddingIndex | np.ndarray,
+        multilabel: bool = False,
+        descriptions: pd.DataFrame | Mapping[str, str] | None = None,
+        description_vectors: EmbeddingIndex | None = None,
+    ) -> "LabelSpace":
         """From the seeds (id (else the text's hash), text, label; '|'-joined sets when ``multilabel``)
         and their vectors (an :class:`EmbeddingIndex` holding every seed id, or a matrix aligned with the
         rows); ``descriptions`` (label, description) rows or a mapping; ``description_vectors`` an index keyed
@@ -87,16 +92,27 @@ class LabelSpace:
         given = {str(k): v for k, v in (descriptions or {}).items() if isinstance(v, str) and v.strip()}
         desc = {lab: given.get(lab) or name_description(lab) for lab in labels}
         DX = description_vectors.lookup(labels) if description_vectors is not None else None
-        return cls(labels=labels, multilabel=multilabel, seed_ids=ids,
-                   seed_texts=seeds["text"].astype(str).tolist(), seed_sets=sets, seed_X=X,
-                   centroids=seed_centroids(X, sets, labels), descriptions=desc, description_X=DX, model=model)
+        return cls(
+            labels=labels,
+            multilabel=multilabel,
+            seed_ids=ids,
+            seed_texts=seeds["text"].astype(str).tolist(),
+            seed_sets=sets,
+            seed_X=X,
+            centroids=seed_centroids(X, sets, labels),
+            descriptions=desc,
+            description_X=DX,
+            model=model,
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __repr__(self) -> str:
-        return (f"LabelSpace({len(self.labels)} labels, {len(self.seed_ids)} seeds, multilabel={self.multilabel}, "
-                f"description vectors={'yes' if self.description_X is not None else 'no'})")
+        return (
+            f"LabelSpace({len(self.labels)} labels, {len(self.seed_ids)} seeds, multilabel={self.multilabel}, "
+            f"description vectors={'yes' if self.description_X is not None else 'no'})"
+        )
 
     @property
     def seed_labels(self) -> list:

@@ -71,8 +71,13 @@ def for_project(cfg, *, command: str, run_id: str | None = None) -> "ProjectLock
     import uuid
 
     run_id = run_id or f"{command.split()[-1]}-{uuid.uuid4().hex[:8]}"
-    return ProjectLock(lock_path_for(cfg.warehouse), run_id=run_id, resource=display_path(cfg.warehouse, cfg.root),
-                       wait_s=wait_seconds(cfg.lock_wait_s), command=command)
+    return ProjectLock(
+        lock_path_for(cfg.warehouse),
+        run_id=run_id,
+        resource=display_path(cfg.warehouse, cfg.root),
+        wait_s=wait_seconds(cfg.lock_wait_s),
+        command=command,
+    )
 
 
 def wait_seconds(configured: float | None = None) -> float:
@@ -148,8 +153,16 @@ class ProjectLock:
     busy; ``run_id`` identifies the holder (processes with the same run id share the lock);
     ``command`` is recorded for people inspecting the JSON file."""
 
-    def __init__(self, path: str | os.PathLike, *, run_id: str, resource: str, wait_s: float = DEFAULT_WAIT_S,
-                 command: str = "", poll_s: float = 0.2):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        run_id: str,
+        resource: str,
+        wait_s: float = DEFAULT_WAIT_S,
+        command: str = "",
+        poll_s: float = 0.2,
+    ):
         self.path = Path(path).resolve()
         self.run_id = str(run_id)
         self.resource = resource
@@ -222,8 +235,9 @@ class ProjectLock:
                         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # another process of this run
                         return current
                 else:
-                    mine = Holder(self.run_id, os.getpid(),
-                                  datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), self.command)
+                    mine = Holder(
+                        self.run_id, os.getpid(), datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), self.command
+                    )
                     self._write_holder(mine)
                     fcntl.flock(fd, fcntl.LOCK_SH)  # let the other processes of this run share it
                     return mine

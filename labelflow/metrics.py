@@ -19,7 +19,9 @@ ABSTAIN = ""
 def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str]) -> dict:
     """Multi-class figures; ``y_pred`` may contain ``None`` or ``""`` for an abstention."""
     y_true = np.asarray([str(v) for v in y_true], dtype=object)
-    y_pred = np.asarray([ABSTAIN if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in y_pred], dtype=object)
+    y_pred = np.asarray(
+        [ABSTAIN if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in y_pred], dtype=object
+    )
     labels = list(labels)
     n = len(y_true)
     covered = y_pred != ABSTAIN
@@ -120,8 +122,15 @@ def confusion_figure(y_true: Sequence[str], y_pred: Sequence[str | None], labels
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black",
+                )
     ax.set_title("confusion matrix" + (f" (top {max_labels} most-confused labels)" if len(labels) < len(set(y_true)) else ""))
     fig.tight_layout()
     return fig
@@ -130,10 +139,12 @@ def confusion_figure(y_true: Sequence[str], y_pred: Sequence[str | None], labels
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     """A GitHub Markdown table (no extra dependency)."""
     cols = list(df.columns)
+
     def fmt(v):
         if isinstance(v, (float, np.floating)):
             return format(float(v), floatfmt)
         return str(v)
+
     cells = [[str(c) for c in cols]] + [[fmt(row[c]) for c in cols] for _, row in df.iterrows()]
     widths = [max(3, *(len(r[i]) for r in cells)) for i in range(len(cols))]  # aligned when read as text
 

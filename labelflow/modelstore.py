@@ -89,7 +89,9 @@ def load_model(path: str | os.PathLike, sha256: str | None = None):
         raise ModelIntegrityError(f"model file {path} has no recorded sha256: refusing to load it")
     actual = file_sha256(path)
     if actual != expected:
-        raise ModelIntegrityError(f"model file {path} was changed after it was written (sha256 {actual[:12]}..., "
-                                  f"recorded {expected[:12]}...): refusing to load it; materialise svm_model again")
+        raise ModelIntegrityError(
+            f"model file {path} was changed after it was written (sha256 {actual[:12]}..., "
+            f"recorded {expected[:12]}...): refusing to load it; materialise svm_model again"
+        )
     with open(path, "rb") as f:
         return joblib.load(f)

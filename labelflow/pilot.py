@@ -118,8 +118,9 @@ def pilot_pairs(
             if len(questions) >= n:
                 break
             examples = seed_examples(df, asked, n_examples, multilabel, exclude=[ids[i]])
-            item = ValidationItem(text=text, label=asked, description=descriptions.get(asked, ""),
-                                  examples=tuple(examples), text_id=ids[i])
+            item = ValidationItem(
+                text=text, label=asked, description=descriptions.get(asked, ""), examples=tuple(examples), text_id=ids[i]
+            )
             questions.append((asked, rank, item, truth))
     questions.sort(key=lambda q: (q[0], q[1]))
     return [q[2] for q in questions], np.array([q[3] for q in questions], dtype=bool)
@@ -171,8 +172,9 @@ def _accuracy_at(scores: np.ndarray, parsed: np.ndarray, truth: np.ndarray, t: f
     return float(((pred == truth) & parsed).mean()) if len(truth) else 0.0
 
 
-def calibrate_threshold(scores: Sequence[float], truth: Sequence[bool], parsed: Sequence[bool] | None = None,
-                        default: float = 0.0) -> tuple[float, float]:
+def calibrate_threshold(
+    scores: Sequence[float], truth: Sequence[bool], parsed: Sequence[bool] | None = None, default: float = 0.0
+) -> tuple[float, float]:
     """The threshold ``t`` (decide yes when ``score >= t``, as :class:`~labelflow.llm.LLMExpert` does)
     that maximises accuracy, and that accuracy.
     Candidates are the midpoints between consecutive distinct scores plus one below the lowest and one
@@ -192,8 +194,14 @@ def calibrate_threshold(scores: Sequence[float], truth: Sequence[bool], parsed: 
     return t, float(best)
 
 
-def cross_validated_accuracy(scores: Sequence[float], truth: Sequence[bool], parsed: Sequence[bool] | None = None,
-                             default: float = 0.0, folds: int = 5, seed: int = 0) -> float:
+def cross_validated_accuracy(
+    scores: Sequence[float],
+    truth: Sequence[bool],
+    parsed: Sequence[bool] | None = None,
+    default: float = 0.0,
+    folds: int = 5,
+    seed: int = 0,
+) -> float:
     """Accuracy of :func:`calibrate_threshold` when the threshold is chosen on the other folds."""
     scores = np.asarray(scores, dtype=float)
     truth = np.asarray(truth, dtype=bool)
@@ -212,8 +220,9 @@ def cross_validated_accuracy(scores: Sequence[float], truth: Sequence[bool], par
     return correct / n
 
 
-def run_pilot(expert: Expert, items: Sequence[ValidationItem], truth: Sequence[bool], min_accuracy: float = 0.8,
-              seed: int = 0) -> PilotResult:
+def run_pilot(
+    expert: Expert, items: Sequence[ValidationItem], truth: Sequence[bool], min_accuracy: float = 0.8, seed: int = 0
+) -> PilotResult:
     """Ask ``expert`` the pilot questions and measure it (see :class:`PilotResult`). The expert's usage
     counters are read before and after, so calls / tokens / cache hits are this pilot's own. When the
     expert's budget runs out part-way, the questions it could not ask count as no answer
@@ -244,20 +253,23 @@ def run_pilot(expert: Expert, items: Sequence[ValidationItem], truth: Sequence[b
     accuracy = float(correct.mean()) if n else 0.0
     gate = max(accuracy, acc_cv)
 
-    answers = pd.DataFrame({
-        "text_id": [it.text_id for it in items],
-        "text": [it.text for it in items],
-        "asked_label": [it.label for it in items],
-        "truth": truth,
-        "outcome": outcomes,
-        "score": scores,
-        "correct": correct,
-    })
+    answers = pd.DataFrame(
+        {
+            "text_id": [it.text_id for it in items],
+            "text": [it.text for it in items],
+            "asked_label": [it.label for it in items],
+            "truth": truth,
+            "outcome": outcomes,
+            "score": scores,
+            "correct": correct,
+        }
+    )
     true_of = answers[answers["truth"]].groupby("text_id")["asked_label"].agg(lambda v: "|".join(sorted(set(v))))
     answers["true_label"] = answers["text_id"].map(true_of).fillna("")
     wrong = answers[~answers["correct"]].copy()
-    wrong["error"] = np.where(wrong["outcome"].isin([ACCEPT, REJECT]),
-                              np.where(wrong["truth"], "false_no", "false_yes"), wrong["outcome"])
+    wrong["error"] = np.where(
+        wrong["outcome"].isin([ACCEPT, REJECT]), np.where(wrong["truth"], "false_no", "false_yes"), wrong["outcome"]
+    )
     confusions = wrong[["error", "asked_label", "true_label", "text_id", "text", "outcome", "score"]].reset_index(drop=True)
     name = getattr(expert, "name", type(expert).__name__)
     return PilotResult(

@@ -94,8 +94,9 @@ class PlanInputs:
     red: bool = True
 
 
-def expected_questions(rank_hits: Sequence[float], k: int, yes_true: float, yes_false: float,
-                       multilabel: bool = False) -> tuple[float, float]:
+def expected_questions(
+    rank_hits: Sequence[float], k: int, yes_true: float, yes_false: float, multilabel: bool = False
+) -> tuple[float, float]:
     """(expected questions per text, P(the text gets a label)) for RAC truncated at ``k``: candidates
     are asked in rank order until the first yes (multi-label: all ``k``). ``rank_hits[r]`` is the chance
     that the gold label is at rank ``r`` (the rest: not among the candidates)."""
@@ -157,23 +158,36 @@ def plan_llm_run(inputs: PlanInputs, llm, rates: ExpertRates | None = None) -> p
     rates = rates or ExpertRates()
     k = inputs.rac_k or inputs.n_labels
     per_text, p_label = expected_questions(inputs.rank_hits, k, rates.yes_true, rates.yes_false, inputs.multilabel)
-    first_no = 1 - (inputs.rank_hits[0] * rates.yes_true + (1 - inputs.rank_hits[0]) * rates.yes_false) \
-        if len(inputs.rank_hits) else 1 - rates.yes_false
+    first_no = (
+        1 - (inputs.rank_hits[0] * rates.yes_true + (1 - inputs.rank_hits[0]) * rates.yes_false)
+        if len(inputs.rank_hits)
+        else 1 - rates.yes_false
+    )
     red_per_text = 1 + (first_no if inputs.red_max_tries > 1 else 0.0)
     red_calls = min(inputs.red_max_rounds * inputs.red_top_k, inputs.pool_for_red) * red_per_text if inputs.red else 0.0
     if inputs.red_budget_calls is not None:
         red_calls = min(red_calls, inputs.red_budget_calls)
-    want = {"descriptions": float(inputs.labels_to_describe), "pilot": float(inputs.pilot_questions),
-            "rac": inputs.queued * per_text, "red": red_calls}
+    want = {
+        "descriptions": float(inputs.labels_to_describe),
+        "pilot": float(inputs.pilot_questions),
+        "rac": inputs.queued * per_text,
+        "red": red_calls,
+    }
     basis = {
         "descriptions": f"{inputs.labels_to_describe} labels without a user description",
         "pilot": f"{inputs.pilot_questions} pilot questions",
-        "rac": (f"{inputs.queued} queued texts x {per_text:.2f} questions (k={k}; yes on the right label "
-                f"{rates.yes_true:.2f}, on a wrong one {rates.yes_false:.2f}, {'pilot' if rates.measured else 'prior'}; "
-                f"gold at rank 1 for {inputs.rank_hits[0] if len(inputs.rank_hits) else 0:.0%} of seeds; "
-                f"{p_label:.0%} expected labelled)"),
-        "red": (f"at most {inputs.red_max_rounds} rounds x {inputs.red_top_k} texts x {red_per_text:.2f} questions "
-                f"(upper bound; stops earlier at saturation)" if inputs.red else "not run (multi-label)"),
+        "rac": (
+            f"{inputs.queued} queued texts x {per_text:.2f} questions (k={k}; yes on the right label "
+            f"{rates.yes_true:.2f}, on a wrong one {rates.yes_false:.2f}, {'pilot' if rates.measured else 'prior'}; "
+            f"gold at rank 1 for {inputs.rank_hits[0] if len(inputs.rank_hits) else 0:.0%} of seeds; "
+            f"{p_label:.0%} expected labelled)"
+        ),
+        "red": (
+            f"at most {inputs.red_max_rounds} rounds x {inputs.red_top_k} texts x {red_per_text:.2f} questions "
+            f"(upper bound; stops earlier at saturation)"
+            if inputs.red
+            else "not run (multi-label)"
+        ),
     }
     sec = rates.seconds_per_call or PRIOR_SECONDS_PER_CALL["local" if llm.model == "local" else "remote"]
     per_min = llm.concurrency * 60.0 / sec
@@ -193,14 +207,27 @@ def plan_llm_run(inputs: PlanInputs, llm, rates: ExpertRates | None = None) -> p
         calls = int(round(calls))
         tokens = int(round(calls * inputs.prompt_chars.get(stage, 0) / 4))
         completion = calls * (300 if stage == "descriptions" else 1)
-        rows.append({"stage": stage, "calls": calls, "cached": int(round(cached)), "prompt_tokens": tokens,
-                     "cost_usd": _cost(llm.model, tokens, completion), "seconds": calls / per_min * 60.0,
-                     "basis": note})
+        rows.append(
+            {
+                "stage": stage,
+                "calls": calls,
+                "cached": int(round(cached)),
+                "prompt_tokens": tokens,
+                "cost_usd": _cost(llm.model, tokens, completion),
+                "seconds": calls / per_min * 60.0,
+                "basis": note,
+            }
+        )
     out = pd.DataFrame(rows, columns=COLUMNS)
-    total = {"stage": "total", **{c: out[c].sum() for c in ("calls", "cached", "prompt_tokens", "cost_usd", "seconds")},
-             "basis": (f"llm_budget_calls={inputs.llm_budget_calls}; {per_min:.0f} calls/min "
-                       f"(concurrency {llm.concurrency}, rpm {llm.rpm}, {sec:.2f} s per call"
-                       f"{' measured by the pilot' if rates.seconds_per_call else ', prior'})")}
+    total = {
+        "stage": "total",
+        **{c: out[c].sum() for c in ("calls", "cached", "prompt_tokens", "cost_usd", "seconds")},
+        "basis": (
+            f"llm_budget_calls={inputs.llm_budget_calls}; {per_min:.0f} calls/min "
+            f"(concurrency {llm.concurrency}, rpm {llm.rpm}, {sec:.2f} s per call"
+            f"{' measured by the pilot' if rates.seconds_per_call else ', prior'})"
+        ),
+    }
     return pd.concat([out, pd.DataFrame([total])], ignore_index=True)
 
 
@@ -210,13 +237,16 @@ def plan_table(plan: pd.DataFrame) -> str:
     for _, r in plan.iterrows():
         secs = float(r["seconds"])
         t = f"{secs / 3600:.1f} h" if secs >= 3600 else f"{secs / 60:.0f} min" if secs >= 60 else f"{secs:.0f} s"
-        lines.append(f"{r['stage']:<13}{int(r['calls']):>8}{int(r['cached']):>8}{int(r['prompt_tokens']):>12}"
-                     f"{float(r['cost_usd']):>9.2f}{t:>9}  {r['basis']}")
+        lines.append(
+            f"{r['stage']:<13}{int(r['calls']):>8}{int(r['cached']):>8}{int(r['prompt_tokens']):>12}"
+            f"{float(r['cost_usd']):>9.2f}{t:>9}  {r['basis']}"
+        )
     return "\n".join(lines)
 
 
-def prompt_chars(labels: Sequence[str], descriptions: dict, seed_text: dict, queue_texts: Sequence[str],
-                 pilot_questions: Sequence = ()) -> dict:
+def prompt_chars(
+    labels: Sequence[str], descriptions: dict, seed_text: dict, queue_texts: Sequence[str], pilot_questions: Sequence = ()
+) -> dict:
     """Mean prompt characters per call of each stage, from the real prompts (:mod:`labelflow.llm.prompts`)
     of the labels, up to 200 queued texts and the pilot questions."""
     from labelflow.llm import prompts
@@ -227,13 +257,26 @@ def prompt_chars(labels: Sequence[str], descriptions: dict, seed_text: dict, que
     texts = [str(t) for t in list(queue_texts)[:200]]
     first = labels[0] if len(labels) else ""
     out = {
-        "descriptions": float(np.mean([chars(prompts.describe_messages(lab, [seed_text.get(lab, "")] * 5, labels[:3]))
-                                       for lab in labels])) if len(labels) else 0.0,
-        "pilot": float(np.mean([chars(prompts.validation_messages(q.label, q.description, q.examples, [q.text]))
-                                for q in pilot_questions])) if len(pilot_questions) else 0.0,
-        "rac": float(np.mean([chars(prompts.validation_messages(first, descriptions.get(first, first),
-                                                                [seed_text.get(first, "")] * 3, [t]))
-                              for t in texts])) if texts else 0.0,
+        "descriptions": float(
+            np.mean([chars(prompts.describe_messages(lab, [seed_text.get(lab, "")] * 5, labels[:3])) for lab in labels])
+        )
+        if len(labels)
+        else 0.0,
+        "pilot": float(
+            np.mean([chars(prompts.validation_messages(q.label, q.description, q.examples, [q.text])) for q in pilot_questions])
+        )
+        if len(pilot_questions)
+        else 0.0,
+        "rac": float(
+            np.mean(
+                [
+                    chars(prompts.validation_messages(first, descriptions.get(first, first), [seed_text.get(first, "")] * 3, [t]))
+                    for t in texts
+                ]
+            )
+        )
+        if texts
+        else 0.0,
     }
     out["red"] = out["rac"]
     return out
@@ -253,38 +296,59 @@ def gather_inputs(ds, project, pilot: pd.DataFrame | None = None, progress=None)
     from labelflow.pilot import pilot_pairs
     from labelflow.routing import aggregate_votes, route
 
-    data = load_dataset(ds.path, name=ds.name, task=ds.task, seed_per_class=ds.seed_per_class, seed=ds.seed,
-                        max_text_chars=ds.max_text_chars, label_conflicts=getattr(ds, "label_conflicts", "error"))
+    data = load_dataset(
+        ds.path,
+        name=ds.name,
+        task=ds.task,
+        seed_per_class=ds.seed_per_class,
+        seed=ds.seed,
+        max_text_chars=ds.max_text_chars,
+        label_conflicts=getattr(ds, "label_conflicts", "error"),
+    )
     store, embedder = VectorStore(project.lancedb), Embedder(project.embedding_model)
     seeds, pool = data.seeds, data.pool
     X, _ = store.embed_cached(list(seeds["text"]) + list(pool["text"]), embedder, progress=progress)
-    seed_X, pool_X = X[: len(seeds)], X[len(seeds):]
-    user = {lab: d for lab, d in zip(data.descriptions["label"], data.descriptions["description"])
-            if isinstance(d, str) and d.strip()}
+    seed_X, pool_X = X[: len(seeds)], X[len(seeds) :]
+    user = {
+        lab: d for lab, d in zip(data.descriptions["label"], data.descriptions["description"]) if isinstance(d, str) and d.strip()
+    }
     labels = data.labels
     desc = {lab: user.get(lab) or lab.replace("_", " ") for lab in labels}
     label_X, _ = store.embed_cached([f"{lab.replace('_', ' ')}: {desc[lab]}" for lab in labels], embedder)
     space = LabelSpace.build(seeds, seed_X, ds.multilabel, desc)
     sets = label_lists(seeds["label"], ds.multilabel)
-    lfs = weak.standard_lfs(data.lf_definitions if data.lf_definitions is not None else ds.path / "lfs.yaml",
-                            labels, seed_X, sets, label_X)
+    lfs = weak.standard_lfs(
+        data.lf_definitions if data.lf_definitions is not None else ds.path / "lfs.yaml", labels, seed_X, sets, label_X
+    )
     votes, _ = weak.apply_lfs(lfs, pool["id"], pool["text"], pool_X, labels=labels)
     weak_labels = aggregate_votes(votes, pool["id"].astype(str).tolist(), labels, ds.label_model, ds.multilabel)
     routed = route(weak_labels, ds.routing, budget=ds.llm_budget_calls)
     queued = int(routed["queued"].sum())
-    questions, _ = pilot_pairs(seeds, space.centroid_map(), ds.pilot_size, seed=ds.seed, multilabel=ds.multilabel,
-                               descriptions=user)
+    questions, _ = pilot_pairs(
+        seeds, space.centroid_map(), ds.pilot_size, seed=ds.seed, multilabel=ds.multilabel, descriptions=user
+    )
     k = min(ds.rac_k or len(labels), len(labels))
     hits = loo_rank_hits(seed_X, [s[0] for s in sets], k)
     rates = ExpertRates.from_pilot(pilot)
     _, p_label = expected_questions(hits, k, rates.yes_true, rates.yes_false, ds.multilabel)
     queue_texts = routed.loc[routed["queued"], "id"].map(dict(zip(pool["id"].astype(str), pool["text"])))
-    chars_per = prompt_chars(labels, desc, {lab: texts[0] for lab, texts in space.seed_texts_by_label().items()},
-                             queue_texts, questions)
+    chars_per = prompt_chars(
+        labels, desc, {lab: texts[0] for lab, texts in space.seed_texts_by_label().items()}, queue_texts, questions
+    )
     inputs = PlanInputs(
-        labels_to_describe=len(set(labels) - set(user)), pilot_questions=len(questions), queued=queued, rac_k=k,
-        n_labels=len(labels), rank_hits=list(hits), pool_for_red=max(len(pool) - int(round(queued * p_label)), 0),
-        red_top_k=ds.red_top_k, red_max_rounds=ds.red_max_rounds, red_budget_calls=ds.red_budget_calls,
-        llm_budget_calls=ds.llm_budget_calls, multilabel=ds.multilabel, prompt_chars=chars_per,
-        red=not ds.multilabel)
+        labels_to_describe=len(set(labels) - set(user)),
+        pilot_questions=len(questions),
+        queued=queued,
+        rac_k=k,
+        n_labels=len(labels),
+        rank_hits=list(hits),
+        pool_for_red=max(len(pool) - int(round(queued * p_label)), 0),
+        red_top_k=ds.red_top_k,
+        red_max_rounds=ds.red_max_rounds,
+        red_budget_calls=ds.red_budget_calls,
+        llm_budget_calls=ds.llm_budget_calls,
+        multilabel=ds.multilabel,
+        prompt_chars=chars_per,
+        red=not ds.multilabel,
+    )
     return inputs, rates

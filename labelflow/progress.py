@@ -41,7 +41,11 @@ def to_terminal(stream: IO[str] | None = None) -> Iterator[IO[str]]:
 
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 class Progress:
@@ -103,8 +107,16 @@ class Progress:
         if self._bar is None and not finished:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, initial=self.done, desc=f"  {self.what}", unit=f" {self.unit}",
-                             file=stream, leave=False, dynamic_ncols=True, mininterval=0.5)
+            self._bar = tqdm(
+                total=self.total,
+                initial=self.done,
+                desc=f"  {self.what}",
+                unit=f" {self.unit}",
+                file=stream,
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
             _drawn.add(self)
         if self._bar is not None:
             self._bar.total = self.total

@@ -38,8 +38,19 @@ from labelflow.expert import ACCEPT, REJECT, UNPARSEABLE, BudgetExceeded, Usage,
 
 log = logging.getLogger(__name__)
 
-RESULT_COLUMNS = ["id", "label", "rank", "confidence", "questions", "calls", "prompt_tokens",
-                  "completion_tokens", "unparseable", "status", "expert"]
+RESULT_COLUMNS = [
+    "id",
+    "label",
+    "rank",
+    "confidence",
+    "questions",
+    "calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "unparseable",
+    "status",
+    "expert",
+]
 
 
 def estimate_tokens(text: str) -> int:
@@ -71,9 +82,17 @@ class LabelRetriever:
     L2-normalised here, so any embedding scale works.
     """
 
-    def __init__(self, desc_weight: float = 1.0, seed_weight: float = 1.0, clf_weight: float = 0.0,
-                 fusion: str = "score", rrf_k: float = 60.0, seed_agg: str = "mean_top", seed_top: int = 3,
-                 chunk: int = 4096):
+    def __init__(
+        self,
+        desc_weight: float = 1.0,
+        seed_weight: float = 1.0,
+        clf_weight: float = 0.0,
+        fusion: str = "score",
+        rrf_k: float = 60.0,
+        seed_agg: str = "mean_top",
+        seed_top: int = 3,
+        chunk: int = 4096,
+    ):
         self.desc_weight = desc_weight
         self.seed_weight = seed_weight
         self.clf_weight = clf_weight
@@ -83,9 +102,14 @@ class LabelRetriever:
         self.seed_top = seed_top
         self.chunk = chunk
 
-    def fit(self, label_names: Sequence[str], label_vectors: np.ndarray | None,
-            seed_vectors: np.ndarray | None = None, seed_labels: Sequence[str | Sequence[str]] | None = None,
-            classifier=None):
+    def fit(
+        self,
+        label_names: Sequence[str],
+        label_vectors: np.ndarray | None,
+        seed_vectors: np.ndarray | None = None,
+        seed_labels: Sequence[str | Sequence[str]] | None = None,
+        classifier=None,
+    ):
         """``label_vectors``: (L, d) description embeddings in the order of ``label_names`` (None = no
         description signal). ``seed_labels``: one label (str) or a list of labels (multi-label) per seed
         row. ``classifier``: a fitted model with ``classes_`` and ``predict_proba`` over the same
@@ -123,18 +147,20 @@ class LabelRetriever:
         self.classifier_ = None
         if self.clf_weight > 0:
             if classifier is None and have_seeds:
-                classifier = _seed_classifier(np.asarray(seed_vectors, dtype=np.float32), seed_labels, seed_sets,
-                                              self.labels_)
+                classifier = _seed_classifier(np.asarray(seed_vectors, dtype=np.float32), seed_labels, seed_sets, self.labels_)
             if classifier is not None:
                 self.classifier_ = classifier
                 cls = [str(c) for c in classifier.classes_]
                 self.clf_columns_ = np.asarray([index.get(c, -1) for c in cls], dtype=np.int64)
-        self.signals_ = [name for name, on in zip(SIGNALS, (self.label_vectors_ is not None,
-                                                             self.seed_vectors_ is not None,
-                                                             self.classifier_ is not None)) if on]
+        self.signals_ = [
+            name
+            for name, on in zip(
+                SIGNALS, (self.label_vectors_ is not None, self.seed_vectors_ is not None, self.classifier_ is not None)
+            )
+            if on
+        ]
         if not self.signals_:
-            raise ValueError("no retrieval signal: give label vectors, seed vectors or a classifier "
-                             "(with a weight > 0)")
+            raise ValueError("no retrieval signal: give label vectors, seed vectors or a classifier (with a weight > 0)")
         return self
 
     def _seed_scores(self, Xc: np.ndarray) -> np.ndarray:
@@ -166,8 +192,9 @@ class LabelRetriever:
         if self.label_vectors_ is not None:
             out["description"] = (U @ self.label_vectors_.T).astype(np.float32)
         if self.seed_vectors_ is not None:
-            out["seeds"] = np.vstack([self._seed_scores(U[s : s + self.chunk])
-                                      for s in range(0, max(len(U), 1), self.chunk)])[: len(U)]
+            out["seeds"] = np.vstack([self._seed_scores(U[s : s + self.chunk]) for s in range(0, max(len(U), 1), self.chunk)])[
+                : len(U)
+            ]
         if self.classifier_ is not None:
             out["classifier"] = self._clf_scores(np.asarray(X, dtype=np.float32))
         return out
@@ -207,15 +234,17 @@ class LabelRetriever:
         order, _ = self.rank(X, k)
         return [[self.labels_[j] for j in row] for row in order]
 
-    def recall_at_k(self, X: np.ndarray, true_labels: Sequence[str | Sequence[str]],
-                    ks: Sequence[int] = (1, 3, 5, 10)) -> dict[int, float]:
+    def recall_at_k(
+        self, X: np.ndarray, true_labels: Sequence[str | Sequence[str]], ks: Sequence[int] = (1, 3, 5, 10)
+    ) -> dict[int, float]:
         """Share of texts with a gold label among the top k (multi-label: any of its gold labels)."""
         order, _ = self.rank(X, max(ks))
         return recall_at_k(order, self.labels_, true_labels, ks)
 
 
-def recall_at_k(order: np.ndarray, labels: Sequence[str], true_labels: Sequence[str | Sequence[str]],
-                ks: Sequence[int] = (1, 3, 5, 10)) -> dict[int, float]:
+def recall_at_k(
+    order: np.ndarray, labels: Sequence[str], true_labels: Sequence[str | Sequence[str]], ks: Sequence[int] = (1, 3, 5, 10)
+) -> dict[int, float]:
     """Recall@k of a ranking ``order`` ((n, >= max(ks)) label indices into ``labels``, best first): the
     share of texts with a gold label (multi-label: any of its gold labels) among the top k."""
     index = {lab: i for i, lab in enumerate(labels)}
@@ -240,9 +269,17 @@ RETRIEVER_CHOICES = {
 }
 
 
-def select_retriever(label_names: Sequence[str], label_vectors: np.ndarray | None, seed_vectors: np.ndarray,
-                     seed_labels: Sequence[str | Sequence[str]], k: int = 5, folds: int = 3, seed: int = 0,
-                     choices: Mapping[str, dict] | None = None, **common) -> tuple[str, dict, pd.DataFrame]:
+def select_retriever(
+    label_names: Sequence[str],
+    label_vectors: np.ndarray | None,
+    seed_vectors: np.ndarray,
+    seed_labels: Sequence[str | Sequence[str]],
+    k: int = 5,
+    folds: int = 3,
+    seed: int = 0,
+    choices: Mapping[str, dict] | None = None,
+    **common,
+) -> tuple[str, dict, pd.DataFrame]:
     """Choose the retriever's signals from the seeds alone: K-fold cross-validation over the seeds
     (each fold's seeds are the queries, the other folds' seeds the retriever's seeds and classifier
     training set), scoring each of ``choices`` (default :data:`RETRIEVER_CHOICES`) by mean recall@k.
@@ -262,16 +299,16 @@ def select_retriever(label_names: Sequence[str], label_vectors: np.ndarray | Non
         clf = None
         for name, kw in choices.items():
             try:
-                r = LabelRetriever(**{**common, **kw}).fit(label_names, label_vectors, tr_X, tr_y,
-                                                          classifier=clf if kw["clf_weight"] > 0 else None)
+                r = LabelRetriever(**{**common, **kw}).fit(
+                    label_names, label_vectors, tr_X, tr_y, classifier=clf if kw["clf_weight"] > 0 else None
+                )
             except ValueError:  # e.g. no signal left for this fold
                 continue
             if kw["clf_weight"] > 0 and r.classifier_ is not None:
                 clf = r.classifier_  # one classifier per fold, shared by the choices that use it
             rec = r.recall_at_k(seed_vectors[held_idx], [seed_labels[i] for i in held_idx], (k,))[k]
             hits[name].append((rec, len(held_idx)))
-    rows = [{"retriever": n, f"cv recall@{k}": sum(r * m for r, m in h) / sum(m for _, m in h)}
-            for n, h in hits.items() if h]
+    rows = [{"retriever": n, f"cv recall@{k}": sum(r * m for r, m in h) / sum(m for _, m in h)} for n, h in hits.items() if h]
     table = pd.DataFrame(rows)
     best = table.iloc[int(np.argmax(table[f"cv recall@{k}"].to_numpy()))]["retriever"]
     return best, {**common, **choices[best]}, table
@@ -337,8 +374,15 @@ class RAC:
     ``seconds_`` (wall time).
     """
 
-    def __init__(self, expert, k: int | None = 5, multilabel: bool = False, n_examples: int = 3,
-                 rank_decay: float = 0.9, estimate_missing_tokens: bool = True):
+    def __init__(
+        self,
+        expert,
+        k: int | None = 5,
+        multilabel: bool = False,
+        n_examples: int = 3,
+        rank_decay: float = 0.9,
+        estimate_missing_tokens: bool = True,
+    ):
         self.expert = expert
         self.k = k
         self.multilabel = multilabel
@@ -346,9 +390,16 @@ class RAC:
         self.rank_decay = rank_decay
         self.estimate_missing_tokens = estimate_missing_tokens
 
-    def label(self, ids: Sequence[str], texts: Sequence[str], X: np.ndarray, retriever: LabelRetriever,
-              descriptions: Mapping[str, str], seed_texts_by_label: Mapping[str, Sequence[str]],
-              seed_vectors_by_label: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
+    def label(
+        self,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        X: np.ndarray,
+        retriever: LabelRetriever,
+        descriptions: Mapping[str, str],
+        seed_texts_by_label: Mapping[str, Sequence[str]],
+        seed_vectors_by_label: Mapping[str, np.ndarray] | None = None,
+    ) -> pd.DataFrame:
         """Label (or abstain on) each text. Returns a DataFrame with :data:`RESULT_COLUMNS`:
         ``label`` ('' = abstain; '|'-joined set for multi-label), ``rank`` (1-based rank of the
         first accepted candidate, 0 if none), ``confidence`` (multi-label: the lowest over the
@@ -387,9 +438,16 @@ class RAC:
                 lab = labels[j]
                 s_texts = list(seed_texts_by_label.get(lab, ()))
                 s_vecs = seed_vectors_by_label.get(lab)
-                items = [ValidationItem(text=texts[i], label=lab, description=descriptions.get(lab, "") or lab,
-                                        examples=nearest_examples(Xu[i], s_texts, s_vecs, self.n_examples),
-                                        text_id=ids[i]) for i in group]
+                items = [
+                    ValidationItem(
+                        text=texts[i],
+                        label=lab,
+                        description=descriptions.get(lab, "") or lab,
+                        examples=nearest_examples(Xu[i], s_texts, s_vecs, self.n_examples),
+                        text_id=ids[i],
+                    )
+                    for i in group
+                ]
                 try:
                     verdicts = self.expert.validate(items)
                 except BudgetExceeded as exc:
@@ -411,11 +469,21 @@ class RAC:
                     per_text["completion_tokens"][i] += u.completion_tokens
                     per_text["unparseable"][i] += int(v.outcome == UNPARSEABLE)
                     self.usage_ += u
-                    rows.append({"id": ids[i], "round": r + 1, "label": lab, "outcome": v.outcome,
-                                 "score": float(v.score), "calls": u.calls, "cache_hits": u.cache_hits,
-                                 "prompt_tokens": pt, "completion_tokens": u.completion_tokens})
+                    rows.append(
+                        {
+                            "id": ids[i],
+                            "round": r + 1,
+                            "label": lab,
+                            "outcome": v.outcome,
+                            "score": float(v.score),
+                            "calls": u.calls,
+                            "cache_hits": u.cache_hits,
+                            "prompt_tokens": pt,
+                            "completion_tokens": u.completion_tokens,
+                        }
+                    )
                     if v.outcome == ACCEPT:
-                        conf = float(1.0 / (1.0 + math.exp(-float(v.score)))) * self.rank_decay ** r
+                        conf = float(1.0 / (1.0 + math.exp(-float(v.score)))) * self.rank_decay**r
                         accepted[i].append((r + 1, lab, conf))
                         n_accept += 1
                         if not self.multilabel:
@@ -424,43 +492,64 @@ class RAC:
                     break
             if stopped:
                 break
-            log.info("RAC round %d/%d: asked %d texts, %d accepted; %d/%d texts labelled so far",
-                     r + 1, depth, len(active), n_accept, sum(bool(a) for a in accepted), n)
-        self.questions_ = pd.DataFrame(rows, columns=["id", "round", "label", "outcome", "score", "calls",
-                                                      "cache_hits", "prompt_tokens", "completion_tokens"])
+            log.info(
+                "RAC round %d/%d: asked %d texts, %d accepted; %d/%d texts labelled so far",
+                r + 1,
+                depth,
+                len(active),
+                n_accept,
+                sum(bool(a) for a in accepted),
+                n,
+            )
+        self.questions_ = pd.DataFrame(
+            rows,
+            columns=["id", "round", "label", "outcome", "score", "calls", "cache_hits", "prompt_tokens", "completion_tokens"],
+        )
         out = []
         for i in range(n):
             acc = accepted[i]
             complete = not lost[i] and (not stopped or done[i] or asked[i] >= depth)
             status = "labelled" if acc else ("abstained" if complete else "unanswered")
-            out.append({
-                "id": ids[i],
-                "label": (join_labels(a[1] for a in acc) if self.multilabel else acc[0][1]) if acc else "",
-                "rank": acc[0][0] if acc else 0,
-                "confidence": min(a[2] for a in acc) if acc else 0.0,
-                "questions": int(asked[i]),
-                **{f: int(per_text[f][i]) for f in per_text},
-                "status": status,
-                "expert": name,
-            })
+            out.append(
+                {
+                    "id": ids[i],
+                    "label": (join_labels(a[1] for a in acc) if self.multilabel else acc[0][1]) if acc else "",
+                    "rank": acc[0][0] if acc else 0,
+                    "confidence": min(a[2] for a in acc) if acc else 0.0,
+                    "questions": int(asked[i]),
+                    **{f: int(per_text[f][i]) for f in per_text},
+                    "status": status,
+                    "expert": name,
+                }
+            )
         self.seconds_ = time.perf_counter() - t0
         res = pd.DataFrame(out, columns=RESULT_COLUMNS)
-        log.info("RAC done: %d/%d labelled, %d questions, %d calls, %d prompt tokens, %.1f s",
-                 int((res["label"] != "").sum()), n, int(res["questions"].sum()), self.usage_.calls,
-                 int(res["prompt_tokens"].sum()), self.seconds_)
+        log.info(
+            "RAC done: %d/%d labelled, %d questions, %d calls, %d prompt tokens, %.1f s",
+            int((res["label"] != "").sum()),
+            n,
+            int(res["questions"].sum()),
+            self.usage_.calls,
+            int(res["prompt_tokens"].sum()),
+            self.seconds_,
+        )
         return res
 
 
-def truncate(result: pd.DataFrame, questions: pd.DataFrame, k: int, multilabel: bool = False,
-             rank_decay: float = 0.9) -> pd.DataFrame:
+def truncate(
+    result: pd.DataFrame, questions: pd.DataFrame, k: int, multilabel: bool = False, rank_decay: float = 0.9
+) -> pd.DataFrame:
     """The result RAC would have given with truncation ``k``, derived exactly from a run with a larger
     (or no) truncation and its per-question log (``RAC.questions_``): the same questions in the same
     order, cut after round ``k``. Requires deterministic answers (SimulatedExpert, cached LLM)."""
     q = questions[questions["round"] <= k]
-    agg = q.groupby("id").agg(questions=("round", "size"), calls=("calls", "sum"),
-                              prompt_tokens=("prompt_tokens", "sum"),
-                              completion_tokens=("completion_tokens", "sum"),
-                              unparseable=("outcome", lambda s: int((s == UNPARSEABLE).sum())))
+    agg = q.groupby("id").agg(
+        questions=("round", "size"),
+        calls=("calls", "sum"),
+        prompt_tokens=("prompt_tokens", "sum"),
+        completion_tokens=("completion_tokens", "sum"),
+        unparseable=("outcome", lambda s: int((s == UNPARSEABLE).sum())),
+    )
     acc = q[q["outcome"] == ACCEPT].sort_values(["id", "round"])
     out = result[["id", "status", "expert"]].copy()
     for col in ("questions", "calls", "prompt_tokens", "completion_tokens", "unparseable"):
@@ -479,7 +568,6 @@ def truncate(result: pd.DataFrame, questions: pd.DataFrame, k: int, multilabel: 
     return out[RESULT_COLUMNS].reset_index(drop=True)
 
 
-
 def label_queue(expert, queue: pd.DataFrame, X: np.ndarray, space, k: int | None = 5) -> tuple[pd.DataFrame, "RAC"]:
     """RAC over a queue of texts (id, text) with vectors ``X``, given the
     :class:`~labelflow.labelspace.LabelSpace` (labels, description vectors, seeds by label,
@@ -487,13 +575,26 @@ def label_queue(expert, queue: pd.DataFrame, X: np.ndarray, space, k: int | None
     object with ``questions_``/``usage_``)."""
     retriever = LabelRetriever().fit(space.labels, space.description_X, space.seed_X, space.seed_labels)
     rac = RAC(expert, k=k, multilabel=space.multilabel)
-    res = rac.label(queue["id"].astype(str).tolist(), queue["text"].tolist(), X, retriever, space.descriptions,
-                    space.seed_texts_by_label(), space.seed_vectors_by_label())
+    res = rac.label(
+        queue["id"].astype(str).tolist(),
+        queue["text"].tolist(),
+        X,
+        retriever,
+        space.descriptions,
+        space.seed_texts_by_label(),
+        space.seed_vectors_by_label(),
+    )
     return res.merge(queue[["id", "text"]].astype({"id": str}), on="id", how="left"), rac
 
 
-def coverage_over_k(result: pd.DataFrame, questions: pd.DataFrame, k_max: int, truth: pd.Series | None = None,
-                    labels: Sequence[str] | None = None, multilabel: bool = False) -> pd.DataFrame:
+def coverage_over_k(
+    result: pd.DataFrame,
+    questions: pd.DataFrame,
+    k_max: int,
+    truth: pd.Series | None = None,
+    labels: Sequence[str] | None = None,
+    multilabel: bool = False,
+) -> pd.DataFrame:
     """RAC's trade-off over truncation: for k = 1..``k_max``, the result :func:`truncate` derives from
     one run (``result`` and its ``questions`` log) scored as coverage, calls and prompt tokens per
     labelled text and, with ``truth`` (id -> gold label; multi-class only), precision on the labelled."""
@@ -503,8 +604,12 @@ def coverage_over_k(result: pd.DataFrame, questions: pd.DataFrame, k_max: int, t
     for k in range(1, int(k_max) + 1):
         t = truncate(result, questions, k, multilabel=multilabel) if len(result) else result
         labelled = int((t["label"] != "").sum())
-        row = {"k": k, "coverage": labelled / max(len(t), 1), "calls_per_labelled": t["calls"].sum() / max(labelled, 1),
-               "prompt_tokens_per_labelled": t["prompt_tokens"].sum() / max(labelled, 1)}
+        row = {
+            "k": k,
+            "coverage": labelled / max(len(t), 1),
+            "calls_per_labelled": t["calls"].sum() / max(labelled, 1),
+            "prompt_tokens_per_labelled": t["prompt_tokens"].sum() / max(labelled, 1),
+        }
         if truth is not None and len(t) and not multilabel:
             row["precision"] = classification_metrics(t["id"].map(truth), t["label"], list(labels))["precision"]
         rows.append(row)

@@ -60,19 +60,27 @@ def _label_lines(labels: Sequence[str], descriptions: Mapping[str, str]) -> list
 def all_labels_messages(text: str, labels: Sequence[str], descriptions: Mapping[str, str]) -> list[dict]:
     """The naive prompt: every label with its description, then the text; answer one label name."""
     system = "\n".join(
-        ["You classify texts. Choose the one label from the list below that fits the text best.",
-         "Labels:", *_label_lines(labels, descriptions),
-         f"Answer with the label name only, exactly as written, or '{NONE_ANSWER}' if no label fits."])
+        [
+            "You classify texts. Choose the one label from the list below that fits the text best.",
+            "Labels:",
+            *_label_lines(labels, descriptions),
+            f"Answer with the label name only, exactly as written, or '{NONE_ANSWER}' if no label fits.",
+        ]
+    )
     user = f"Text:\n<<<\n{text}\n>>>\nLabel:"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def fewshot_messages(text: str, candidates: Sequence[str], descriptions: Mapping[str, str],
-                     examples: Sequence[tuple[str, str]]) -> list[dict]:
+def fewshot_messages(
+    text: str, candidates: Sequence[str], descriptions: Mapping[str, str], examples: Sequence[tuple[str, str]]
+) -> list[dict]:
     """The Autolabel-style prompt: the retrieved candidate labels, few-shot (text, label) examples,
     then the text."""
-    lines = ["You classify texts. Choose the one label from the list below that fits the text best.",
-             "Labels:", *_label_lines(candidates, descriptions)]
+    lines = [
+        "You classify texts. Choose the one label from the list below that fits the text best.",
+        "Labels:",
+        *_label_lines(candidates, descriptions),
+    ]
     if examples:
         lines.append("Examples:")
         for ex_text, ex_label in examples:
@@ -82,8 +90,9 @@ def fewshot_messages(text: str, candidates: Sequence[str], descriptions: Mapping
     return [{"role": "system", "content": "\n".join(lines)}, {"role": "user", "content": user}]
 
 
-def ask_list_prompts(expert, ids: Sequence[str], messages: Sequence[list[dict]],
-                     candidates: Sequence[Sequence[str]], max_tokens: int = 24) -> pd.DataFrame:
+def ask_list_prompts(
+    expert, ids: Sequence[str], messages: Sequence[list[dict]], candidates: Sequence[Sequence[str]], max_tokens: int = 24
+) -> pd.DataFrame:
     """Send one list prompt per text and parse each answer strictly. Returns :data:`BASELINE_COLUMNS`."""
     name = getattr(expert, "name", type(expert).__name__)
     rows = []
@@ -98,25 +107,44 @@ def ask_list_prompts(expert, ids: Sequence[str], messages: Sequence[list[dict]],
             ct, calls = estimate_tokens(answer), 1
         else:
             raise TypeError(f"expert {name!r} has neither complete() nor choose()")
-        rows.append({"id": str(tid), "label": parse_label(answer, cands), "calls": calls, "prompt_tokens": pt,
-                     "completion_tokens": ct, "answer": answer, "expert": name})
+        rows.append(
+            {
+                "id": str(tid),
+                "label": parse_label(answer, cands),
+                "calls": calls,
+                "prompt_tokens": pt,
+                "completion_tokens": ct,
+                "answer": answer,
+                "expert": name,
+            }
+        )
         if n % 500 == 0 or n == len(ids):
             log.info("list prompts: %d/%d texts answered (%.1f s)", n, len(ids), time.perf_counter() - t0)
     return pd.DataFrame(rows, columns=BASELINE_COLUMNS)
 
 
-def naive_all_labels(expert, ids: Sequence[str], texts: Sequence[str], labels: Sequence[str],
-                     descriptions: Mapping[str, str], max_tokens: int = 24) -> pd.DataFrame:
+def naive_all_labels(
+    expert, ids: Sequence[str], texts: Sequence[str], labels: Sequence[str], descriptions: Mapping[str, str], max_tokens: int = 24
+) -> pd.DataFrame:
     """Baseline (a): one prompt per text listing every label."""
     labels = list(labels)
     msgs = [all_labels_messages(t, labels, descriptions) for t in texts]
     return ask_list_prompts(expert, ids, msgs, [labels] * len(msgs), max_tokens)
 
 
-def topk_fewshot(expert, ids: Sequence[str], texts: Sequence[str], X: np.ndarray, retriever: LabelRetriever,
-                 descriptions: Mapping[str, str], seed_texts_by_label: Mapping[str, Sequence[str]],
-                 seed_vectors_by_label: Mapping[str, np.ndarray] | None = None, k: int = 5,
-                 n_examples: int = 2, max_tokens: int = 24) -> pd.DataFrame:
+def topk_fewshot(
+    expert,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    X: np.ndarray,
+    retriever: LabelRetriever,
+    descriptions: Mapping[str, str],
+    seed_texts_by_label: Mapping[str, Sequence[str]],
+    seed_vectors_by_label: Mapping[str, np.ndarray] | None = None,
+    k: int = 5,
+    n_examples: int = 2,
+    max_tokens: int = 24,
+) -> pd.DataFrame:
     """Baseline (b): one prompt per text with its top-k retrieved labels and, as few-shot
     demonstrations, the ``n_examples`` seed examples of each candidate nearest to the text."""
     seed_vectors_by_label = seed_vectors_by_label or {}
@@ -124,8 +152,10 @@ def topk_fewshot(expert, ids: Sequence[str], texts: Sequence[str], X: np.ndarray
     Xu = unit_rows(X)
     msgs = []
     for i, (text, cands) in enumerate(zip(texts, cand_lists)):
-        examples = [(e, lab) for lab in cands
-                    for e in nearest_examples(Xu[i], list(seed_texts_by_label.get(lab, ())),
-                                              seed_vectors_by_label.get(lab), n_examples)]
+        examples = [
+            (e, lab)
+            for lab in cands
+            for e in nearest_examples(Xu[i], list(seed_texts_by_label.get(lab, ())), seed_vectors_by_label.get(lab), n_examples)
+        ]
         msgs.append(fewshot_messages(text, cands, descriptions, examples))
     return ask_list_prompts(expert, ids, msgs, cand_lists, max_tokens)

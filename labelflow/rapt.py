@@ -110,8 +110,15 @@ def binarize(label_sets: Sequence[Sequence[str]], classes: Sequence[str]) -> np.
     return mlb.fit_transform([[lab for lab in s if lab in known] for s in label_sets]).astype(np.int8)
 
 
-def out_of_fold_scores(X, label_sets: Sequence[Sequence[str]], classes: Sequence[str], folds: int = 5,
-                       seed: int = 0, make_model: Callable[[], object] | None = None, n_jobs: int = 1) -> np.ndarray:
+def out_of_fold_scores(
+    X,
+    label_sets: Sequence[Sequence[str]],
+    classes: Sequence[str],
+    folds: int = 5,
+    seed: int = 0,
+    make_model: Callable[[], object] | None = None,
+    n_jobs: int = 1,
+) -> np.ndarray:
     """Scores (n, n_labels) for a case base, each row from a model trained on the other ``folds − 1``
     folds (shuffled K-fold, ``seed``), so no case is scored by a model that saw it (see the module
     docstring for why). ``make_model()`` returns an unfitted model with ``fit(X, label_sets,
@@ -174,7 +181,7 @@ class RidgeMultiLabel:
         self.alpha_ = np.zeros(Y.shape[1])
         loo = np.zeros_like(Y)
         for a in self.alphas:
-            f = sv ** 2 / (sv ** 2 + a)
+            f = sv**2 / (sv**2 + a)
             fitted = U @ (f[:, None] * UtY) + y_mean
             h = 1.0 / n + U2 @ f
             pred = Y - (Y - fitted) / np.maximum(1.0 - h, 1e-9)[:, None]
@@ -187,7 +194,7 @@ class RidgeMultiLabel:
         self.coef_ = np.empty((X.shape[1], Y.shape[1]))
         for a in np.unique(self.alpha_):
             cols = self.alpha_ == a
-            self.coef_[:, cols] = Vt.T @ ((sv / (sv ** 2 + a))[:, None] * UtY[:, cols])
+            self.coef_[:, cols] = Vt.T @ ((sv / (sv**2 + a))[:, None] * UtY[:, cols])
         self.intercept_ = y_mean - self.x_mean_ @ self.coef_
         self.platt_ = None
         if self.calibrate:
@@ -261,8 +268,10 @@ class CaseBase:
         ids = np.asarray([str(i) for i in ids], dtype=object)
         n = len(ids)
         if Z.shape[0] != n or scores.shape != (n, len(classes)) or gold.shape != (n, len(classes)):
-            raise ValueError(f"case base shapes disagree: ids {n}, Z {Z.shape}, scores {scores.shape}, "
-                             f"gold {gold.shape}, {len(classes)} classes")
+            raise ValueError(
+                f"case base shapes disagree: ids {n}, Z {Z.shape}, scores {scores.shape}, "
+                f"gold {gold.shape}, {len(classes)} classes"
+            )
         if np.isnan(scores).any():
             raise ValueError("case scores contain NaN")
         if len(set(ids)) != n:
@@ -282,17 +291,27 @@ class CaseBase:
 
     def to_frame(self) -> pd.DataFrame:
         """Columns id, vector, scores, gold, cardinality (lists in ``classes`` order), for LanceDB."""
-        return pd.DataFrame({"id": self.ids.astype(str), "vector": list(self.Z),
-                             "scores": [r.astype(np.float32) for r in self.scores],
-                             "gold": [r.astype(np.int8) for r in self.gold], "cardinality": self.cardinality})
+        return pd.DataFrame(
+            {
+                "id": self.ids.astype(str),
+                "vector": list(self.Z),
+                "scores": [r.astype(np.float32) for r in self.scores],
+                "gold": [r.astype(np.int8) for r in self.gold],
+                "cardinality": self.cardinality,
+            }
+        )
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame, classes: Sequence[str]) -> "CaseBase":
         if len(df) == 0:
             raise ValueError("empty case base table")
-        return cls.build(df["id"].astype(str).tolist(), np.vstack(df["vector"].to_numpy()),
-                         np.vstack(df["scores"].to_numpy()).astype(np.float64),
-                         np.vstack(df["gold"].to_numpy()).astype(np.int8), classes)
+        return cls.build(
+            df["id"].astype(str).tolist(),
+            np.vstack(df["vector"].to_numpy()),
+            np.vstack(df["scores"].to_numpy()).astype(np.float64),
+            np.vstack(df["gold"].to_numpy()).astype(np.int8),
+            classes,
+        )
 
     def save(self, store, name: str = TABLE) -> None:
         """Write to a :class:`~labelflow.embedding.VectorStore` table (replacing it)."""
@@ -349,8 +368,9 @@ class RAPT:
     search of the stored case base table instead of an in-memory matrix product.
     """
 
-    def __init__(self, k: int = 10, n_distinct: int = 3, threshold: str = "avgcount", rounding: str = "floor",
-                 dup_tol: float = 1e-5):
+    def __init__(
+        self, k: int = 10, n_distinct: int = 3, threshold: str = "avgcount", rounding: str = "floor", dup_tol: float = 1e-5
+    ):
         self.k = k
         self.n_distinct = n_distinct
         self.threshold = threshold
@@ -391,9 +411,9 @@ class RAPT:
         idx, sim = self._retrieve(Zq)
         m, k = idx.shape
         valid = idx >= 0
-        C = self.case_base_.Z[np.where(valid, idx, 0)]                       # (m, k, d)
-        G = np.einsum("mid,mjd->mij", C, C)                                   # pairwise cosines
-        earlier = np.tril(np.ones((k, k), dtype=bool), -1)                   # j < i
+        C = self.case_base_.Z[np.where(valid, idx, 0)]  # (m, k, d)
+        G = np.einsum("mid,mjd->mij", C, C)  # pairwise cosines
+        earlier = np.tril(np.ones((k, k), dtype=bool), -1)  # j < i
         dup = ((G >= 1.0 - self.dup_tol) & earlier[None] & valid[:, None, :]).any(axis=2)
         keep = valid & ~dup
         rank = np.cumsum(keep, axis=1)
@@ -410,10 +430,10 @@ class RAPT:
     def adapt(self, Zq, scores_q, neighbours: Neighbours | None = None) -> np.ndarray:
         """Y_q = Ŷ_q + Σ w_i (Y_i − Ŷ_i) / Σ w_i  (= the paper's Σ w_i (Ŷ_i + (Ŷ_q − Ŷ_i) + (Y_i − Ŷ_i)) / Σ w_i)."""
         nb = neighbours or self.kneighbors(Zq)
-        w = nb.normalised()                                                   # (m, n)
+        w = nb.normalised()  # (m, n)
         cb = self.case_base_
         safe = np.where(nb.idx >= 0, nb.idx, 0)
-        resid = cb.gold[safe].astype(np.float64) - cb.scores[safe]           # (m, n, L)
+        resid = cb.gold[safe].astype(np.float64) - cb.scores[safe]  # (m, n, L)
         return np.asarray(scores_q, dtype=np.float64) + np.einsum("mn,mnl->ml", w, resid)
 
     def expected_count(self, nb: Neighbours) -> np.ndarray:
@@ -425,8 +445,8 @@ class RAPT:
         """τ = Σ w_i min{Ŷ_i(l) : Y_i(l) = 1} / Σ w_i per query (cases without gold labels left out)."""
         cb = self.case_base_
         safe = np.where(nb.idx >= 0, nb.idx, 0)
-        gold = cb.gold[safe].astype(bool)                                     # (m, n, L)
-        mins = np.where(gold, cb.scores[safe], np.inf).min(axis=2)           # (m, n)
+        gold = cb.gold[safe].astype(bool)  # (m, n, L)
+        mins = np.where(gold, cb.scores[safe], np.inf).min(axis=2)  # (m, n)
         has = np.isfinite(mins) & (nb.idx >= 0)
         sub = Neighbours(np.where(has, nb.idx, -1), np.where(has, nb.w, 0.0), nb.sim)
         w = sub.normalised()
@@ -478,14 +498,15 @@ def _objective(Y: np.ndarray, P: np.ndarray, objective: str) -> float:
     if objective == "micro_f1":
         d = 2 * tp.sum() + fp.sum() + fn.sum()
         return float(2 * tp.sum() / d) if d else 0.0
-    present = Y.sum(axis=0) > 0                                              # as multilabel_metrics
+    present = Y.sum(axis=0) > 0  # as multilabel_metrics
     d = 2 * tp + fp + fn
     f1 = np.where(d > 0, 2 * tp / np.where(d > 0, d, 1), 0.0)
     return float(f1[present].mean()) if present.any() else 0.0
 
 
-def tune_global_threshold(scores_val: np.ndarray, Y_val: np.ndarray, grid: Sequence[float] = DEFAULT_GRID,
-                          objective: str = "macro_f1") -> float:
+def tune_global_threshold(
+    scores_val: np.ndarray, Y_val: np.ndarray, grid: Sequence[float] = DEFAULT_GRID, objective: str = "macro_f1"
+) -> float:
     """Base*: the one global threshold on ``grid`` that maximises ``objective`` ("macro_f1" or
     "micro_f1") on validation, with the at-least-one-label rule applied as at prediction time.
     Ties go to the threshold closest to 0.5."""
@@ -499,8 +520,9 @@ def tune_global_threshold(scores_val: np.ndarray, Y_val: np.ndarray, grid: Seque
     return best_t
 
 
-def tune_per_label_thresholds(scores_val: np.ndarray, Y_val: np.ndarray, grid: Sequence[float] = DEFAULT_GRID,
-                              fallback: float | None = None) -> np.ndarray:
+def tune_per_label_thresholds(
+    scores_val: np.ndarray, Y_val: np.ndarray, grid: Sequence[float] = DEFAULT_GRID, fallback: float | None = None
+) -> np.ndarray:
     """Base*_l: per label, the threshold on ``grid`` maximising that label's F1 on validation (labels
     tuned independently, so the at-least-one rule is applied only at prediction time). A label with no
     positive validation example gets ``fallback`` (default: :func:`tune_global_threshold`'s value).
@@ -510,20 +532,31 @@ def tune_per_label_thresholds(scores_val: np.ndarray, Y_val: np.ndarray, grid: S
     if fallback is None:
         fallback = tune_global_threshold(scores_val, Y_val, grid)
     grid = np.asarray(sorted(grid, key=lambda t: (abs(t - 0.5), t)), dtype=np.float64)
-    P = scores_val[None, :, :] >= grid[:, None, None]                         # (g, n, L)
+    P = scores_val[None, :, :] >= grid[:, None, None]  # (g, n, L)
     tp = (P & Y[None]).sum(axis=1)
     fp = (P & ~Y[None]).sum(axis=1)
     fn = (~P & Y[None]).sum(axis=1)
     d = 2 * tp + fp + fn
-    f1 = np.where(d > 0, 2 * tp / np.where(d > 0, d, 1), 0.0)                # (g, L)
-    out = grid[f1.argmax(axis=0)]                                             # first max = closest to 0.5
+    f1 = np.where(d > 0, 2 * tp / np.where(d > 0, d, 1), 0.0)  # (g, L)
+    out = grid[f1.argmax(axis=0)]  # first max = closest to 0.5
     return np.where(Y.sum(axis=0) > 0, out, fallback)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def evaluate_all(scorer: Scorer, X_test, Y_test: np.ndarray, X_val, Y_val: np.ndarray, case_base: CaseBase,
-                 k: int = 10, n_distinct: int = 3, objective: str = "macro_f1", rounding: str = "floor",
-                 return_predictions: bool = False, S_val: np.ndarray | None = None):
+def evaluate_all(
+    scorer: Scorer,
+    X_test,
+    Y_test: np.ndarray,
+    X_val,
+    Y_val: np.ndarray,
+    case_base: CaseBase,
+    k: int = 10,
+    n_distinct: int = 3,
+    objective: str = "macro_f1",
+    rounding: str = "floor",
+    return_predictions: bool = False,
+    S_val: np.ndarray | None = None,
+):
     """The five methods side by side on a test set.
 
     ``S_val``: validation scores to tune Base* / Base*_l on instead of ``scorer.score(X_val)`` (e.g. the
@@ -570,14 +603,27 @@ def evaluate_all(scorer: Scorer, X_test, Y_test: np.ndarray, X_val, Y_val: np.nd
     rows = []
     for name in METHODS:
         m = multilabel_metrics(Y_test, preds[name])
-        rows.append({"method": name, "micro_f1": m["micro_f1"], "macro_f1": m["macro_f1"],
-                     "micro_precision": m["micro_precision"], "micro_recall": m["micro_recall"],
-                     "hamming_loss": m["hamming_loss"], "mean_labels": m["mean_labels_predicted"],
-                     "ms_per_text": 1000.0 * (t_score + cost[name]) / max(n, 1)})
+        rows.append(
+            {
+                "method": name,
+                "micro_f1": m["micro_f1"],
+                "macro_f1": m["macro_f1"],
+                "micro_precision": m["micro_precision"],
+                "micro_recall": m["micro_recall"],
+                "hamming_loss": m["hamming_loss"],
+                "mean_labels": m["mean_labels_predicted"],
+                "ms_per_text": 1000.0 * (t_score + cost[name]) / max(n, 1),
+            }
+        )
     table = pd.DataFrame(rows)
     if return_predictions:
-        return table, {"predictions": preds, "global_threshold": t_global, "label_thresholds": t_label,
-                       "adapted_scores": adapted, "test_scores": S_test}
+        return table, {
+            "predictions": preds,
+            "global_threshold": t_global,
+            "label_thresholds": t_label,
+            "adapted_scores": adapted,
+            "test_scores": S_test,
+        }
     return table
 
 

@@ -59,6 +59,7 @@ def _limited_threads(method):
 
     return wrapper
 
+
 NOISE = -1  # class index of the noise class inside a subset model
 SOURCE_VERIFIED = "llm-red"
 SOURCE_MODEL = "red-model"
@@ -68,8 +69,9 @@ SOURCE_MODEL = "red-model"
 # 1. subsets
 
 
-def form_subsets(label_vectors: np.ndarray, max_size: int, reduce: str | None = "pca",
-                 n_components: int = 32, random_state: int = 0) -> list[list[int]]:
+def form_subsets(
+    label_vectors: np.ndarray, max_size: int, reduce: str | None = "pca", n_components: int = 32, random_state: int = 0
+) -> list[list[int]]:
     """Split labels (rows of ``label_vectors``, shape (n_labels, d)) into subsets of at most
     ``max_size`` mutually dissimilar labels. Returns lists of row indices; every label is in exactly
     one subset.
@@ -142,8 +144,7 @@ class SubsetClassifier:
     ``predict_proba(X)`` returns (n, len(classes_)) with ``classes_`` = subset labels + ``NOISE``.
     """
 
-    def __init__(self, model: str = "logreg", C: float = 10.0, noise_ratio: float = 2.0, seed: int = 0,
-                 max_iter: int = 1000):
+    def __init__(self, model: str = "logreg", C: float = 10.0, noise_ratio: float = 2.0, seed: int = 0, max_iter: int = 1000):
         self.model = model
         self.C = C
         self.noise_ratio = noise_ratio
@@ -207,8 +208,14 @@ def most_uncertain(uncertainty: np.ndarray, eligible: np.ndarray, k: int) -> np.
     return idx[order[:k]]
 
 
-def stop_reason(uncertain: Sequence[int], added: Sequence[int], top_k: int, min_added_fraction: float,
-                rounds: int = 0, max_rounds: int | None = None) -> str | None:
+def stop_reason(
+    uncertain: Sequence[int],
+    added: Sequence[int],
+    top_k: int,
+    min_added_fraction: float,
+    rounds: int = 0,
+    max_rounds: int | None = None,
+) -> str | None:
     """Why the loop should stop now, or ``None`` to go on.
 
     ``uncertain``: uncertain-prediction counts measured at the start of each round so far;
@@ -247,9 +254,24 @@ class REDResult:
     extra: dict = field(default_factory=dict)
 
 
-ROUND_COLUMNS = ["round", "uncertain", "no_candidate", "confident", "asked", "calls", "accepted", "rejected",
-                 "corrected", "unparseable", "retrained_subsets", "total_calls", "total_accepted", "predict_s",
-                 "train_s", "seconds"]
+ROUND_COLUMNS = [
+    "round",
+    "uncertain",
+    "no_candidate",
+    "confident",
+    "asked",
+    "calls",
+    "accepted",
+    "rejected",
+    "corrected",
+    "unparseable",
+    "retrained_subsets",
+    "total_calls",
+    "total_accepted",
+    "predict_s",
+    "train_s",
+    "seconds",
+]
 
 
 @dataclass
@@ -307,11 +329,27 @@ class REDLabeler:
     models; ``add_label`` adds a label later and retrains only the subset it joins.
     """
 
-    def __init__(self, expert, *, subset_size: int = 8, top_k_uncertain: int = 500, n_evidence: int = 3,
-                 max_rounds: int = 30, min_added_fraction: float = 0.05, correction: bool = True,
-                 max_tries_per_text: int = 2, confidence_threshold: float = 0.8,
-                 reduce: str | None = "pca", n_components: int = 32, model: str = "logreg", C: float = 10.0,
-                 noise_ratio: float = 2.0, seed: int = 0, chunk_size: int = 8192, blas_threads: int | None = 1):
+    def __init__(
+        self,
+        expert,
+        *,
+        subset_size: int = 8,
+        top_k_uncertain: int = 500,
+        n_evidence: int = 3,
+        max_rounds: int = 30,
+        min_added_fraction: float = 0.05,
+        correction: bool = True,
+        max_tries_per_text: int = 2,
+        confidence_threshold: float = 0.8,
+        reduce: str | None = "pca",
+        n_components: int = 32,
+        model: str = "logreg",
+        C: float = 10.0,
+        noise_ratio: float = 2.0,
+        seed: int = 0,
+        chunk_size: int = 8192,
+        blas_threads: int | None = 1,
+    ):
         self.expert = expert
         self.subset_size = subset_size
         self.top_k_uncertain = top_k_uncertain
@@ -333,15 +371,13 @@ class REDLabeler:
     # ---- training ---------------------------------------------------------------------------------
 
     def _new_model(self, s: int) -> SubsetClassifier:
-        return SubsetClassifier(model=self.model, C=self.C, noise_ratio=self.noise_ratio,
-                                seed=self.seed * 1_000_003 + s)
+        return SubsetClassifier(model=self.model, C=self.C, noise_ratio=self.noise_ratio, seed=self.seed * 1_000_003 + s)
 
     def _train_subset(self, s: int) -> None:
         self.models_[s] = self._new_model(s).fit(self.train_X_, self.train_y_, self.subsets_[s])
 
     @_limited_threads
-    def fit(self, seed_X: np.ndarray, seed_labels: Sequence[str], label_vectors=None,
-            seed_texts: Sequence[str] | None = None):
+    def fit(self, seed_X: np.ndarray, seed_labels: Sequence[str], label_vectors=None, seed_texts: Sequence[str] | None = None):
         """``label_vectors``: a mapping label -> vector, an array aligned with the sorted labels, or
         ``None`` (each label's seed centroid, :func:`~labelflow.labelspace.seed_centroids`)."""
         seed_X = np.asarray(seed_X, dtype=np.float32)
@@ -373,8 +409,13 @@ class REDLabeler:
         self.models_: list[SubsetClassifier | None] = [None] * len(self.subsets_)
         for s in range(len(self.subsets_)):
             self._train_subset(s)
-        log.info("R.E.D.: %d labels in %d subsets of <= %d; %d seed examples", len(self.labels_),
-                 len(self.subsets_), self.subset_size, len(y))
+        log.info(
+            "R.E.D.: %d labels in %d subsets of <= %d; %d seed examples",
+            len(self.labels_),
+            len(self.subsets_),
+            self.subset_size,
+            len(y),
+        )
         return self
 
     @_limited_threads
@@ -472,9 +513,14 @@ class REDLabeler:
         return [self.train_text_[r] for r in top]
 
     @_limited_threads
-    def run(self, pool_ids: Sequence[str], pool_texts: Sequence[str], pool_X: np.ndarray,
-            descriptions: Mapping[str, str] | None = None,
-            seed_texts_by_label: Mapping[str, Sequence[str]] | None = None) -> REDResult:
+    def run(
+        self,
+        pool_ids: Sequence[str],
+        pool_texts: Sequence[str],
+        pool_X: np.ndarray,
+        descriptions: Mapping[str, str] | None = None,
+        seed_texts_by_label: Mapping[str, Sequence[str]] | None = None,
+    ) -> REDResult:
         """Run rounds to saturation; each round is :meth:`_predict` -> :meth:`_stop` -> :meth:`_ask`
         -> :meth:`_absorb` -> :meth:`_record`. ``descriptions``: label -> description (a missing one
         falls back to the label name). ``seed_texts_by_label``: label -> seed texts in the order of that
@@ -490,9 +536,12 @@ class REDLabeler:
         t_start = time.perf_counter()
         if seed_texts_by_label:
             self._fill_seed_texts(seed_texts_by_label)
-        st = _LoopState(ids=[str(i) for i in pool_ids], texts=list(pool_texts),
-                        X=np.asarray(pool_X, dtype=np.float32),
-                        desc={lab: ((descriptions or {}).get(lab) or lab.replace("_", " ")) for lab in self.labels_})
+        st = _LoopState(
+            ids=[str(i) for i in pool_ids],
+            texts=list(pool_texts),
+            X=np.asarray(pool_X, dtype=np.float32),
+            desc={lab: ((descriptions or {}).get(lab) or lab.replace("_", " ")) for lab in self.labels_},
+        )
         st.verified = np.zeros(len(st.ids), dtype=bool)
         st.tries = np.zeros(len(st.ids), dtype=np.int64)
         while True:
@@ -506,14 +555,26 @@ class REDLabeler:
             if asked.budget_spent:
                 reason = "budget"
                 break
-        log.info("R.E.D. stopped after %d rounds: %s; %d verified labels, %d calls; uncertain predictions at "
-                 "the start of each round: %s", len(st.rounds), reason, int(st.verified.sum()), st.usage.calls,
-                 st.uncertain_hist)
+        log.info(
+            "R.E.D. stopped after %d rounds: %s; %d verified labels, %d calls; uncertain predictions at "
+            "the start of each round: %s",
+            len(st.rounds),
+            reason,
+            int(st.verified.sum()),
+            st.usage.calls,
+            st.uncertain_hist,
+        )
         labels = pd.DataFrame(st.accepted_rows, columns=["id", "label", "confidence", "round", "tries", "score", "source"])
         rounds_df = pd.DataFrame(st.rounds, columns=ROUND_COLUMNS)
-        return REDResult(labels, rounds_df, st.usage, reason, getattr(self.expert, "name", ""),
-                         time.perf_counter() - t_start,
-                         {"uncertain_history": st.uncertain_hist, "absorbed": int(st.verified.sum())})
+        return REDResult(
+            labels,
+            rounds_df,
+            st.usage,
+            reason,
+            getattr(self.expert, "name", ""),
+            time.perf_counter() - t_start,
+            {"uncertain_history": st.uncertain_hist, "absorbed": int(st.verified.sum())},
+        )
 
     def _fill_seed_texts(self, seed_texts_by_label: Mapping[str, Sequence[str]]) -> None:
         for lab, texts in seed_texts_by_label.items():
@@ -539,8 +600,14 @@ class REDLabeler:
         budget = getattr(self.expert, "budget", None)
         if budget is not None and budget.exhausted:
             return "budget"
-        reason = stop_reason(st.uncertain_hist, st.added_hist, self.top_k_uncertain, self.min_added_fraction,
-                             rounds=st.round - 1, max_rounds=self.max_rounds)
+        reason = stop_reason(
+            st.uncertain_hist,
+            st.added_hist,
+            self.top_k_uncertain,
+            self.min_added_fraction,
+            rounds=st.round - 1,
+            max_rounds=self.max_rounds,
+        )
         if reason:
             return reason
         eligible = view.open & view.has & (st.tries < self.max_tries_per_text)
@@ -548,9 +615,16 @@ class REDLabeler:
         return None if len(view.picked) else "pool_exhausted"
 
     def _items(self, st: "_LoopState", pending: list[tuple[int, int]], by_label) -> list[ValidationItem]:
-        return [ValidationItem(text=st.texts[i], label=self.labels_[lab], description=st.desc[self.labels_[lab]],
-                               examples=self._evidence(lab, st.X[i], by_label), text_id=st.ids[i])
-                for i, lab in pending]
+        return [
+            ValidationItem(
+                text=st.texts[i],
+                label=self.labels_[lab],
+                description=st.desc[self.labels_[lab]],
+                examples=self._evidence(lab, st.X[i], by_label),
+                text_id=st.ids[i],
+            )
+            for i, lab in pending
+        ]
 
     def _ask(self, st: "_LoopState", view: "_RoundView") -> "_Asked":
         """Ask the expert about the picked texts: first their predicted label, then, on "no", the next
@@ -611,23 +685,53 @@ class REDLabeler:
     def _record(self, st: "_LoopState", view: "_RoundView", asked: "_Asked", gained: set[int], train_s: float) -> None:
         """The round's verified labels and its row of figures."""
         for i, lab, conf, tries, score in asked.accepted:
-            st.accepted_rows.append({"id": st.ids[i], "label": self.labels_[lab], "confidence": conf, "round": st.round,
-                                     "tries": tries, "score": score, "source": SOURCE_VERIFIED})
+            st.accepted_rows.append(
+                {
+                    "id": st.ids[i],
+                    "label": self.labels_[lab],
+                    "confidence": conf,
+                    "round": st.round,
+                    "tries": tries,
+                    "score": score,
+                    "source": SOURCE_VERIFIED,
+                }
+            )
         st.added_hist.append(len(asked.accepted))
-        row = {"round": st.round, "uncertain": st.uncertain_hist[-1], "no_candidate": int((view.open & ~view.has).sum()),
-               "confident": int((view.open & view.has & ~view.uncertain).sum()), "asked": asked.asked,
-               "calls": asked.calls, "accepted": len(asked.accepted), "rejected": asked.rejected,
-               "corrected": asked.corrected, "unparseable": asked.unparseable, "retrained_subsets": len(gained),
-               "total_calls": st.usage.calls, "total_accepted": int(st.verified.sum()), "predict_s": view.predict_s,
-               "train_s": train_s, "seconds": time.perf_counter() - view.t0}
+        row = {
+            "round": st.round,
+            "uncertain": st.uncertain_hist[-1],
+            "no_candidate": int((view.open & ~view.has).sum()),
+            "confident": int((view.open & view.has & ~view.uncertain).sum()),
+            "asked": asked.asked,
+            "calls": asked.calls,
+            "accepted": len(asked.accepted),
+            "rejected": asked.rejected,
+            "corrected": asked.corrected,
+            "unparseable": asked.unparseable,
+            "retrained_subsets": len(gained),
+            "total_calls": st.usage.calls,
+            "total_accepted": int(st.verified.sum()),
+            "predict_s": view.predict_s,
+            "train_s": train_s,
+            "seconds": time.perf_counter() - view.t0,
+        }
         st.rounds.append(row)
-        log.info("R.E.D. round %d: uncertain %d, asked %d, accepted %d, rejected %d, calls %d (total %d), "
-                 "retrained %d subsets", st.round, row["uncertain"], row["asked"], row["accepted"], row["rejected"],
-                 row["calls"], row["total_calls"], len(gained))
+        log.info(
+            "R.E.D. round %d: uncertain %d, asked %d, accepted %d, rejected %d, calls %d (total %d), retrained %d subsets",
+            st.round,
+            row["uncertain"],
+            row["asked"],
+            row["accepted"],
+            row["rejected"],
+            row["calls"],
+            row["total_calls"],
+            len(gained),
+        )
 
     @_limited_threads
-    def label_rest(self, result: REDResult, pool_ids: Sequence[str], pool_X: np.ndarray,
-                   min_confidence: float | None = None) -> pd.DataFrame:
+    def label_rest(
+        self, result: REDResult, pool_ids: Sequence[str], pool_X: np.ndarray, min_confidence: float | None = None
+    ) -> pd.DataFrame:
         """All pool labels: the expert-verified ones from ``result`` (source ``llm-red``) plus the final
         models' confident predictions for the other texts (source ``red-model``, confidence >=
         ``min_confidence``, default ``confidence_threshold``). Columns id, label, confidence, round, source."""
@@ -636,8 +740,15 @@ class REDLabeler:
         done = set(result.labels["id"])
         names, conf = self.predict(pool_X)
         keep = np.array([(i not in done) and lab != "" and c >= thr for i, lab, c in zip(pool_ids, names, conf)], dtype=bool)
-        model = pd.DataFrame({"id": np.asarray(pool_ids, dtype=object)[keep], "label": names[keep],
-                              "confidence": conf[keep].astype(float), "round": pd.NA, "source": SOURCE_MODEL})
+        model = pd.DataFrame(
+            {
+                "id": np.asarray(pool_ids, dtype=object)[keep],
+                "label": names[keep],
+                "confidence": conf[keep].astype(float),
+                "round": pd.NA,
+                "source": SOURCE_MODEL,
+            }
+        )
         verified = result.labels[["id", "label", "confidence", "round", "source"]]
         return pd.concat([verified, model], ignore_index=True)
 

@@ -37,11 +37,24 @@ QUESTION = "label"  # the Label Studio <Choices name> and the Argilla question n
 TEXT_FIELD = "text"
 BATCH_COLUMNS = ["id", "text", "label", "confidence", "source", "strategy", "score"]
 CSV_COLUMNS = ["id", "text", "suggested_label", "confidence", "source", "reviewed_label"]
-HUMAN_COLUMNS = ["id", "text", "label", "reviewer", "reviewed_at", "imported_at", "file_sha256", "file", "format",
-                 "suggested_label", "suggested_source"]
-HUMAN_DDL = ("id VARCHAR NOT NULL, text VARCHAR, label VARCHAR NOT NULL, reviewer VARCHAR, reviewed_at TIMESTAMP, "
-             "imported_at TIMESTAMP NOT NULL, file_sha256 VARCHAR NOT NULL, file VARCHAR, format VARCHAR, "
-             "suggested_label VARCHAR, suggested_source VARCHAR")
+HUMAN_COLUMNS = [
+    "id",
+    "text",
+    "label",
+    "reviewer",
+    "reviewed_at",
+    "imported_at",
+    "file_sha256",
+    "file",
+    "format",
+    "suggested_label",
+    "suggested_source",
+]
+HUMAN_DDL = (
+    "id VARCHAR NOT NULL, text VARCHAR, label VARCHAR NOT NULL, reviewer VARCHAR, reviewed_at TIMESTAMP, "
+    "imported_at TIMESTAMP NOT NULL, file_sha256 VARCHAR NOT NULL, file VARCHAR, format VARCHAR, "
+    "suggested_label VARCHAR, suggested_source VARCHAR"
+)
 
 
 class ReviewError(ValueError):
@@ -75,9 +88,16 @@ def _round_robin(frame: pd.DataFrame, n: int, key: str, order_by: str, ascending
     return ranked.sort_values(["_rank", order_by], ascending=[True, ascending], kind="stable").head(n).drop(columns="_rank")
 
 
-def select_for_review(strategy: str, predictions: pd.DataFrame, n: int, *, seed: int = 0,
-                      sources: Mapping[str, pd.DataFrame] | None = None, issues: pd.DataFrame | None = None,
-                      exclude: Iterable[str] = ()) -> pd.DataFrame:
+def select_for_review(
+    strategy: str,
+    predictions: pd.DataFrame,
+    n: int,
+    *,
+    seed: int = 0,
+    sources: Mapping[str, pd.DataFrame] | None = None,
+    issues: pd.DataFrame | None = None,
+    exclude: Iterable[str] = (),
+) -> pd.DataFrame:
     """The ``n`` texts to review, with the label shown to the reviewer as a suggestion.
 
     ``predictions``: the labelled dataset (``pool_predictions``: ``id, text, label, confidence,
@@ -144,8 +164,10 @@ def _stratified(base: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.Data
 
 def _disagreement(base: pd.DataFrame, n: int, sources: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     if not sources:
-        raise MissingInput("the disagreement strategy needs at least one automatic source besides the model "
-                           "(weak labels, RAC or R.E.D. labels): materialise them first")
+        raise MissingInput(
+            "the disagreement strategy needs at least one automatic source besides the model "
+            "(weak labels, RAC or R.E.D. labels): materialise them first"
+        )
     votes = [base[["id", "label"]].assign(voice="model")]
     for name, df in sources.items():
         if df is None or not len(df) or "label" not in df.columns:
@@ -155,14 +177,19 @@ def _disagreement(base: pd.DataFrame, n: int, sources: Mapping[str, pd.DataFrame
     allv = pd.concat(votes, ignore_index=True)
     distinct = allv.groupby("id")["label"].nunique()
     voices = allv.groupby("id")["voice"].nunique()
-    scored = base.assign(score=base["id"].map(distinct).fillna(1).astype(float),
-                         _voices=base["id"].map(voices).fillna(1).astype(int))
+    scored = base.assign(
+        score=base["id"].map(distinct).fillna(1).astype(float), _voices=base["id"].map(voices).fillna(1).astype(int)
+    )
     scored = scored[scored["score"] > 1]
     detail = allv.pivot_table(index="id", columns="voice", values="label", aggfunc="first")
     scored = scored.sort_values(["score", "confidence"], ascending=[False, True], kind="stable").head(n)
     # the suggestion stays the labelled dataset's label; the other voices go along as context
-    return scored.assign(source=scored["source"] + " (" + scored["id"].map(
-        lambda i: ", ".join(f"{v}={detail.at[i, v]}" for v in detail.columns if pd.notna(detail.at[i, v]))) + ")")
+    return scored.assign(
+        source=scored["source"]
+        + " ("
+        + scored["id"].map(lambda i: ", ".join(f"{v}={detail.at[i, v]}" for v in detail.columns if pd.notna(detail.at[i, v])))
+        + ")"
+    )
 
 
 def _issues(base: pd.DataFrame, n: int, issues: pd.DataFrame | None, excluded: set) -> pd.DataFrame:
@@ -175,10 +202,16 @@ def _issues(base: pd.DataFrame, n: int, issues: pd.DataFrame | None, excluded: s
     iss = iss[~iss["id"].isin(excluded)].head(n)
     conf = base.set_index("id")["confidence"]
     src = iss["source"].astype(str) if "source" in iss.columns else pd.Series("", index=iss.index)
-    return pd.DataFrame({"id": iss["id"], "text": iss["text"], "label": iss["suggested_label"].astype(str),
-                         "confidence": iss["id"].map(conf).astype(float),
-                         "source": "label_issues (given " + iss["label"].astype(str) + " from " + src + ")",
-                         "score": iss["quality"].astype(float)})
+    return pd.DataFrame(
+        {
+            "id": iss["id"],
+            "text": iss["text"],
+            "label": iss["suggested_label"].astype(str),
+            "confidence": iss["id"].map(conf).astype(float),
+            "source": "label_issues (given " + iss["label"].astype(str) + " from " + src + ")",
+            "score": iss["quality"].astype(float),
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,8 +228,15 @@ def labelstudio_config(labels: Iterable[str], multilabel: bool, descriptions: Ma
     view = ET.Element("View")
     ET.SubElement(view, "Header", value="Pick the right label" + ("s" if multilabel else ""))
     ET.SubElement(view, "Text", name=TEXT_FIELD, value=f"${TEXT_FIELD}")
-    choices = ET.SubElement(view, "Choices", name=QUESTION, toName=TEXT_FIELD,
-                            choice="multiple" if multilabel else "single", showInline="false", required="true")
+    choices = ET.SubElement(
+        view,
+        "Choices",
+        name=QUESTION,
+        toName=TEXT_FIELD,
+        choice="multiple" if multilabel else "single",
+        showInline="false",
+        required="true",
+    )
     for lab in labels:
         attrs = {"value": str(lab)}
         if descriptions and descriptions.get(lab):
@@ -215,8 +255,10 @@ def labelstudio_tasks(batch: pd.DataFrame, model_version: str) -> list[dict]:
         task = {"data": {"id": str(r.id), "text": str(r.text), "source": str(r.source), "strategy": str(r.strategy)}}
         labels = split_labels(str(r.label))
         if labels:
-            pred = {"model_version": model_version,
-                    "result": [{"from_name": QUESTION, "to_name": TEXT_FIELD, "type": "choices", "value": {"choices": labels}}]}
+            pred = {
+                "model_version": model_version,
+                "result": [{"from_name": QUESTION, "to_name": TEXT_FIELD, "type": "choices", "value": {"choices": labels}}],
+            }
             if _conf(r.confidence) is not None:
                 pred["score"] = _conf(r.confidence)
             task["predictions"] = [pred]
@@ -224,8 +266,9 @@ def labelstudio_tasks(batch: pd.DataFrame, model_version: str) -> list[dict]:
     return tasks
 
 
-def argilla_settings(labels: Iterable[str], multilabel: bool, descriptions: Mapping[str, str] | None = None,
-                     guidelines: str = "") -> dict:
+def argilla_settings(
+    labels: Iterable[str], multilabel: bool, descriptions: Mapping[str, str] | None = None, guidelines: str = ""
+) -> dict:
     """Argilla v2 dataset settings in the form ``rg.Settings.to_json`` writes (load them with
     ``rg.Settings.from_json``): a text field and a ``LabelQuestion`` (``MultiLabelQuestion`` for
     multi-label datasets) over the dataset's labels; the label descriptions go into the guidelines."""
@@ -236,12 +279,32 @@ def argilla_settings(labels: Iterable[str], multilabel: bool, descriptions: Mapp
     settings = {"type": kind, "options": [{"value": lab, "text": lab} for lab in labels], "visible_options": None}
     if multilabel:
         settings["options_order"] = "natural"
-    question = {"name": QUESTION, "title": "Label" + ("s" if multilabel else ""), "required": True,
-                "description": "The right label" + ("s" if multilabel else "") + " for the text", "settings": settings, "type": kind}
-    field = {"name": TEXT_FIELD, "title": "Text", "required": True, "description": None,
-             "settings": {"type": "text", "use_markdown": False}, "type": "text"}
-    return {"guidelines": guide, "questions": [question], "fields": [field], "vectors": [], "metadata": [],
-            "allow_extra_metadata": False, "distribution": {"strategy": "overlap", "min_submitted": 1}, "mapping": None}
+    question = {
+        "name": QUESTION,
+        "title": "Label" + ("s" if multilabel else ""),
+        "required": True,
+        "description": "The right label" + ("s" if multilabel else "") + " for the text",
+        "settings": settings,
+        "type": kind,
+    }
+    field = {
+        "name": TEXT_FIELD,
+        "title": "Text",
+        "required": True,
+        "description": None,
+        "settings": {"type": "text", "use_markdown": False},
+        "type": "text",
+    }
+    return {
+        "guidelines": guide,
+        "questions": [question],
+        "fields": [field],
+        "vectors": [],
+        "metadata": [],
+        "allow_extra_metadata": False,
+        "distribution": {"strategy": "overlap", "min_submitted": 1},
+        "mapping": None,
+    }
 
 
 def argilla_records(batch: pd.DataFrame, multilabel: bool) -> list[dict]:
@@ -250,20 +313,38 @@ def argilla_records(batch: pd.DataFrame, multilabel: bool) -> list[dict]:
     records = []
     for r in batch.itertuples(index=False):
         labels = split_labels(str(r.label))
-        rec = {"id": str(r.id), "fields": {TEXT_FIELD: str(r.text)}, "metadata": {"source": str(r.source), "strategy": str(r.strategy)},
-               "suggestions": {}, "responses": {}, "vectors": {}, "status": "pending", "_server_id": None}
+        rec = {
+            "id": str(r.id),
+            "fields": {TEXT_FIELD: str(r.text)},
+            "metadata": {"source": str(r.source), "strategy": str(r.strategy)},
+            "suggestions": {},
+            "responses": {},
+            "vectors": {},
+            "status": "pending",
+            "_server_id": None,
+        }
         if labels:
-            rec["suggestions"][QUESTION] = {"value": labels if multilabel else labels[0], "score": _conf(r.confidence),
-                                            "agent": str(r.source)}
+            rec["suggestions"][QUESTION] = {
+                "value": labels if multilabel else labels[0],
+                "score": _conf(r.confidence),
+                "agent": str(r.source),
+            }
         records.append(rec)
     return records
 
 
 def csv_frame(batch: pd.DataFrame) -> pd.DataFrame:
     """The spreadsheet: :data:`CSV_COLUMNS`, ``reviewed_label`` left empty for the reviewer."""
-    return pd.DataFrame({"id": batch["id"].astype(str), "text": batch["text"].astype(str), "suggested_label": batch["label"].astype(str),
-                         "confidence": batch["confidence"].astype(float).round(4), "source": batch["source"].astype(str),
-                         "reviewed_label": ""})[CSV_COLUMNS]
+    return pd.DataFrame(
+        {
+            "id": batch["id"].astype(str),
+            "text": batch["text"].astype(str),
+            "suggested_label": batch["label"].astype(str),
+            "confidence": batch["confidence"].astype(float).round(4),
+            "source": batch["source"].astype(str),
+            "reviewed_label": "",
+        }
+    )[CSV_COLUMNS]
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -277,12 +358,21 @@ def companion_path(out: Path, fmt: str) -> Path | None:
     """Where the second file of an export goes: the Label Studio config (``<out>.config.xml``) or the
     Argilla settings (``<out>.settings.json``); None for CSV."""
     stem = out.with_suffix("")
-    return {"labelstudio": stem.with_name(stem.name + ".config.xml"),
-            "argilla": stem.with_name(stem.name + ".settings.json")}.get(fmt)
+    return {
+        "labelstudio": stem.with_name(stem.name + ".config.xml"),
+        "argilla": stem.with_name(stem.name + ".settings.json"),
+    }.get(fmt)
 
 
-def write_review_file(batch: pd.DataFrame, fmt: str, out: str | os.PathLike, labels: Iterable[str], multilabel: bool,
-                      descriptions: Mapping[str, str] | None = None, model_version: str = "labelflow") -> list[Path]:
+def write_review_file(
+    batch: pd.DataFrame,
+    fmt: str,
+    out: str | os.PathLike,
+    labels: Iterable[str],
+    multilabel: bool,
+    descriptions: Mapping[str, str] | None = None,
+    model_version: str = "labelflow",
+) -> list[Path]:
     """Write a review batch in ``fmt`` to ``out`` (and its companion file); each file is written whole
     or not at all. Returns the paths written."""
     if fmt not in FORMATS:
@@ -359,7 +449,9 @@ def detect_format(path: Path, data) -> str:
         return "labelstudio"
     if isinstance(first, dict) and ("fields" in first or "responses" in first or any(k.endswith(".responses") for k in first)):
         return "argilla"
-    raise ReviewError(path, "item 0", None, "neither a Label Studio task (no 'data') nor an Argilla record (no 'fields'/'responses')")
+    raise ReviewError(
+        path, "item 0", None, "neither a Label Studio task (no 'data') nor an Argilla record (no 'fields'/'responses')"
+    )
 
 
 def _when(value) -> pd.Timestamp | None:
@@ -369,7 +461,7 @@ def _when(value) -> pd.Timestamp | None:
         ts = pd.Timestamp(value)
     except (ValueError, TypeError):
         return None
-    return (ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts)
+    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts
 
 
 def _reviewer(value) -> str:
@@ -384,7 +476,9 @@ def _answer_labels(path, where, fld, value, labels: set, multilabel: bool) -> st
     if multilabel and len(vals) == 1 and "|" in vals[0]:
         vals = split_labels(vals[0])
     if not vals:
-        raise ReviewError(path, where, fld, "empty answer (no label chosen); leave the item unanswered or skip it in the tool instead")
+        raise ReviewError(
+            path, where, fld, "empty answer (no label chosen); leave the item unanswered or skip it in the tool instead"
+        )
     unknown = [v for v in vals if v not in labels]
     if unknown:
         shown = ", ".join(sorted(labels)[:10]) + (", ..." if len(labels) > 10 else "")
@@ -397,7 +491,9 @@ def _answer_labels(path, where, fld, value, labels: set, multilabel: bool) -> st
 def _parse_labelstudio(path, items, labels, multilabel) -> tuple[list[dict], list[str]]:
     rows, skipped = [], []
     for i, task in enumerate(items):
-        where = f"task {i}" + (f" (Label Studio id {task.get('id')})" if isinstance(task, dict) and task.get("id") is not None else "")
+        where = f"task {i}" + (
+            f" (Label Studio id {task.get('id')})" if isinstance(task, dict) and task.get("id") is not None else ""
+        )
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             raise ReviewError(path, where, "data", "a task must be an object with a 'data' object")
         tid = task["data"].get("id")
@@ -415,11 +511,24 @@ def _parse_labelstudio(path, items, labels, multilabel) -> tuple[list[dict], lis
             choices = [r for r in ann.get("result") or [] if isinstance(r, dict) and r.get("type") == "choices"]
             names = {r.get("from_name") for r in choices}
             if len(names) > 1:
-                raise ReviewError(path, where, fld, f"several choice questions {sorted(map(str, names))}; labelflow's config has one ({QUESTION!r})")
+                raise ReviewError(
+                    path,
+                    where,
+                    fld,
+                    f"several choice questions {sorted(map(str, names))}; labelflow's config has one ({QUESTION!r})",
+                )
             value = [c for r in choices for c in (r.get("value") or {}).get("choices") or []]
             label = _answer_labels(path, where, fld, value, labels, multilabel)
-            rows.append({"id": str(tid), "label": label, "reviewer": _reviewer(ann.get("completed_by")),
-                         "reviewed_at": _when(ann.get("updated_at") or ann.get("created_at")), "_where": where, **sugg})
+            rows.append(
+                {
+                    "id": str(tid),
+                    "label": label,
+                    "reviewer": _reviewer(ann.get("completed_by")),
+                    "reviewed_at": _when(ann.get("updated_at") or ann.get("created_at")),
+                    "_where": where,
+                    **sugg,
+                }
+            )
             answered = True
         if not answered:
             skipped.append(f"{where} (id {tid}): " + ("skipped by the reviewer" if anns else "no annotation"))
@@ -432,8 +541,10 @@ def _ls_suggestion(task: dict) -> dict:
         if isinstance(p, dict):
             for r in p.get("result") or []:
                 if isinstance(r, dict) and r.get("type") == "choices":
-                    return {"suggested_label": join_labels((r.get("value") or {}).get("choices") or []),
-                            "suggested_source": str(task["data"].get("source", ""))}
+                    return {
+                        "suggested_label": join_labels((r.get("value") or {}).get("choices") or []),
+                        "suggested_source": str(task["data"].get("source", "")),
+                    }
     return {"suggested_label": "", "suggested_source": str(task["data"].get("source", ""))}
 
 
@@ -450,25 +561,40 @@ def _parse_argilla(path, items, labels, multilabel) -> tuple[list[dict], list[st
         if "fields" in rec or isinstance(rec.get("responses"), dict):  # nested: Record.to_dict()
             responses = (rec.get("responses") or {}).get(QUESTION) or []
             sug = (rec.get("suggestions") or {}).get(QUESTION) or {}
-            sugg = {"suggested_label": join_labels(sug.get("value") if isinstance(sug.get("value"), list) else [sug.get("value")] if sug.get("value") else []),
-                    "suggested_source": str(sug.get("agent") or "")}
-            answers = [(j, r.get("value"), r.get("user_id"), r.get("status", "submitted")) for j, r in enumerate(responses) if isinstance(r, dict)]
+            sugg = {
+                "suggested_label": join_labels(
+                    sug.get("value") if isinstance(sug.get("value"), list) else [sug.get("value")] if sug.get("value") else []
+                ),
+                "suggested_source": str(sug.get("agent") or ""),
+            }
+            answers = [
+                (j, r.get("value"), r.get("user_id"), r.get("status", "submitted"))
+                for j, r in enumerate(responses)
+                if isinstance(r, dict)
+            ]
             fld = "responses.label[{j}].value"
         else:  # flat: records.to_list(flatten=True) -> "label.responses", "label.responses.users", "label.responses.status"
             vals = rec.get(f"{QUESTION}.responses") or []
             users = rec.get(f"{QUESTION}.responses.users") or [None] * len(vals)
             status = rec.get(f"{QUESTION}.responses.status") or ["submitted"] * len(vals)
             sv = rec.get(f"{QUESTION}.suggestion")
-            sugg = {"suggested_label": join_labels(sv if isinstance(sv, list) else [sv] if sv else []),
-                    "suggested_source": str(rec.get(f"{QUESTION}.suggestion.agent") or "")}
-            answers = [(j, v, users[j] if j < len(users) else None, status[j] if j < len(status) else "submitted") for j, v in enumerate(vals)]
+            sugg = {
+                "suggested_label": join_labels(sv if isinstance(sv, list) else [sv] if sv else []),
+                "suggested_source": str(rec.get(f"{QUESTION}.suggestion.agent") or ""),
+            }
+            answers = [
+                (j, v, users[j] if j < len(users) else None, status[j] if j < len(status) else "submitted")
+                for j, v in enumerate(vals)
+            ]
             fld = f"{QUESTION}.responses[{{j}}]"
         answered = False
         for j, value, user, st in answers:
             if st in ("discarded", "draft"):
                 continue
             label = _answer_labels(path, where, fld.format(j=j), value, labels, multilabel)
-            rows.append({"id": str(rid), "label": label, "reviewer": _reviewer(user), "reviewed_at": None, "_where": where, **sugg})
+            rows.append(
+                {"id": str(rid), "label": label, "reviewer": _reviewer(user), "reviewed_at": None, "_where": where, **sugg}
+            )
             answered = True
         if not answered:
             skipped.append(f"{where}: " + ("discarded or draft" if answers else "no response"))
@@ -489,7 +615,9 @@ def _parse_csv(path, raw: bytes, labels, multilabel, reviewer: str) -> tuple[lis
         for i, r in enumerate(reader, start=1):
             where = f"row {i}"
             if None in r:
-                raise ReviewError(path, where, None, f"{len(reader.fieldnames) + len(r[None])} cells for {len(reader.fieldnames)} columns")
+                raise ReviewError(
+                    path, where, None, f"{len(reader.fieldnames) + len(r[None])} cells for {len(reader.fieldnames)} columns"
+                )
             rid = (r.get("id") or "").strip()
             if not rid:
                 raise ReviewError(path, where, "id", "missing")
@@ -497,16 +625,30 @@ def _parse_csv(path, raw: bytes, labels, multilabel, reviewer: str) -> tuple[lis
                 skipped.append(f"{where} (id {rid}): reviewed_label empty")
                 continue
             label = _answer_labels(path, where, "reviewed_label", r["reviewed_label"], labels, multilabel)
-            rows.append({"id": rid, "label": label, "reviewer": (r.get("reviewer") or "").strip() or reviewer,
-                         "reviewed_at": None, "_where": where, "suggested_label": r.get("suggested_label") or "",
-                         "suggested_source": r.get("source") or ""})
+            rows.append(
+                {
+                    "id": rid,
+                    "label": label,
+                    "reviewer": (r.get("reviewer") or "").strip() or reviewer,
+                    "reviewed_at": None,
+                    "_where": where,
+                    "suggested_label": r.get("suggested_label") or "",
+                    "suggested_source": r.get("source") or "",
+                }
+            )
     except csv.Error as exc:
         raise ReviewError(path, f"row {reader.line_num}", None, f"not valid CSV: {exc}") from None
     return rows, skipped
 
 
-def read_review_file(path: str | os.PathLike, known: Mapping[str, str] | pd.Series, labels: Iterable[str], multilabel: bool,
-                     fmt: str | None = None, reviewer: str = "unknown") -> ReviewAnswers:
+def read_review_file(
+    path: str | os.PathLike,
+    known: Mapping[str, str] | pd.Series,
+    labels: Iterable[str],
+    multilabel: bool,
+    fmt: str | None = None,
+    reviewer: str = "unknown",
+) -> ReviewAnswers:
     """Read and validate a review file: a Label Studio JSON export (tasks with ``annotations``), an
     Argilla export (records with ``responses``, nested as ``Record.to_dict()`` or flat as
     ``records.to_list(flatten=True)``) or labelflow's CSV with ``reviewed_label`` filled in.
@@ -539,9 +681,13 @@ def read_review_file(path: str | os.PathLike, known: Mapping[str, str] | pd.Seri
             raise ReviewError(path, r["_where"], "id", f"unknown id {r['id']!r}: not a seed or pool text of this dataset")
         prev = first.setdefault(r["id"], r)
         if prev["label"] != r["label"]:
-            raise ReviewError(path, r["_where"], "label",
-                              f"id {r['id']!r} has two different answers: {prev['label']!r} ({prev['_where']}, {prev['reviewer']}) "
-                              f"and {r['label']!r} ({r['reviewer']}); resolve the disagreement in the tool first")
+            raise ReviewError(
+                path,
+                r["_where"],
+                "label",
+                f"id {r['id']!r} has two different answers: {prev['label']!r} ({prev['_where']}, {prev['reviewer']}) "
+                f"and {r['label']!r} ({r['reviewer']}); resolve the disagreement in the tool first",
+            )
     out = pd.DataFrame(rows, columns=["id", "label", "reviewer", "reviewed_at", "suggested_label", "suggested_source", "_where"])
     out = out.drop(columns="_where").drop_duplicates(["id", "reviewer"]).reset_index(drop=True)
     out["text"] = out["id"].map(known).astype(str)
@@ -566,8 +712,9 @@ def ensure_human_table(con, schema: str) -> None:
 
 
 def imported_hashes(con, schema: str) -> set[str]:
-    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = 'human_labels'",
-                         [schema]).fetchone()[0]
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = 'human_labels'", [schema]
+    ).fetchone()[0]
     if not exists:
         return set()
     return {r[0] for r in con.execute(f"SELECT DISTINCT file_sha256 FROM {_q(schema)}.human_labels").fetchall()}
@@ -604,8 +751,9 @@ def append_human_labels(con, schema: str, answers: Iterable[ReviewAnswers], now:
 
 
 def read_human_labels(con, schema: str) -> pd.DataFrame:
-    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = 'human_labels'",
-                         [schema]).fetchone()[0]
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = 'human_labels'", [schema]
+    ).fetchone()[0]
     if not exists:
         return pd.DataFrame(columns=HUMAN_COLUMNS)
     return con.execute(f"SELECT * FROM {_q(schema)}.human_labels").df()
@@ -637,13 +785,21 @@ def seed_conflicts(human: pd.DataFrame, seeds: pd.DataFrame) -> tuple[pd.DataFra
     seed_label = seeds.astype({"id": str}).set_index("id")["label"].astype(str)
     on_seed = human["id"].isin(seed_label.index)
     differs = on_seed & (human["id"].map(seed_label) != human["label"].astype(str))
-    conflicts = pd.DataFrame({"id": human.loc[differs, "id"], "text": human.loc[differs, "text"],
-                              "seed_label": human.loc[differs, "id"].map(seed_label),
-                              "human_label": human.loc[differs, "label"], "reviewer": human.loc[differs, "reviewer"]})
+    conflicts = pd.DataFrame(
+        {
+            "id": human.loc[differs, "id"],
+            "text": human.loc[differs, "text"],
+            "seed_label": human.loc[differs, "id"].map(seed_label),
+            "human_label": human.loc[differs, "label"],
+            "reviewer": human.loc[differs, "reviewer"],
+        }
+    )
     return human[~differs].reset_index(drop=True), conflicts.reset_index(drop=True)
 
 
-def source_accuracy(human: pd.DataFrame, sources: Mapping[str, pd.DataFrame], min_per_class: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+def source_accuracy(
+    human: pd.DataFrame, sources: Mapping[str, pd.DataFrame], min_per_class: int = 5
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each automatic source's accuracy against the effective human labels.
 
     ``sources`` maps a name (``rac``, ``red``, ``weak``, ``model``) to a frame with ``id, label`` (empty
@@ -660,12 +816,18 @@ def source_accuracy(human: pd.DataFrame, sources: Mapping[str, pd.DataFrame], mi
         d = d[(d["label"] != "") & d["id"].isin(truth.index)].drop_duplicates("id")
         d = d.assign(human=d["id"].map(truth))
         d["ok"] = [join_labels(split_labels(a)) == join_labels(split_labels(b)) for a, b in zip(d["label"], d["human"])]
-        overall.append({"source": name, "n": len(d), "correct": int(d["ok"].sum()), "accuracy": float(d["ok"].mean()) if len(d) else np.nan})
+        overall.append(
+            {"source": name, "n": len(d), "correct": int(d["ok"].sum()), "accuracy": float(d["ok"].mean()) if len(d) else np.nan}
+        )
         for lab, g in d.groupby("human"):
             if len(g) >= min_per_class:
-                per_class.append({"source": name, "label": lab, "n": len(g), "correct": int(g["ok"].sum()), "accuracy": float(g["ok"].mean())})
-    return (pd.DataFrame(overall, columns=["source", "n", "correct", "accuracy"]),
-            pd.DataFrame(per_class, columns=["source", "label", "n", "correct", "accuracy"]))
+                per_class.append(
+                    {"source": name, "label": lab, "n": len(g), "correct": int(g["ok"].sum()), "accuracy": float(g["ok"].mean())}
+                )
+    return (
+        pd.DataFrame(overall, columns=["source", "n", "correct", "accuracy"]),
+        pd.DataFrame(per_class, columns=["source", "label", "n", "correct", "accuracy"]),
+    )
 
 
 def model_suggestions(human: pd.DataFrame) -> pd.DataFrame:
@@ -694,16 +856,23 @@ def label_set(tables: Mapping[str, pd.DataFrame], multilabel: bool) -> list[str]
 
 def known_texts(tables: Mapping[str, pd.DataFrame]) -> pd.Series:
     """id -> text of every text a reviewer may label: the seeds and the pool."""
-    parts = [tables[n][["id", "text"]] for n in ("seed_labels", "text_pool")
-             if tables.get(n) is not None and len(tables[n])]
+    parts = [tables[n][["id", "text"]] for n in ("seed_labels", "text_pool") if tables.get(n) is not None and len(tables[n])]
     if not parts:
         raise MissingInput("no seed_labels or text_pool table: materialise the dataset's ingest assets first")
     allt = pd.concat(parts, ignore_index=True).astype({"id": str}).drop_duplicates("id")
     return allt.set_index("id")["text"]
 
 
-def export_batch(tables: Mapping[str, pd.DataFrame], strategy: str, n: int, fmt: str, out: str | os.PathLike,
-                 multilabel: bool, model_version: str = "labelflow", seed: int = 0) -> tuple[pd.DataFrame, list[Path]]:
+def export_batch(
+    tables: Mapping[str, pd.DataFrame],
+    strategy: str,
+    n: int,
+    fmt: str,
+    out: str | os.PathLike,
+    multilabel: bool,
+    model_version: str = "labelflow",
+    seed: int = 0,
+) -> tuple[pd.DataFrame, list[Path]]:
     """Choose a batch from the dataset's tables (``pool_predictions``; ``human_labels`` to leave out what
     was reviewed; ``llm_queue``/``rac_labels``/``red_labels`` for ``disagreement``; ``label_issues`` for
     ``issues``) and write it. Returns (batch, paths written)."""
@@ -713,13 +882,26 @@ def export_batch(tables: Mapping[str, pd.DataFrame], strategy: str, n: int, fmt:
     if not len(pred):
         raise MissingInput("pool_predictions is empty: the dataset has no pool texts to review")
     human = tables.get("human_labels")
-    sources = {name: tables[t] for name, t in (("weak", "llm_queue"), ("rac", "rac_labels"), ("red", "red_labels"))
-               if tables.get(t) is not None}
-    batch = select_for_review(strategy, pred, n, seed=seed, sources=sources, issues=tables.get("label_issues"),
-                              exclude=human["id"].astype(str) if human is not None and len(human) else ())
+    sources = {
+        name: tables[t]
+        for name, t in (("weak", "llm_queue"), ("rac", "rac_labels"), ("red", "red_labels"))
+        if tables.get(t) is not None
+    }
+    batch = select_for_review(
+        strategy,
+        pred,
+        n,
+        seed=seed,
+        sources=sources,
+        issues=tables.get("label_issues"),
+        exclude=human["id"].astype(str) if human is not None and len(human) else (),
+    )
     if not len(batch):
-        raise MissingInput(f"the {strategy} strategy found nothing to review (every candidate is reviewed already"
-                           + (", or the sources agree everywhere" if strategy == "disagreement" else "") + ")")
+        raise MissingInput(
+            f"the {strategy} strategy found nothing to review (every candidate is reviewed already"
+            + (", or the sources agree everywhere" if strategy == "disagreement" else "")
+            + ")"
+        )
     desc = tables.get("label_descriptions")
     descriptions = dict(zip(desc["label"].astype(str), desc["description"].astype(str))) if desc is not None and len(desc) else {}
     paths = write_review_file(batch, fmt, out, label_set(tables, multilabel), multilabel, descriptions, model_version)

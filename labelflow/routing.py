@@ -39,19 +39,22 @@ def weak_labels(proba, L, labels: Sequence[str], ids: Sequence[str], model_name:
         raise ValueError(f"proba has {len(idx)} rows, L {V.n_texts}, ids {len(ids)}: they must match")
     n_votes = V.n_votes()
     n_distinct = V.n_distinct_labels(len(names))
-    return pd.DataFrame({
-        "id": list(ids),
-        "label": np.where(idx >= 0, names[np.maximum(idx, 0)], ""),
-        "confidence": np.where(idx >= 0, conf, 0.0),
-        "n_votes": n_votes.astype(int),
-        "conflict": n_distinct > 1,
-        "tie": n_top > 1,
-        "label_model": model_name,
-    })
+    return pd.DataFrame(
+        {
+            "id": list(ids),
+            "label": np.where(idx >= 0, names[np.maximum(idx, 0)], ""),
+            "confidence": np.where(idx >= 0, conf, 0.0),
+            "n_votes": n_votes.astype(int),
+            "conflict": n_distinct > 1,
+            "tie": n_top > 1,
+            "label_model": model_name,
+        }
+    )
 
 
-def route(weak: pd.DataFrame, cfg: RoutingConfig | None = None, priority: str = "uncertainty",
-          budget: int | None = None) -> pd.DataFrame:
+def route(
+    weak: pd.DataFrame, cfg: RoutingConfig | None = None, priority: str = "uncertainty", budget: int | None = None
+) -> pd.DataFrame:
     """Add ``bucket``, ``priority`` (higher = ask the LLM sooner; 0 for texts not eligible), ``queue_rank``
     (1-based among eligible texts, else 0) and ``queued`` (within ``cfg.max_queue`` and ``budget``).
 
@@ -69,8 +72,9 @@ def route(weak: pd.DataFrame, cfg: RoutingConfig | None = None, priority: str = 
     keep = ~uncovered & (conf >= cfg.keep_confidence) & (nv >= cfg.keep_min_votes)
     disputed = ~uncovered & ~keep & conflict & (conf >= cfg.disputed_low) & (conf <= cfg.disputed_high)
     ambiguous = ~uncovered & ~keep & ~disputed & ((conf < cfg.ambiguous_below) | (nv == 1))
-    df["bucket"] = np.select([uncovered, keep, disputed, ambiguous],
-                             ["uncovered", "weak_confident", "disputed", "ambiguous"], default="rest")
+    df["bucket"] = np.select(
+        [uncovered, keep, disputed, ambiguous], ["uncovered", "weak_confident", "disputed", "ambiguous"], default="rest"
+    )
     eligible = df["bucket"].isin(QUEUE_BUCKETS).to_numpy()
     unc = np.where(uncovered, 1.0, 1.0 - conf)
     if priority == "uncertainty":
@@ -100,9 +104,13 @@ def bucket_report(routed: pd.DataFrame, truth: pd.Series | None = None) -> pd.Da
     t = routed["id"].map(truth) if truth is not None else None
     for b in BUCKETS + ["all"]:
         m = np.ones(len(routed), bool) if b == "all" else (routed["bucket"] == b).to_numpy()
-        r = {"bucket": b, "n": int(m.sum()), "share": float(m.sum() / n),
-             "queued": int(routed["queued"][m].sum()),
-             "mean_confidence": float(routed["confidence"][m].mean()) if m.any() else float("nan")}
+        r = {
+            "bucket": b,
+            "n": int(m.sum()),
+            "share": float(m.sum() / n),
+            "queued": int(routed["queued"][m].sum()),
+            "mean_confidence": float(routed["confidence"][m].mean()) if m.any() else float("nan"),
+        }
         if t is not None:
             s = m & t.notna().to_numpy()
             r["n_scored"] = int(s.sum())
@@ -111,8 +119,9 @@ def bucket_report(routed: pd.DataFrame, truth: pd.Series | None = None) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def aggregate_votes(votes: pd.DataFrame, ids: Sequence[str], labels: Sequence[str], model_name: str,
-                    multilabel: bool = False) -> pd.DataFrame:
+def aggregate_votes(
+    votes: pd.DataFrame, ids: Sequence[str], labels: Sequence[str], model_name: str, multilabel: bool = False
+) -> pd.DataFrame:
     """Long LF votes (id, lf, label) -> one weak label per text with the named label model
     (:func:`weak_labels` columns). Multi-label datasets use per-label vote shares
     (:class:`~labelflow.labelmodel.MultiLabelVote`) and '|'-joined label sets."""
@@ -129,8 +138,14 @@ def aggregate_votes(votes: pd.DataFrame, ids: Sequence[str], labels: Sequence[st
     return out
 
 
-def compare_label_models(votes: pd.DataFrame, ids: Sequence[str], labels: Sequence[str], names: Sequence[str],
-                         multilabel: bool = False, truth: pd.Series | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+def compare_label_models(
+    votes: pd.DataFrame,
+    ids: Sequence[str],
+    labels: Sequence[str],
+    names: Sequence[str],
+    multilabel: bool = False,
+    truth: pd.Series | None = None,
+) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Aggregate the same votes with each named label model (:func:`aggregate_votes`). Returns (weak
     labels per model, a comparison table: label_model, coverage, fit_s and, with ``truth`` (id -> gold
     label), accuracy_on_covered)."""
@@ -142,8 +157,7 @@ def compare_label_models(votes: pd.DataFrame, ids: Sequence[str], labels: Sequen
         wl = aggregate_votes(votes, ids, labels, name, multilabel)
         results[name] = wl
         covered = wl["label"] != ""
-        row = {"label_model": name, "coverage": float(covered.mean()) if len(wl) else 0.0,
-               "fit_s": time.perf_counter() - t0}
+        row = {"label_model": name, "coverage": float(covered.mean()) if len(wl) else 0.0, "fit_s": time.perf_counter() - t0}
         if truth is not None and covered.any():
             row["accuracy_on_covered"] = float((wl.loc[covered, "label"] == wl.loc[covered, "id"].map(truth)).mean())
         rows.append(row)

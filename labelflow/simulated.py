@@ -141,8 +141,7 @@ class SimulatedExpert:
             text += f" Not {', '.join(n.replace('_', ' ') for n in neighbours[:3])}."
         return text
 
-    def choose(self, text_id: str, candidates: Sequence[str], absent_abstain: float = 0.5,
-               prompt_tokens: int = 0) -> str:
+    def choose(self, text_id: str, candidates: Sequence[str], absent_abstain: float = 0.5, prompt_tokens: int = 0) -> str:
         """Simulate a list prompt ("which one of these labels fits the text?"); returns one of
         ``candidates`` or ``""`` (abstain). Used only by the list-prompt baselines of the RAC benchmark.
 

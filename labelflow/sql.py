@@ -22,5 +22,7 @@ def mlflow_filter_value(value: str) -> str:
     character cannot be expressed safely and is refused (``ValueError``)."""
     value = str(value)
     if "\\" in value or any(ord(c) < 32 for c in value) or ("'" in value and '"' in value):
-        raise ValueError(f"{value!r} cannot be used in an MLflow filter (quotes of both kinds, a backslash or a control character)")
+        raise ValueError(
+            f"{value!r} cannot be used in an MLflow filter (quotes of both kinds, a backslash or a control character)"
+        )
     return f'"{value}"' if "'" in value else f"'{value}'"

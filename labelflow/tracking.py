@@ -29,7 +29,7 @@ class Tracker:
         import mlflow
 
         if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(self.tracking_uri)
         return mlflow
 
@@ -51,9 +51,19 @@ class Tracker:
             yield run
 
     @contextlib.contextmanager
-    def asset_run(self, dataset: str, asset: str, *, dagster_run_id: str | None = None, tags: dict | None = None,
-                  params: dict | None = None, metrics: dict | None = None, step_metrics: Iterable | None = None,
-                  tables: dict | None = None, figures: dict | None = None) -> Iterator["object"]:
+    def asset_run(
+        self,
+        dataset: str,
+        asset: str,
+        *,
+        dagster_run_id: str | None = None,
+        tags: dict | None = None,
+        params: dict | None = None,
+        metrics: dict | None = None,
+        step_metrics: Iterable | None = None,
+        tables: dict | None = None,
+        figures: dict | None = None,
+    ) -> Iterator["object"]:
         """One MLflow run for one materialisation of ``asset`` (tagged ``asset`` and ``dagster_run_id``),
         with its params, numeric metrics (:func:`scalar_metrics`), per-step metrics (``(step, dict)``
         pairs, e.g. per round), tables (artifact file name -> DataFrame, as CSV) and figures (artifact
@@ -89,8 +99,10 @@ class Tracker:
         if exp is None:
             return pd.DataFrame()
         return mlflow.search_runs(
-            experiment_ids=[exp.experiment_id], filter_string=f"tags.asset = {mlflow_filter_value(asset)} and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=n,
+            experiment_ids=[exp.experiment_id],
+            filter_string=f"tags.asset = {mlflow_filter_value(asset)} and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=n,
         )
 
 

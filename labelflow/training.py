@@ -27,8 +27,9 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 class EmbeddingSVM(BaseEstimator, ClassifierMixin):
-    def __init__(self, C: float = 1.0, calibration_folds: int = 3, random_state: int = 0, max_iter: int = 5000,
-                 confidence_folds: int = 0):
+    def __init__(
+        self, C: float = 1.0, calibration_folds: int = 3, random_state: int = 0, max_iter: int = 5000, confidence_folds: int = 0
+    ):
         self.C = C
         self.calibration_folds = calibration_folds
         self.random_state = random_state
@@ -150,8 +151,9 @@ class MultiLabelSVM(BaseEstimator, ClassifierMixin):
         return Y
 
 
-def fit_classifier(label_values, X, multilabel: bool, sample_weight=None, classes=None, confidence_folds: int = 0,
-                   confidence_rows=None):
+def fit_classifier(
+    label_values, X, multilabel: bool, sample_weight=None, classes=None, confidence_folds: int = 0, confidence_rows=None
+):
     """Train the product's classifier on a training set: ``label_values`` are labels (multi-class) or
     '|'-joined label sets (multi-label) aligned with the rows of ``X``. ``confidence_folds >= 2``
     also calibrates the multi-class top-class confidence (see :class:`EmbeddingSVM`)."""
@@ -159,8 +161,9 @@ def fit_classifier(label_values, X, multilabel: bool, sample_weight=None, classe
 
     if multilabel:
         return MultiLabelSVM().fit(X, [split_labels(v) for v in label_values], classes=classes)
-    return EmbeddingSVM(confidence_folds=confidence_folds).fit(X, list(label_values), sample_weight=sample_weight,
-                                                               confidence_rows=confidence_rows)
+    return EmbeddingSVM(confidence_folds=confidence_folds).fit(
+        X, list(label_values), sample_weight=sample_weight, confidence_rows=confidence_rows
+    )
 
 
 def predict_labels(model, X, multilabel: bool, threshold: float = 0.5):

@@ -157,8 +157,9 @@ def compile_pattern(pattern: str, case_sensitive: bool = False):
     except re2.error as exc:
         for rx, feature in _UNSUPPORTED:
             if rx.search(pattern):
-                raise ValueError(f"uses {feature}, which the linear-time regex engine (RE2) does not support; "
-                                 "rewrite the pattern without it") from None
+                raise ValueError(
+                    f"uses {feature}, which the linear-time regex engine (RE2) does not support; rewrite the pattern without it"
+                ) from None
         try:
             re.compile(pattern)
         except re.error as py_exc:
@@ -219,7 +220,9 @@ def parse_lf_file(path: str | Path, labels: Sequence[str]) -> pd.DataFrame:
         raise LFFileError(path, None, "lfs", "expected a mapping with a top-level 'lfs:' list")
     extra = set(raw) - {"lfs"}
     if extra:
-        raise LFFileError(path, None, sorted(map(str, extra))[0], f"unknown top-level key(s) {sorted(map(str, extra))}; only 'lfs' is allowed")
+        raise LFFileError(
+            path, None, sorted(map(str, extra))[0], f"unknown top-level key(s) {sorted(map(str, extra))}; only 'lfs' is allowed"
+        )
     items = raw["lfs"]
     if not isinstance(items, list) or not items:
         raise LFFileError(path, None, "lfs", "'lfs' must be a non-empty list")
@@ -232,7 +235,9 @@ def parse_lf_file(path: str | Path, labels: Sequence[str]) -> pd.DataFrame:
         shown = name if isinstance(name, str) else None
         unknown = set(map(str, item)) - _LF_KEYS
         if unknown:
-            raise LFFileError(path, i, sorted(unknown)[0], f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_LF_KEYS)}", shown)
+            raise LFFileError(
+                path, i, sorted(unknown)[0], f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_LF_KEYS)}", shown
+            )
         if not isinstance(name, str) or not name.strip():
             raise LFFileError(path, i, "name", "missing or empty name", None)
         if name in seen:
@@ -250,8 +255,13 @@ def parse_lf_file(path: str | Path, labels: Sequence[str]) -> pd.DataFrame:
             raise LFFileError(path, i, "case_sensitive", f"must be true or false, got {case!r}", name)
         has_kw, has_re = "keywords" in item, "regex" in item
         if has_kw == has_re:
-            raise LFFileError(path, i, "keywords" if has_kw else "keywords/regex",
-                              "an LF needs exactly one of 'keywords' or 'regex'" + (" (both given)" if has_kw else " (neither given)"), name)
+            raise LFFileError(
+                path,
+                i,
+                "keywords" if has_kw else "keywords/regex",
+                "an LF needs exactly one of 'keywords' or 'regex'" + (" (both given)" if has_kw else " (neither given)"),
+                name,
+            )
         kws, rx = None, None
         if has_kw:
             kws = item["keywords"]
@@ -271,9 +281,18 @@ def parse_lf_file(path: str | Path, labels: Sequence[str]) -> pd.DataFrame:
             compile_pattern(pattern, case)
         except ValueError as exc:
             raise LFFileError(path, i, "regex" if has_re else "keywords", str(exc), name) from None
-        rows.append({"index": i, "name": name, "label": label, "kind": "keywords" if has_kw else "regex",
-                     "keywords": json.dumps(kws, ensure_ascii=False) if kws else "", "regex": rx or "",
-                     "pattern": pattern, "case_sensitive": case})
+        rows.append(
+            {
+                "index": i,
+                "name": name,
+                "label": label,
+                "kind": "keywords" if has_kw else "regex",
+                "keywords": json.dumps(kws, ensure_ascii=False) if kws else "",
+                "regex": rx or "",
+                "pattern": pattern,
+                "case_sensitive": case,
+            }
+        )
     return pd.DataFrame(rows, columns=LF_DEFINITION_COLUMNS)
 
 
@@ -281,8 +300,10 @@ def lfs_from_definitions(definitions: pd.DataFrame | None) -> list[LabelingFunct
     """The LFs of validated definitions (:func:`parse_lf_file`'s table, e.g. the ``lf_definitions`` asset)."""
     if definitions is None or not len(definitions):
         return []
-    return [pattern_lf(r["name"], r["label"], r["pattern"], bool(r["case_sensitive"]))
-            for _, r in definitions.sort_values("index").iterrows()]
+    return [
+        pattern_lf(r["name"], r["label"], r["pattern"], bool(r["case_sensitive"]))
+        for _, r in definitions.sort_values("index").iterrows()
+    ]
 
 
 def load_lf_file(path: str | Path, labels: Sequence[str]) -> list[LabelingFunction]:
@@ -292,17 +313,20 @@ def load_lf_file(path: str | Path, labels: Sequence[str]) -> list[LabelingFuncti
 
 # --- built-in embedding LFs ------------------------------------------------------------------------------
 
+
 def _explode(seed_labels: Sequence) -> tuple[np.ndarray, np.ndarray]:
     """(seed position, label) pairs; a seed label may be a list (multi-label)."""
     pos, labs = [], []
     for i, v in enumerate(seed_labels):
-        for lab in ([v] if isinstance(v, str) else list(v)):
+        for lab in [v] if isinstance(v, str) else list(v):
             pos.append(i)
             labs.append(lab)
     return np.asarray(pos, dtype=np.int64), np.asarray(labs, dtype=object)
 
 
-def _margin_lf(name: str, keys: np.ndarray, key_labels: np.ndarray, margin: float, min_similarity: float | None) -> LabelingFunction:
+def _margin_lf(
+    name: str, keys: np.ndarray, key_labels: np.ndarray, margin: float, min_similarity: float | None
+) -> LabelingFunction:
     keys = unit_rows(keys)
 
     def fn(texts, X):
@@ -318,8 +342,13 @@ def _margin_lf(name: str, keys: np.ndarray, key_labels: np.ndarray, margin: floa
     return LabelingFunction(name, fn, kind="batch", needs_vectors=True)
 
 
-def centroid_lf(seed_X: np.ndarray, seed_labels: Sequence, margin: float = 0.03,
-                min_similarity: float | None = None, name: str = "emb_centroid") -> LabelingFunction:
+def centroid_lf(
+    seed_X: np.ndarray,
+    seed_labels: Sequence,
+    margin: float = 0.03,
+    min_similarity: float | None = None,
+    name: str = "emb_centroid",
+) -> LabelingFunction:
     """Vote the label whose seed centroid is nearest (cosine) when it beats the runner-up by ``margin``."""
     from labelflow.labelspace import seed_centroids
 
@@ -328,16 +357,22 @@ def centroid_lf(seed_X: np.ndarray, seed_labels: Sequence, margin: float = 0.03,
     return _margin_lf(name, seed_centroids(seed_X, seed_labels, list(names)), names, margin, min_similarity)
 
 
-def description_lf(label_X: np.ndarray, labels: Sequence[str], margin: float = 0.03,
-                   min_similarity: float | None = None, name: str = "emb_description") -> LabelingFunction:
+def description_lf(
+    label_X: np.ndarray,
+    labels: Sequence[str],
+    margin: float = 0.03,
+    min_similarity: float | None = None,
+    name: str = "emb_description",
+) -> LabelingFunction:
     """Vote the label whose description vector is nearest when it beats the runner-up by ``margin``."""
     if len(labels) != len(label_X):
         raise ValueError("label_X and labels must have the same length")
     return _margin_lf(name, np.asarray(label_X), np.asarray(list(labels), dtype=object), margin, min_similarity)
 
 
-def knn_lf(seed_X: np.ndarray, seed_labels: Sequence, k: int = 5, min_agreement: float = 0.6,
-           name: str = "emb_knn") -> LabelingFunction:
+def knn_lf(
+    seed_X: np.ndarray, seed_labels: Sequence, k: int = 5, min_agreement: float = 0.6, name: str = "emb_knn"
+) -> LabelingFunction:
     """The ``k`` nearest seed examples vote; vote their majority label when its share of the ``k``
     reaches ``min_agreement`` (ties go to the label of the nearer neighbour). Multi-label seeds vote for
     each of their labels (the neighbours are then (seed, label) entries)."""
@@ -349,10 +384,10 @@ def knn_lf(seed_X: np.ndarray, seed_labels: Sequence, k: int = 5, min_agreement:
     def fn(texts, X):
         kk = min(k, keys.shape[0])
         idx, _ = cosine_top_k(np.asarray(X, dtype=np.float32), keys, kk)
-        nb = code[idx]                                            # (n, kk) label codes
+        nb = code[idx]  # (n, kk) label codes
         same = nb[:, :, None] == nb[:, None, :]
-        counts = same.sum(axis=2)                                 # neighbours sharing each position's label
-        best = counts.argmax(axis=1)                              # first (nearest) position with the top count
+        counts = same.sum(axis=2)  # neighbours sharing each position's label
+        best = counts.argmax(axis=1)  # first (nearest) position with the top count
         share = counts[np.arange(len(idx)), best] / kk
         rows = np.flatnonzero(share >= min_agreement)
         return rows, names[nb[rows, best[rows]]]
@@ -362,8 +397,14 @@ def knn_lf(seed_X: np.ndarray, seed_labels: Sequence, k: int = 5, min_agreement:
 
 # --- applying LFs ------------------------------------------------------------------------------------------
 
-def apply_lfs(lfs: Sequence[LabelingFunction], ids: Sequence[str], texts: Sequence[str],
-              X: np.ndarray | None = None, labels: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+
+def apply_lfs(
+    lfs: Sequence[LabelingFunction],
+    ids: Sequence[str],
+    texts: Sequence[str],
+    X: np.ndarray | None = None,
+    labels: Sequence[str] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every LF over the texts. Returns ``(votes, errors)``: votes ``(id, lf, label)``, one row per
     vote, and errors ``(lf, id, error)``. An LF that raises is reported with the failing text's id (None
     when a batch LF fails as a whole) and its votes from this run are dropped; the others still run.
@@ -405,8 +446,9 @@ def apply_lfs(lfs: Sequence[LabelingFunction], ids: Sequence[str], texts: Sequen
     return votes[VOTE_COLUMNS], pd.DataFrame(errors, columns=ERROR_COLUMNS)
 
 
-def lf_analysis(votes: pd.DataFrame, lf_names: Sequence[str], n_texts: int, gold: pd.Series | None = None,
-                multilabel: bool = False) -> pd.DataFrame:
+def lf_analysis(
+    votes: pd.DataFrame, lf_names: Sequence[str], n_texts: int, gold: pd.Series | None = None, multilabel: bool = False
+) -> pd.DataFrame:
     """Snorkel-style LF analysis, one row per LF (in ``lf_names`` order):
 
     ``polarity`` (labels voted), ``n_votes``, ``coverage`` (share of texts it voted on), ``overlaps``
@@ -426,7 +468,9 @@ def lf_analysis(votes: pd.DataFrame, lf_names: Sequence[str], n_texts: int, gold
     pl["conflict"] = pl["id"].map(per_id_labels).to_numpy() > pl["own"].to_numpy()
     g = pl.groupby("lf")
     out = pd.DataFrame({"lf": list(lf_names)})
-    out["polarity"] = out["lf"].map(v.groupby("lf")["label"].apply(lambda s: ",".join(sorted(set(s))[:5]) + (",..." if s.nunique() > 5 else "")))
+    out["polarity"] = out["lf"].map(
+        v.groupby("lf")["label"].apply(lambda s: ",".join(sorted(set(s))[:5]) + (",..." if s.nunique() > 5 else ""))
+    )
     out["polarity"] = out["polarity"].fillna("")
     out["n_votes"] = out["lf"].map(v.groupby("lf").size()).fillna(0).astype(int)
     out["coverage"] = out["lf"].map(g.size()).fillna(0).to_numpy() / n
@@ -438,7 +482,7 @@ def lf_analysis(votes: pd.DataFrame, lf_names: Sequence[str], n_texts: int, gold
         if multilabel:
             ok = np.array([lab in str(t).split("|") for lab, t in zip(gv["label"], truth)], dtype=bool)
         else:
-            ok = (gv["label"].to_numpy() == truth.to_numpy())
+            ok = gv["label"].to_numpy() == truth.to_numpy()
         gv = gv.assign(ok=ok)
         gg = gv.groupby("lf")
         out["n_gold"] = out["lf"].map(gg["id"].nunique()).fillna(0).astype(int)
@@ -449,8 +493,15 @@ def lf_analysis(votes: pd.DataFrame, lf_names: Sequence[str], n_texts: int, gold
     return out[cols]
 
 
-def lf_report(pool_votes: pd.DataFrame, seed_votes: pd.DataFrame, lf_names: Sequence[str], n_pool: int,
-              seed_gold: pd.Series, pool_gold: pd.Series | None = None, multilabel: bool = False) -> pd.DataFrame:
+def lf_report(
+    pool_votes: pd.DataFrame,
+    seed_votes: pd.DataFrame,
+    lf_names: Sequence[str],
+    n_pool: int,
+    seed_gold: pd.Series,
+    pool_gold: pd.Series | None = None,
+    multilabel: bool = False,
+) -> pd.DataFrame:
     """The LF report: :func:`lf_analysis` on the pool (with ``emp_acc`` when the pool's gold is known,
     in benchmarks) beside each LF's coverage and accuracy on the gold seeds (``seeds_coverage``,
     ``seeds_emp_acc``; optimistic for LFs built from the seeds)."""
@@ -460,8 +511,13 @@ def lf_report(pool_votes: pd.DataFrame, seed_votes: pd.DataFrame, lf_names: Sequ
     return pool.merge(seeds, on="lf", how="left")
 
 
-def standard_lfs(lf_source: pd.DataFrame | str | Path | None, labels: Sequence[str], seed_X: np.ndarray,
-                 seed_label_sets: Sequence, label_X: np.ndarray) -> list[LabelingFunction]:
+def standard_lfs(
+    lf_source: pd.DataFrame | str | Path | None,
+    labels: Sequence[str],
+    seed_X: np.ndarray,
+    seed_label_sets: Sequence,
+    label_X: np.ndarray,
+) -> list[LabelingFunction]:
     """The LFs a dataset runs with: its declarative LFs (``lf_source``: the validated definitions from
     ingestion, or the path of an ``lfs.yaml``, read when it exists) plus the built-in embedding LFs
     (nearest seed centroid, k nearest seeds, label-description similarity)."""

@@ -33,8 +33,14 @@ TINY_TEST = [
     ("I need a refund for my purchase", "refund"),
     ("reset password please", "password_reset"),
 ]
-TINY_POOL = ["card still not here after two weeks", "give me my money back", "locked out, forgot my password",
-             "is the card shipped yet", "refund for order 1234", "change my password"]
+TINY_POOL = [
+    "card still not here after two weeks",
+    "give me my money back",
+    "locked out, forgot my password",
+    "is the card shipped yet",
+    "refund for order 1234",
+    "change my password",
+]
 
 
 def write_csv(path: Path, rows, header) -> Path:

@@ -124,18 +124,25 @@ def _logprobs(reply: Reply) -> dict | None:
     tokens = _tokens(reply.text)
     tops = reply.top if isinstance(reply.top, list) else [reply.top]
     # answer tokens: the first token (single answer) or the token after each "<n>:" (batch lines)
-    answer_idx = [0] if not isinstance(reply.top, list) else [
-        i for i, t in enumerate(tokens) if t.strip().lower().strip(".!") in ("yes", "no")
-    ]
+    answer_idx = (
+        [0]
+        if not isinstance(reply.top, list)
+        else [i for i, t in enumerate(tokens) if t.strip().lower().strip(".!") in ("yes", "no")]
+    )
     content = []
     for i, tok in enumerate(tokens):
         top = tops[answer_idx.index(i)] if i in answer_idx and answer_idx.index(i) < len(tops) else {tok: 0.0}
         own = top.get(tok, max(top.values()))
-        content.append({
-            "token": tok, "logprob": own, "bytes": list(tok.encode()),
-            "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())}
-                             for t, lp in sorted(top.items(), key=lambda kv: -kv[1])],
-        })
+        content.append(
+            {
+                "token": tok,
+                "logprob": own,
+                "bytes": list(tok.encode()),
+                "top_logprobs": [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in sorted(top.items(), key=lambda kv: -kv[1])
+                ],
+            }
+        )
     return {"content": content}
 
 
@@ -196,8 +203,12 @@ class FakeOpenAI:
 
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [
-                        {"id": "fake", "object": "model", "created": 0, "owned_by": "tests"}]}).encode())
+                    self._send(
+                        200,
+                        json.dumps(
+                            {"object": "list", "data": [{"id": "fake", "object": "model", "created": 0, "owned_by": "tests"}]}
+                        ).encode(),
+                    )
                 else:
                     self._send(404, b'{"error": {"message": "not found"}}')
 
@@ -260,15 +271,20 @@ class FakeOpenAI:
         prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
         prompt_tokens = reply.prompt_tokens if reply.prompt_tokens is not None else max(1, prompt_chars // 4)
         completion_tokens = max(1, len(_tokens(reply.text)))
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": reply.text},
-                                  "finish_reason": "stop"}
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}
         if body.get("logprobs"):
             choice["logprobs"] = _logprobs(reply)
         return {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model", "fake"), "choices": [choice],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
 
     def stop(self) -> None:

@@ -25,22 +25,35 @@ def main(config_path: str, tasks_path: str, answers_path: str, out_path: str) ->
     control = li.get_control("label")
     tasks = json.load(open(tasks_path, encoding="utf-8"))
     answers = json.load(open(answers_path, encoding="utf-8"))
-    report = {"labels": list(control.labels), "choice": control.attr.get("choice"), "to_name": list(control.to_name),
-              "prediction_errors": {}, "missing_data": []}
+    report = {
+        "labels": list(control.labels),
+        "choice": control.attr.get("choice"),
+        "to_name": list(control.to_name),
+        "prediction_errors": {},
+        "missing_data": [],
+    }
     for k, task in enumerate(tasks):
         tid = task["data"]["id"]
         # every object tag's $variable must be in the task's data (the SDK's validate_task would also
         # call validate_prediction without its argument)
         if any(obj.value_is_variable and task["data"].get(obj.value_name) is None for obj in li.objects):
             report["missing_data"].append(tid)
-        report["prediction_errors"][tid] = [e for p in task.get("predictions", [])
-                                            for e in li.validate_prediction(p, return_errors=True)]
+        report["prediction_errors"][tid] = [
+            e for p in task.get("predictions", []) for e in li.validate_prediction(p, return_errors=True)
+        ]
         if tid in answers:
             regions = li.create_regions({"label": answers[tid]})
             result = [json.loads(r.to_json()) for r in regions]
-            annotation = {"id": 900 + k, "completed_by": 1, "was_cancelled": False, "ground_truth": False,
-                          "created_at": "2026-12-01T10:00:00.000000Z", "updated_at": "2026-12-01T10:01:00.000000Z",
-                          "lead_time": 3.5, "result": result}
+            annotation = {
+                "id": 900 + k,
+                "completed_by": 1,
+                "was_cancelled": False,
+                "ground_truth": False,
+                "created_at": "2026-12-01T10:00:00.000000Z",
+                "updated_at": "2026-12-01T10:01:00.000000Z",
+                "lead_time": 3.5,
+                "result": result,
+            }
             report.setdefault("annotation_errors", {})[tid] = li.validate_annotation(annotation)
             task = {**task, "annotations": [annotation]}
         tasks[k] = {"id": 1000 + k, **task}  # Label Studio's own task id

@@ -17,8 +17,13 @@ def free_port() -> int:
 def temp_project(root: Path, datasets: list[dict], llm: dict | None = None) -> ProjectConfig:
     """A ProjectConfig whose stores all live under ``root``."""
     raw = {
-        "stores": {"warehouse": "data/warehouse.duckdb", "lancedb": "data/lancedb", "mlflow_db": "data/mlflow.db",
-                   "mlflow_artifacts": "data/mlartifacts", "models": "data/models"},
+        "stores": {
+            "warehouse": "data/warehouse.duckdb",
+            "lancedb": "data/lancedb",
+            "mlflow_db": "data/mlflow.db",
+            "mlflow_artifacts": "data/mlartifacts",
+            "models": "data/models",
+        },
         "llm": llm or {"model": "local"},
         "datasets": datasets,
     }

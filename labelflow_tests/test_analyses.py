@@ -16,8 +16,9 @@ from labelflow.simulated import SimulatedExpert
 from labelflow.weak import lf_report
 
 E = np.eye(3, dtype=np.float32)
-SEEDS = pd.DataFrame({"id": ["s1", "s2", "s3"], "text": ["card late", "refund please", "reset password"],
-                      "label": ["card", "refund", "password"]})
+SEEDS = pd.DataFrame(
+    {"id": ["s1", "s2", "s3"], "text": ["card late", "refund please", "reset password"], "label": ["card", "refund", "password"]}
+)
 
 
 def _space() -> LabelSpace:
@@ -43,10 +44,16 @@ def test_rac_over_a_label_space_and_its_coverage_over_k():
 
 
 def test_label_model_comparison_reports_each_model_on_the_same_votes():
-    votes = pd.DataFrame({"id": ["a", "a", "b", "b", "c"], "lf": ["lf1", "lf2", "lf1", "lf2", "lf1"],
-                          "label": ["x", "x", "x", "y", "y"]})
-    results, table = compare_label_models(votes, ["a", "b", "c", "d"], ["x", "y"], ["majority_vote", "dawid_skene"],
-                                          truth=pd.Series({"a": "x", "b": "x", "c": "y", "d": "x"}))
+    votes = pd.DataFrame(
+        {"id": ["a", "a", "b", "b", "c"], "lf": ["lf1", "lf2", "lf1", "lf2", "lf1"], "label": ["x", "x", "x", "y", "y"]}
+    )
+    results, table = compare_label_models(
+        votes,
+        ["a", "b", "c", "d"],
+        ["x", "y"],
+        ["majority_vote", "dawid_skene"],
+        truth=pd.Series({"a": "x", "b": "x", "c": "y", "d": "x"}),
+    )
     assert table["label_model"].tolist() == ["majority_vote", "dawid_skene"]
     assert set(results) == {"majority_vote", "dawid_skene"}
     assert table["coverage"].iloc[0] == pytest.approx(0.75)  # d has no vote
@@ -74,8 +81,7 @@ def test_multilabel_report_and_indicator():
 
 def test_drift_metrics():
     night = pd.DataFrame({"id": ["n1", "n2", "n3", "n4"], "queued": [True, False, True, False]})
-    assert drift_metrics(night, [0.9, 0.2, 0.4, 0.8]) == {"new_texts": 4, "llm_queue_size": 2,
-                                                          "new_low_confidence_share": 0.5}
+    assert drift_metrics(night, [0.9, 0.2, 0.4, 0.8]) == {"new_texts": 4, "llm_queue_size": 2, "new_low_confidence_share": 0.5}
     assert drift_metrics(night.iloc[:0], []) == {"new_texts": 0, "llm_queue_size": 0}
 
 
@@ -91,10 +97,17 @@ def test_one_mlflow_run_per_asset_with_params_metrics_tables_and_figures(tmp_pat
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts")
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])
-    run_id = tracker.log_asset("ds", "rac_labels", dagster_run_id="dagster-123", tags={"expert": "sim"},
-                               params={"k": 3}, metrics={"coverage": 0.5, "expert": "not a number", "nan": float("nan")},
-                               step_metrics=[(1, {"asked": 4}), (2, {"asked": 2})],
-                               tables={"over_k.csv": pd.DataFrame({"k": [1]})}, figures={"plot.png": fig, "none.png": None})
+    run_id = tracker.log_asset(
+        "ds",
+        "rac_labels",
+        dagster_run_id="dagster-123",
+        tags={"expert": "sim"},
+        params={"k": 3},
+        metrics={"coverage": 0.5, "expert": "not a number", "nan": float("nan")},
+        step_metrics=[(1, {"asked": 4}), (2, {"asked": 2})],
+        tables={"over_k.csv": pd.DataFrame({"k": [1]})},
+        figures={"plot.png": fig, "none.png": None},
+    )
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["asset"] == "rac_labels" and run.data.tags["dagster_run_id"] == "dagster-123"

@@ -17,14 +17,28 @@ from pathlib import Path
 
 import pytest
 
-from labelflow_tests.uiproject import (ARTIFACTS, FOUNDATION, graphql, launch_dagster, launch_mlflow_ui, wait_dagster,
-                                       wait_mlflow_ui)
+from labelflow_tests.uiproject import (
+    ARTIFACTS,
+    FOUNDATION,
+    graphql,
+    launch_dagster,
+    launch_mlflow_ui,
+    wait_dagster,
+    wait_mlflow_ui,
+)
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SHOTS = ARTIFACTS / "browser"
 UI_ASSET = "text_embeddings"  # the asset launched from the UI (a single asset, no LLM)
 
@@ -66,8 +80,12 @@ def browser(project, tmp_path_factory):
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1500, "height": 950})
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1500, "height": 950},
+        )
         try:
             yield context
         finally:
@@ -89,8 +107,9 @@ def _dismiss_dagster_onboarding(page) -> None:
     # dagster-webserver may show a "Join the Dagster community" dialog to a fresh browser profile; it
     # remembers "Skip" in localStorage (communityNux), and a handler clicks Skip if it shows anyway
     page.add_init_script("try { localStorage.setItem('communityNux', '\"1\"') } catch (e) {}")
-    page.add_locator_handler(page.get_by_text("Join the Dagster community"),
-                             lambda: page.get_by_role("button", name="Skip").click())
+    page.add_locator_handler(
+        page.get_by_text("Join the Dagster community"), lambda: page.get_by_role("button", name="Skip").click()
+    )
 
 
 def _settle(page, timeout_ms: int = 15_000) -> None:

@@ -98,10 +98,21 @@ def test_a_whole_run_makes_at_most_llm_budget_calls_requests(tiny_dataset, tmp_p
     budget_calls = 5  # runs out during the pilot (2 descriptions + 6 pilot questions + 6 queued texts...)
     monkeypatch.setenv("LABELFLOW_TEST_KEY", "sk-test")
     with FakeOpenAI(policy=keyword_policy) as srv:
-        cfg = temp_project(tmp_path, [{"name": "tiny", "path": str(tiny_dataset), "pilot_size": 6,
-                                       "llm_budget_calls": budget_calls, "red_top_k": 3, "red_max_rounds": 2,
-                                       "routing": {"max_queue": 6, "keep_min_votes": 99, "ambiguous_below": 1.01}}],
-                           llm={"model": "openai/fake", "api_base": srv.api_base, "api_key_env": "LABELFLOW_TEST_KEY"})
+        cfg = temp_project(
+            tmp_path,
+            [
+                {
+                    "name": "tiny",
+                    "path": str(tiny_dataset),
+                    "pilot_size": 6,
+                    "llm_budget_calls": budget_calls,
+                    "red_top_k": 3,
+                    "red_max_rounds": 2,
+                    "routing": {"max_queue": 6, "keep_min_votes": 99, "ambiguous_below": 1.01},
+                }
+            ],
+            llm={"model": "openai/fake", "api_base": srv.api_base, "api_key_env": "LABELFLOW_TEST_KEY"},
+        )
         job = build_definitions(cfg).resolve_job_def("tiny__all")
         instance = dg.DagsterInstance.ephemeral()
         stages = [dg.AssetKey(["tiny", a]) for a in ("label_descriptions", "pilot_validation", "rac_labels", "red_labels")]

@@ -6,9 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labelflow.calibration import (ScoreCalibrator, beta_precision, brier_score, calibration_table,
-                                   expected_calibration_error, llm_answer_calibrator, reliability_figure,
-                                   risk_coverage, top_class_calibrator, weak_seed_evidence)
+from labelflow.calibration import (
+    ScoreCalibrator,
+    beta_precision,
+    brier_score,
+    calibration_table,
+    expected_calibration_error,
+    llm_answer_calibrator,
+    reliability_figure,
+    risk_coverage,
+    top_class_calibrator,
+    weak_seed_evidence,
+)
 
 
 def test_ece_brier_and_risk_coverage_by_hand():
@@ -27,7 +36,7 @@ def test_under_confident_scores_become_calibrated():
     rng = np.random.default_rng(0)
     p_true = rng.uniform(0.3, 1.0, 40000)
     correct = rng.random(40000) < p_true
-    stated = p_true ** 3  # under-confident like a renormalised one-vs-rest SVM
+    stated = p_true**3  # under-confident like a renormalised one-vs-rest SVM
     fit, held = slice(0, 20000), slice(20000, None)
     before = expected_calibration_error(stated[held], correct[held])
     assert before > 0.2
@@ -77,8 +86,14 @@ def test_top_class_calibrator_on_oof_probabilities():
 
 
 def test_calibration_table_per_source_and_figure():
-    df = pd.DataFrame({"confidence": [0.9, 0.8, 0.6, 0.3], "correct": [True, True, False, False],
-                       "source": ["llm", "llm", "model", "model"], "confidence_raw": [0.5, 0.5, 0.5, 0.5]})
+    df = pd.DataFrame(
+        {
+            "confidence": [0.9, 0.8, 0.6, 0.3],
+            "correct": [True, True, False, False],
+            "source": ["llm", "llm", "model", "model"],
+            "confidence_raw": [0.5, 0.5, 0.5, 0.5],
+        }
+    )
     t = calibration_table(df, extra=["confidence_raw"])
     assert list(t["source"]) == ["all", "llm", "model"]
     assert t.set_index("source").loc["all", "n"] == 4
@@ -90,6 +105,7 @@ def test_calibration_table_per_source_and_figure():
 def _memoriser(seeds: pd.DataFrame, X: np.ndarray):
     """A weak labeller whose only LF memorises the seeds it is built from: it votes a seed's own label
     for a text identical to a known seed, else the label of the nearest known seed (uninformative here)."""
+
     def label_seeds(train_idx, test_idx):
         keys, key_labels = X[train_idx], seeds["label"].to_numpy()[train_idx]
         out = []
@@ -98,14 +114,16 @@ def _memoriser(seeds: pd.DataFrame, X: np.ndarray):
             j = int(d.argmin())
             out.append({"id": seeds["id"].iat[i], "label": key_labels[j], "confidence": 1.0 if d[j] == 0 else 0.9})
         return pd.DataFrame(out)
+
     return label_seeds
 
 
 def test_seed_cv_leak_guard():
     rng = np.random.default_rng(3)
     n = 90
-    seeds = pd.DataFrame({"id": [f"s{i}" for i in range(n)], "text": [f"t{i}" for i in range(n)],
-                          "label": rng.choice(["a", "b", "c"], n)})
+    seeds = pd.DataFrame(
+        {"id": [f"s{i}" for i in range(n)], "text": [f"t{i}" for i in range(n)], "label": rng.choice(["a", "b", "c"], n)}
+    )
     X = rng.normal(0, 1, (n, 8))  # vectors carry no label signal: the honest accuracy is ~1/3
     ev = weak_seed_evidence(seeds, _memoriser(seeds, X), folds=5)
     assert len(ev) == n and set(ev["id"]) == set(seeds["id"])
@@ -124,8 +142,9 @@ def test_product_weak_labeller_does_not_score_seeds_with_themselves():
     rng = np.random.default_rng(4)
     n = 60
     labels = ["a", "b", "c"]
-    seeds = pd.DataFrame({"id": [f"s{i}" for i in range(n)], "text": [f"text {i}" for i in range(n)],
-                          "label": [labels[i % 3] for i in range(n)]})
+    seeds = pd.DataFrame(
+        {"id": [f"s{i}" for i in range(n)], "text": [f"text {i}" for i in range(n)], "label": [labels[i % 3] for i in range(n)]}
+    )
     X = rng.normal(0, 1, (n, 16)).astype(np.float32)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     label_X = rng.normal(0, 1, (3, 16)).astype(np.float32)

@@ -24,14 +24,23 @@ def project(tmp_path: Path, tiny_dataset: Path) -> Path:
     """A project folder whose warehouse holds dataset ``tiny`` with a pool_predictions table (both
     injections below read /etc/passwd or wrote a file through the old `export`)."""
     (tmp_path / "data").mkdir()
-    cfg = {"stores": {"warehouse": "data/warehouse.duckdb", "lancedb": "data/lancedb", "mlflow_db": "data/mlflow.db",
-                      "mlflow_artifacts": "data/mlartifacts", "models": "data/models"},
-           "datasets": [{"name": "tiny", "path": str(tiny_dataset)}]}
+    cfg = {
+        "stores": {
+            "warehouse": "data/warehouse.duckdb",
+            "lancedb": "data/lancedb",
+            "mlflow_db": "data/mlflow.db",
+            "mlflow_artifacts": "data/mlartifacts",
+            "models": "data/models",
+        },
+        "datasets": [{"name": "tiny", "path": str(tiny_dataset)}],
+    }
     (tmp_path / "labelflow.yaml").write_text(yaml.safe_dump(cfg))
     con = duckdb.connect(str(tmp_path / "data" / "warehouse.duckdb"))
-    con.execute('CREATE SCHEMA tiny')
-    con.execute("CREATE TABLE tiny.pool_predictions AS SELECT * FROM (VALUES ('a', 'card', 'card_arrival', 0.9), "
-                "('b', 'refund', 'refund', 0.8)) t(id, text, label, confidence)")
+    con.execute("CREATE SCHEMA tiny")
+    con.execute(
+        "CREATE TABLE tiny.pool_predictions AS SELECT * FROM (VALUES ('a', 'card', 'card_arrival', 0.9), "
+        "('b', 'refund', 'refund', 0.8)) t(id, text, label, confidence)"
+    )
     con.close()
     return tmp_path
 
@@ -65,10 +74,13 @@ def assert_user_error(res: subprocess.CompletedProcess, *fragments: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("table", [
-    """pool_predictions" UNION SELECT filename, content, content, 0.0 FROM read_text('/etc/passwd') --""",
-    """pool_predictions"; COPY (SELECT 'pwned') TO '{out}' (HEADER false); --""",
-])
+@pytest.mark.parametrize(
+    "table",
+    [
+        """pool_predictions" UNION SELECT filename, content, content, 0.0 FROM read_text('/etc/passwd') --""",
+        """pool_predictions"; COPY (SELECT 'pwned') TO '{out}' (HEADER false); --""",
+    ],
+)
 def test_export_injections_are_refused(project, table):
     leaked = project / "leaked.csv"
     out = project / "out.csv"
@@ -123,12 +135,14 @@ def test_demo_waits_for_the_project_lock_then_names_the_holder(project):
 
 def test_user_errors_exit_2_with_one_line(project, tmp_path, monkeypatch, capsys):
     assert_user_error(cli(project, "runs", "compare", "--dataset", "nope"), "no dataset named 'nope'")
-    assert_user_error(in_process(project, monkeypatch, capsys, "bench", "--dataset", str(tmp_path / "no_such_folder")),
-                      "no_such_folder")
+    assert_user_error(
+        in_process(project, monkeypatch, capsys, "bench", "--dataset", str(tmp_path / "no_such_folder")), "no_such_folder"
+    )
     # two gold labels for one text: a label conflict stops ingestion with one line, not a traceback
     conflict = tmp_path / "conflict"
-    write_csv(conflict / "train.csv", [("same text", "a"), ("same text", "b"), ("other text", "a"), ("third", "b")],
-              ["text", "label"])
+    write_csv(
+        conflict / "train.csv", [("same text", "a"), ("same text", "b"), ("other text", "a"), ("third", "b")], ["text", "label"]
+    )
     write_csv(conflict / "test.csv", [("fourth", "a")], ["text", "label"])
     assert_user_error(cli(project, "bench", "--dataset", str(conflict)), "train.csv")
     (project / "labelflow.yaml").write_text("stores: [unclosed")

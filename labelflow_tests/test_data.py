@@ -21,8 +21,11 @@ def test_loads_valid_folder(tiny_dataset):
 
 
 def test_ids_are_stable_and_given_ids_win(tmp_path):
-    write_csv(tmp_path / "train.csv", [(f"a{i}", t, lab) for i, (t, lab) in enumerate(TINY_TRAIN[:4])] + [("b1", "x y", "other")],
-              ["id", "text", "label"])
+    write_csv(
+        tmp_path / "train.csv",
+        [(f"a{i}", t, lab) for i, (t, lab) in enumerate(TINY_TRAIN[:4])] + [("b1", "x y", "other")],
+        ["id", "text", "label"],
+    )
     d1, d2 = load_dataset(tmp_path), load_dataset(tmp_path)
     assert list(d1.seeds["id"]) == list(d2.seeds["id"]) == ["a0", "a1", "a2", "a3", "b1"]
     assert text_id("hello") == text_id("hello") != text_id("hello ")
@@ -124,8 +127,14 @@ def test_benchmark_split_hides_pool_labels(tiny_dataset):
 
 
 def test_multilabel_benchmark_split_covers_every_label():
-    df = pd.DataFrame({"id": [str(i) for i in range(6)], "text": list("abcdef"),
-                       "label": ["x", "x|y", "y", "z", "x|z", "y"], "row": range(1, 7)})
+    df = pd.DataFrame(
+        {
+            "id": [str(i) for i in range(6)],
+            "text": list("abcdef"),
+            "label": ["x", "x|y", "y", "z", "x|z", "y"],
+            "row": range(1, 7),
+        }
+    )
     seeds, pool = benchmark_split(df, 1, 0, multilabel=True)
     covered = set("|".join(seeds["label"]).split("|"))
     assert covered == {"x", "y", "z"} and len(seeds) + len(pool) == 6

@@ -11,12 +11,21 @@ from labelflow.defs.factory import build_definitions
 from labelflow_tests.conftest import REPO
 from labelflow_tests.project import temp_project
 
+
 def test_definitions_have_both_demo_datasets():
     defs = build_definitions(load_config(REPO / "labelflow.yaml"))
     keys = {tuple(k.path) for k in defs.resolve_asset_graph().get_all_asset_keys()}
     for ds in ("support_intents", "news_topics"):
-        for name in ("seed_labels", "text_pool", "gold_eval", "text_embeddings", "training_set", "svm_model",
-                     "pool_predictions", "evaluation"):
+        for name in (
+            "seed_labels",
+            "text_pool",
+            "gold_eval",
+            "text_embeddings",
+            "training_set",
+            "svm_model",
+            "pool_predictions",
+            "evaluation",
+        ):
             assert (ds, name) in keys, (ds, name)
     groups = {defs.resolve_assets_def(k).get_asset_spec(k).group_name for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"support_intents", "news_topics"} <= groups
@@ -29,8 +38,18 @@ def test_rejected_input_writes_nothing(tmp_path):
     cfg = temp_project(tmp_path, [{"name": "bad", "path": str(folder)}])
     defs = build_definitions(cfg)
     job = defs.resolve_implicit_global_asset_job_def()
-    keys = [dg.AssetKey(["bad", n]) for n in ("seed_labels", "text_pool", "gold_eval", "hidden_pool_labels",
-                                             "label_conflicts", "user_label_descriptions", "lf_definitions")]
+    keys = [
+        dg.AssetKey(["bad", n])
+        for n in (
+            "seed_labels",
+            "text_pool",
+            "gold_eval",
+            "hidden_pool_labels",
+            "label_conflicts",
+            "user_label_descriptions",
+            "lf_definitions",
+        )
+    ]
     result = job.execute_in_process(asset_selection=keys, raise_on_error=False)
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]

@@ -22,8 +22,14 @@ from labelflow_tests.uiproject import DATASET, FAKE_KEY_ENV, OFFLINE_ENV, tiny_e
 
 DAY = "2026-11-18"
 NIGHT = ["my card never arrived", "I want a refund for the late parcel", "password reset email missing"]
-OPTIONS = {"inbox": "inbox", "inbox_start": "2026-11-01", "pilot_size": 6, "red_top_k": 2, "red_max_rounds": 1,
-           "routing": {"max_queue": 10, "keep_min_votes": 99, "ambiguous_below": 1.01}}
+OPTIONS = {
+    "inbox": "inbox",
+    "inbox_start": "2026-11-01",
+    "pilot_size": 6,
+    "red_top_k": 2,
+    "red_max_rounds": 1,
+    "routing": {"max_queue": 10, "keep_min_votes": 99, "ambiguous_below": 1.01},
+}
 PROGRESS = re.compile(r"^  (embedding|LLM questions): [\d,]+/[\d,]+ ")
 NOISE = ("DEBUG", "WARN", "No existing dataset", "Traceback", "STEP_", "dagster - ", "Loading weights")
 
@@ -39,9 +45,13 @@ def demo_run(tmp_path_factory):
         project = write_project(root, llm_api_base=srv.api_base, dataset_options=OPTIONS)
         write_csv(project.root / "inbox" / f"{DAY}.csv", NIGHT, ["text"])
         shutil.copy(REPO / "dagster.yaml", project.dagster_home / "dagster.yaml")  # the project's own settings
-        for k, v in {**OFFLINE_ENV, FAKE_KEY_ENV: "not-a-real-key", "LABELFLOW_CONFIG": str(project.config_path),
-                     "DAGSTER_HOME": str(project.dagster_home),
-                     "LABELFLOW_PROGRESS_EVERY_S": "0"}.items():  # a progress line at every update (not a TTY)
+        for k, v in {
+            **OFFLINE_ENV,
+            FAKE_KEY_ENV: "not-a-real-key",
+            "LABELFLOW_CONFIG": str(project.config_path),
+            "DAGSTER_HOME": str(project.dagster_home),
+            "LABELFLOW_PROGRESS_EVERY_S": "0",
+        }.items():  # a progress line at every update (not a TTY)
             mp.setenv(k, v)
         mp.chdir(project.root)
         try:
@@ -106,11 +116,13 @@ def test_demo_terminal_is_one_line_per_asset(demo_run):
 
     runs, instance = _runs(project)
     with instance:
-        for job, header in ((f"{DATASET}__all", f"== {DATASET}: every asset"),
-                            (f"{DATASET}__nightly", f"== {DATASET}: nightly relabelling of inbox day {DAY}")):
+        for job, header in (
+            (f"{DATASET}__all", f"== {DATASET}: every asset"),
+            (f"{DATASET}__nightly", f"== {DATASET}: nightly relabelling of inbox day {DAY}"),
+        ):
             first = lines.index(next(ln for ln in lines if ln.startswith(header)))
             section = []
-            for ln in lines[first + 1:]:
+            for ln in lines[first + 1 :]:
                 if ln.startswith("==") or not ln.startswith("  "):
                     break
                 section.append(ln)
@@ -128,7 +140,7 @@ def test_demo_terminal_is_one_line_per_asset(demo_run):
 
     # the closing table: one row per figure, the dataset's column right-aligned
     table_start = lines.index(next(ln for ln in lines if ln.strip() == DATASET))
-    table = lines[table_start:lines.index("", table_start)]
+    table = lines[table_start : lines.index("", table_start)]
     assert any(ln.startswith("macro-F1") for ln in table)
     assert len({len(ln) for ln in table}) == 1, "columns are not aligned:\n" + "\n".join(table)
 
@@ -221,8 +233,9 @@ def test_llm_questions_and_embedding_report_progress(tmp_path):
     from labelflow_tests.project import temp_project
 
     with FakeOpenAI(policy=tiny_expert_policy) as srv:
-        cfg = temp_project(tmp_path, [{"name": DATASET, "path": str(tmp_path / DATASET)}],
-                           llm={"model": "openai/fake", "api_base": srv.api_base})
+        cfg = temp_project(
+            tmp_path, [{"name": DATASET, "path": str(tmp_path / DATASET)}], llm={"model": "openai/fake", "api_base": srv.api_base}
+        )
         resource = resources(cfg)["expert"]  # as the project's Definitions build it
         expert = resource.get()
         try:

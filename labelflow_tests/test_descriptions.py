@@ -8,12 +8,22 @@ import pandas as pd
 from labelflow.descriptions import clean_description, describe_labels, nearest_labels, seed_examples
 from labelflow.expert import Usage
 
-SEEDS = pd.DataFrame({
-    "id": ["a1", "a2", "a3", "b1", "b2", "c1", "c2", "m1"],
-    "text": ["card not here", "where is my card", "card delivery time", "refund please", "money back",
-             "reset password", "forgot password", "card lost and refund"],
-    "label": ["card", "card", "card", "refund", "refund", "password", "password", "card|refund"],
-})
+SEEDS = pd.DataFrame(
+    {
+        "id": ["a1", "a2", "a3", "b1", "b2", "c1", "c2", "m1"],
+        "text": [
+            "card not here",
+            "where is my card",
+            "card delivery time",
+            "refund please",
+            "money back",
+            "reset password",
+            "forgot password",
+            "card lost and refund",
+        ],
+        "label": ["card", "card", "card", "refund", "refund", "password", "password", "card|refund"],
+    }
+)
 VECS = {"card": np.array([1.0, 0.0, 0.0]), "refund": np.array([0.8, 0.6, 0.0]), "password": np.array([0.0, 0.0, 1.0])}
 
 

@@ -90,8 +90,7 @@ def test_embed_index_reuses_the_lancedb_cache(tmp_path):
     ix, reused = embed_index(["1", "2"], ["hello", "hi"], emb, store)
     assert reused == 0 and emb.seen == ["hello", "hi"]
     assert ix.model == "fake-embedder" and ix.columns["text_hash"].notna().all()
-    ix2, reused2 = embed_index(["x", "y", "z"], ["hi", "hello", "new"], emb, store,
-                               columns=pd.DataFrame({"split": ["pool"] * 3}))
+    ix2, reused2 = embed_index(["x", "y", "z"], ["hi", "hello", "new"], emb, store, columns=pd.DataFrame({"split": ["pool"] * 3}))
     assert reused2 == 2 and emb.seen[-1:] == ["new"]
     assert np.allclose(ix2.lookup(["x"]), ix.lookup(["2"]))
     assert ix2.columns["split"].tolist() == ["pool"] * 3

@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labelflow.label_issues import (ISSUE_COLUMNS, find_label_issues, inject_label_noise, lowest_self_confidence,
-                                    out_of_fold_proba)
+from labelflow.label_issues import ISSUE_COLUMNS, find_label_issues, inject_label_noise, lowest_self_confidence, out_of_fold_proba
 
 
 def _blobs(n_per=60, k=5, dim=16, seed=0, spread=0.35):
@@ -22,8 +21,14 @@ def test_injected_label_errors_are_found():
     X, y = _blobs()
     noisy, flipped = inject_label_noise(y, 0.05, "uniform", seed=1)
     assert flipped.sum() == 15 and (noisy[flipped] != y[flipped]).all() and (noisy[~flipped] == y[~flipped]).all()
-    frame = pd.DataFrame({"id": [f"t{i}" for i in range(len(y))], "text": [f"text {i}" for i in range(len(y))],
-                          "label": noisy, "source": "gold_seed"})
+    frame = pd.DataFrame(
+        {
+            "id": [f"t{i}" for i in range(len(y))],
+            "text": [f"text {i}" for i in range(len(y))],
+            "label": noisy,
+            "source": "gold_seed",
+        }
+    )
     P, classes = out_of_fold_proba(X, noisy, folds=5)
     assert P.shape == (len(y), 5) and classes == sorted(set(y))
     issues = find_label_issues(frame, P, classes)

@@ -20,8 +20,8 @@ def test_vote_matrix_roundtrip_and_from_long():
 def test_majority_vote_known_answers_and_ties():
     mv = MajorityVote().fit(L_SMALL, 3)
     P = mv.predict_proba(L_SMALL)
-    expected = np.array([[1, 0, 0], [.5, .5, 0], [0, 2 / 3, 1 / 3], [0, 0, 0], [0, 0, 1]])
-    np.testing.assert_allclose(P, [[1, 0, 0], [.5, .5, 0], [0, 1, 0], [0, 0, 0], [0, 0, 1]])
+    expected = np.array([[1, 0, 0], [0.5, 0.5, 0], [0, 2 / 3, 1 / 3], [0, 0, 0], [0, 0, 1]])
+    np.testing.assert_allclose(P, [[1, 0, 0], [0.5, 0.5, 0], [0, 1, 0], [0, 0, 0], [0, 0, 1]])
     assert not np.allclose(P, expected)
     assert list(mv.predict(L_SMALL)) == [0, 0, 1, -1, 2]
     assert list(mv.tie_mask(L_SMALL)) == [False, True, False, False, False]

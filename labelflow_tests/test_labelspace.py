@@ -9,8 +9,9 @@ import pytest
 from labelflow.embedding import EmbeddingIndex
 from labelflow.labelspace import LabelSpace, seed_centroids
 
-SEEDS = pd.DataFrame({"id": ["s1", "s2", "s3", "s4"], "text": ["t1", "t2", "t3", "t4"],
-                      "label": ["pay_bill", "refund", "pay_bill", "refund"]})
+SEEDS = pd.DataFrame(
+    {"id": ["s1", "s2", "s3", "s4"], "text": ["t1", "t2", "t3", "t4"], "label": ["pay_bill", "refund", "pay_bill", "refund"]}
+)
 X = np.array([[1, 0, 0], [0, 1, 0], [0.6, 0.8, 0], [0, 0.6, 0.8]], dtype=np.float32)
 
 
@@ -24,8 +25,9 @@ def test_centroids_are_unit_means_of_each_labels_seeds():
 
 def test_build_from_an_index_in_seed_order_with_name_fallback():
     ix = EmbeddingIndex(["s4", "s3", "s2", "s1", "pool-1"], np.vstack([X[::-1], [[1, 1, 1]]]), "m")
-    space = LabelSpace.build(SEEDS, ix, descriptions=pd.DataFrame({"label": ["refund", "pay_bill"],
-                                                                  "description": ["money back", " "]}))
+    space = LabelSpace.build(
+        SEEDS, ix, descriptions=pd.DataFrame({"label": ["refund", "pay_bill"], "description": ["money back", " "]})
+    )
     assert space.labels == ["pay_bill", "refund"] and space.index == {"pay_bill": 0, "refund": 1}
     assert np.array_equal(space.seed_X, X)
     assert space.seed_labels == ["pay_bill", "refund", "pay_bill", "refund"]

@@ -32,15 +32,17 @@ def dagster_imports(source: str) -> list[tuple[int, str]]:
 
 
 def library_modules() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py")
-                  if not p.relative_to(PACKAGE).as_posix().startswith(DAGSTER_LAYER))
+    return sorted(p for p in PACKAGE.rglob("*.py") if not p.relative_to(PACKAGE).as_posix().startswith(DAGSTER_LAYER))
 
 
 def test_library_modules_do_not_import_dagster():
     modules = library_modules()
     assert len(modules) > 20, "the library modules were not found"
-    offenders = [f"labelflow/{p.relative_to(PACKAGE).as_posix()}:{line} imports {name}"
-                 for p in modules for line, name in dagster_imports(p.read_text(encoding="utf-8"))]
+    offenders = [
+        f"labelflow/{p.relative_to(PACKAGE).as_posix()}:{line} imports {name}"
+        for p in modules
+        for line, name in dagster_imports(p.read_text(encoding="utf-8"))
+    ]
     assert not offenders, "Dagster imported outside labelflow/defs, definitions.py and commands/:\n" + "\n".join(offenders)
 
 
@@ -49,12 +51,15 @@ def test_the_dagster_layer_is_where_dagster_is_imported():
     assert any(dagster_imports(p.read_text(encoding="utf-8")) for p in layer), "the check would see no Dagster import at all"
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("import dagster as dg", [(1, "dagster")]),
-    ("from dagster import asset", [(1, "dagster")]),
-    ("def f():\n    import dagster_duckdb\n", [(2, "dagster_duckdb")]),
-    ("from dagster._core.utils import make_new_run_id", [(1, "dagster._core.utils")]),
-    ("import dagsterish\nfrom .dagster import x\n# import dagster\ns = 'import dagster'", []),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("import dagster as dg", [(1, "dagster")]),
+        ("from dagster import asset", [(1, "dagster")]),
+        ("def f():\n    import dagster_duckdb\n", [(2, "dagster_duckdb")]),
+        ("from dagster._core.utils import make_new_run_id", [(1, "dagster._core.utils")]),
+        ("import dagsterish\nfrom .dagster import x\n# import dagster\ns = 'import dagster'", []),
+    ],
+)
 def test_dagster_imports_are_found_by_parsing(source, expected):
     assert dagster_imports(source) == expected

@@ -6,11 +6,24 @@ from labelflow.llm import parsing
 from labelflow.llm.parsing import answer_scores, normalise_logprobs, parse_batch, parse_single, yes_no_margin
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("yes", "yes"), ("No", "no"), (" YES.", "yes"), ("**no**", "no"), ("Yes, it does.", "yes"),
-    ("\n no\n", "no"), ("maybe", None), ("The answer is yes", None), ("", None), ("yess", None),
-    ("1: yes", None), ("...", None), ("Nope", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("yes", "yes"),
+        ("No", "no"),
+        (" YES.", "yes"),
+        ("**no**", "no"),
+        ("Yes, it does.", "yes"),
+        ("\n no\n", "no"),
+        ("maybe", None),
+        ("The answer is yes", None),
+        ("", None),
+        ("yess", None),
+        ("1: yes", None),
+        ("...", None),
+        ("Nope", None),
+    ],
+)
 def test_parse_single_is_strict(text, expected):
     assert parse_single(text) == expected
 
@@ -22,14 +35,17 @@ def test_parse_batch_well_formed():
     assert text[slice(*bp.spans[2])] == "No"
 
 
-@pytest.mark.parametrize("text,answers,problem", [
-    ("1: yes\n3: no", {1: "yes", 3: "no"}, "item 2 missing"),
-    ("1: yes\n2: no\n2: yes\n3: no", {1: "yes", 3: "no"}, "item 2 answered 2 times"),
-    ("1: yes\n2: maybe\n3: no", {1: "yes", 3: "no"}, "item 2 unclear"),
-    ("1: yes\n2: yes and no\n3: no", {1: "yes", 3: "no"}, "item 2 unclear"),
-    ("1: yes\n2: no\n3: no\n4: yes", {1: "yes", 2: "no", 3: "no"}, "numbers outside 1..3: [4]"),
-    ("Sure! Here are the answers:\n1: yes\n2: no\n3: no", {1: "yes", 2: "no", 3: "no"}, "unreadable line"),
-])
+@pytest.mark.parametrize(
+    "text,answers,problem",
+    [
+        ("1: yes\n3: no", {1: "yes", 3: "no"}, "item 2 missing"),
+        ("1: yes\n2: no\n2: yes\n3: no", {1: "yes", 3: "no"}, "item 2 answered 2 times"),
+        ("1: yes\n2: maybe\n3: no", {1: "yes", 3: "no"}, "item 2 unclear"),
+        ("1: yes\n2: yes and no\n3: no", {1: "yes", 3: "no"}, "item 2 unclear"),
+        ("1: yes\n2: no\n3: no\n4: yes", {1: "yes", 2: "no", 3: "no"}, "numbers outside 1..3: [4]"),
+        ("Sure! Here are the answers:\n1: yes\n2: no\n3: no", {1: "yes", 2: "no", 3: "no"}, "unreadable line"),
+    ],
+)
 def test_parse_batch_problems(text, answers, problem):
     bp = parse_batch(text, 3)
     assert not bp.ok
@@ -55,8 +71,14 @@ def test_answer_scores_find_the_answer_token_by_offset():
     text = "**Yes**"
     assert answer_scores(text, tokens, [parsing.first_word_span(text)]) == [pytest.approx(2.0)]
     batch = "1: yes\n2: no"
-    tokens = [("1", [("1", 0.0)]), (":", [(":", 0.0)]), (" yes", [(" yes", -0.1), (" no", -1.1)]),
-              ("\n2", [("\n2", 0.0)]), (":", [(":", 0.0)]), (" no", [(" no", -0.3), (" yes", -0.8)])]
+    tokens = [
+        ("1", [("1", 0.0)]),
+        (":", [(":", 0.0)]),
+        (" yes", [(" yes", -0.1), (" no", -1.1)]),
+        ("\n2", [("\n2", 0.0)]),
+        (":", [(":", 0.0)]),
+        (" no", [(" no", -0.3), (" yes", -0.8)]),
+    ]
     bp = parse_batch(batch, 2)
     assert answer_scores(batch, tokens, [bp.spans[1], bp.spans[2]]) == [pytest.approx(1.0), pytest.approx(-0.5)]
     assert answer_scores(batch, None, [bp.spans[1]]) == [None]

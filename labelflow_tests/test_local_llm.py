@@ -101,10 +101,16 @@ def test_cli_status_reports_absent_model(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------------
 # The real local model (slow: ~1 minute on 2 cores)
 
-CARD = ("card_arrival", "The customer is waiting for a bank card that was ordered or sent and has not arrived.",
-        ("My new card still has not been delivered.", "When will the card you posted reach me?"))
-PASSWORD = ("password_reset", "The customer cannot log in and wants to reset or recover their password.",
-            ("I forgot my password, how do I reset it?", "The password reset link does not work."))
+CARD = (
+    "card_arrival",
+    "The customer is waiting for a bank card that was ordered or sent and has not arrived.",
+    ("My new card still has not been delivered.", "When will the card you posted reach me?"),
+)
+PASSWORD = (
+    "password_reset",
+    "The customer cannot log in and wants to reset or recover their password.",
+    ("I forgot my password, how do I reset it?", "The password reset link does not work."),
+)
 EASY = [  # (text, label block, truth)
     ("It has been two weeks and my card has still not arrived in the post.", CARD, True),
     ("Where is the debit card you said you mailed to me?", CARD, True),
@@ -133,8 +139,7 @@ def real_expert(tmp_path_factory):
     logs = tmp_path_factory.mktemp("llm")
     with local.LocalLLMServer(model, log_dir=logs, n_ctx=2048) as srv:
         assert srv.health() and srv.url.startswith("http://127.0.0.1:")
-        expert = LLMExpert(srv.model, api_base=srv.api_base, cache_path=logs / "cache.duckdb", timeout_s=120,
-                           name="local-test")
+        expert = LLMExpert(srv.model, api_base=srv.api_base, cache_path=logs / "cache.duckdb", timeout_s=120, name="local-test")
         yield srv, expert
         expert.close()
     assert not srv.running

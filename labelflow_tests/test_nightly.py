@@ -26,10 +26,22 @@ DAY3 = ["where is my replacement card", "money back for the damaged order"]
 def _project(tmp_path, tiny_dataset, srv):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    cfg = temp_project(tmp_path, [{"name": "tiny", "path": str(tiny_dataset), "inbox": str(inbox), "inbox_start": "2026-11-01",
-                                   "pilot_size": 6, "red_top_k": 2, "red_max_rounds": 1,
-                                   "routing": {"max_queue": 10, "keep_min_votes": 99, "ambiguous_below": 1.01}}],
-                       llm={"model": "openai/fake", "api_base": srv.api_base})
+    cfg = temp_project(
+        tmp_path,
+        [
+            {
+                "name": "tiny",
+                "path": str(tiny_dataset),
+                "inbox": str(inbox),
+                "inbox_start": "2026-11-01",
+                "pilot_size": 6,
+                "red_top_k": 2,
+                "red_max_rounds": 1,
+                "routing": {"max_queue": 10, "keep_min_votes": 99, "ambiguous_below": 1.01},
+            }
+        ],
+        llm={"model": "openai/fake", "api_base": srv.api_base},
+    )
     return cfg, inbox
 
 
@@ -79,7 +91,9 @@ def test_three_nights_only_new_texts_cost(tiny_dataset, tmp_path):
 
         con = duckdb.connect(str(cfg.warehouse), read_only=True)
         per_day = dict(con.execute("select strftime(day, '%Y-%m-%d'), count(*) from tiny.inbox_texts group by 1").fetchall())
-        in_training = con.execute("select count(*) from tiny.training_set where id in (select id from tiny.inbox_texts)").fetchone()[0]
+        in_training = con.execute(
+            "select count(*) from tiny.training_set where id in (select id from tiny.inbox_texts)"
+        ).fetchone()[0]
         con.close()
         assert per_day == {"2026-11-18": 3, "2026-11-19": 2, "2026-11-20": 2}  # replaced, never duplicated
         assert in_training > 0  # the retrained model learns from the nights' labels
@@ -87,8 +101,9 @@ def test_three_nights_only_new_texts_cost(tiny_dataset, tmp_path):
     import mlflow
 
     mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
-    runs = mlflow.search_runs(experiment_names=["labelflow/tiny"], filter_string="tags.asset = 'evaluation'",
-                              order_by=["attributes.start_time ASC"])
+    runs = mlflow.search_runs(
+        experiment_names=["labelflow/tiny"], filter_string="tags.asset = 'evaluation'", order_by=["attributes.start_time ASC"]
+    )
     nightly_runs = runs[runs["params.partition"].notna()]
     assert list(nightly_runs["params.partition"]) == ["2026-11-18", "2026-11-19", "2026-11-19", "2026-11-19", "2026-11-20"]
     assert nightly_runs["metrics.macro_f1"].notna().all()
@@ -125,7 +140,10 @@ def test_sensor_and_schedule(tiny_dataset, tmp_path):
     schedule = defs.resolve_schedule_def("tiny__nightly_schedule")
     assert schedule.cron_schedule == "0 2 * * *" and schedule.execution_timezone == "UTC"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    sctx = dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def(),
-                                     scheduled_execution_time=dt.datetime(2026, 11, 21, 2, 0, tzinfo=dt.timezone.utc))
+    sctx = dg.build_schedule_context(
+        instance=instance,
+        repository_def=defs.get_repository_def(),
+        scheduled_execution_time=dt.datetime(2026, 11, 21, 2, 0, tzinfo=dt.timezone.utc),
+    )
     req = schedule.evaluate_tick(sctx).run_requests[0]
     assert req.partition_key == "2026-11-20"

@@ -7,14 +7,17 @@ import pandas as pd
 import pytest
 
 from labelflow.expert import ACCEPT, REJECT, UNPARSEABLE, Usage, Verdict
-from labelflow.pilot import (calibrate_threshold, cross_validated_accuracy, label_centroids, pilot_pairs,
-                             run_pilot)
+from labelflow.pilot import calibrate_threshold, cross_validated_accuracy, label_centroids, pilot_pairs, run_pilot
 from labelflow.simulated import SimulatedExpert
 
 LABELS = ["a", "b", "c", "d"]
 # a and b are close, c and d are close
-VECS = {"a": np.array([1.0, 0.1, 0, 0]), "b": np.array([1.0, -0.1, 0, 0]),
-        "c": np.array([0, 0, 1.0, 0.1]), "d": np.array([0, 0, 1.0, -0.1])}
+VECS = {
+    "a": np.array([1.0, 0.1, 0, 0]),
+    "b": np.array([1.0, -0.1, 0, 0]),
+    "c": np.array([0, 0, 1.0, 0.1]),
+    "d": np.array([0, 0, 1.0, -0.1]),
+}
 
 
 def seeds(per_label=5):
@@ -65,8 +68,12 @@ def test_run_pilot_with_simulated_expert_measures_and_gates():
     assert perfect.passed and perfect.calls == 40 and perfect.n == 40 and perfect.expert == "simulated(p=1)"
     assert perfect.confusions.empty and perfect.seconds_per_validation >= 0
     poor = run_pilot(SimulatedExpert(gold, p=0.6, label_vectors=VECS, seed=3), items, truth, min_accuracy=0.8)
-    expected = np.mean([(v.outcome == ACCEPT) == t for v, t in
-                        zip(SimulatedExpert(gold, p=0.6, label_vectors=VECS, seed=3).validate(items), truth)])
+    expected = np.mean(
+        [
+            (v.outcome == ACCEPT) == t
+            for v, t in zip(SimulatedExpert(gold, p=0.6, label_vectors=VECS, seed=3).validate(items), truth)
+        ]
+    )
     assert poor.accuracy == pytest.approx(expected) and poor.accuracy < 0.8 and not poor.passed
     assert len(poor.confusions) == round((1 - poor.accuracy) * 40)
     assert set(poor.confusions["error"]) <= {"false_yes", "false_no"}

@@ -17,9 +17,20 @@ from labelflow_tests.project import temp_project
 def test_whole_graph_with_test_llm(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("LABELFLOW_TEST_KEY", "sk-test-secret-value")
     with FakeOpenAI(policy=keyword_policy) as srv:
-        cfg = temp_project(tmp_path, [{"name": "tiny", "path": str(tiny_dataset), "pilot_size": 6,
-                                       "routing": {"max_queue": 6, "keep_min_votes": 99, "ambiguous_below": 1.01}, "red_top_k": 3, "red_max_rounds": 2}],
-                           llm={"model": "openai/fake", "api_base": srv.api_base, "api_key_env": "LABELFLOW_TEST_KEY"})
+        cfg = temp_project(
+            tmp_path,
+            [
+                {
+                    "name": "tiny",
+                    "path": str(tiny_dataset),
+                    "pilot_size": 6,
+                    "routing": {"max_queue": 6, "keep_min_votes": 99, "ambiguous_below": 1.01},
+                    "red_top_k": 3,
+                    "red_max_rounds": 2,
+                }
+            ],
+            llm={"model": "openai/fake", "api_base": srv.api_base, "api_key_env": "LABELFLOW_TEST_KEY"},
+        )
         defs = build_definitions(cfg)
         job = defs.resolve_job_def("tiny__all")
         instance = dg.DagsterInstance.ephemeral()

@@ -34,9 +34,20 @@ def test_loo_rank_hits_on_separated_clusters():
 
 
 def _inputs(**kw):
-    base = dict(labels_to_describe=10, pilot_questions=40, queued=100, rac_k=5, n_labels=10, rank_hits=[1.0],
-                pool_for_red=1000, red_top_k=50, red_max_rounds=3, red_budget_calls=None, llm_budget_calls=None,
-                prompt_chars={"rac": 800})
+    base = dict(
+        labels_to_describe=10,
+        pilot_questions=40,
+        queued=100,
+        rac_k=5,
+        n_labels=10,
+        rank_hits=[1.0],
+        pool_for_red=1000,
+        red_top_k=50,
+        red_max_rounds=3,
+        red_budget_calls=None,
+        llm_budget_calls=None,
+        prompt_chars={"rac": 800},
+    )
     base.update(kw)
     return PlanInputs(**base)
 
@@ -56,8 +67,18 @@ def test_plan_applies_the_one_run_budget_in_stage_order():
 
 
 def test_rates_from_a_pilot_row():
-    row = pd.DataFrame([{"n": 40, "n_yes_true": 20, "accuracy": 0.85, "recall_yes": 0.9, "precision_yes": 0.9 * 20 / (18 + 4),
-                         "seconds_per_validation": 2.5}])
+    row = pd.DataFrame(
+        [
+            {
+                "n": 40,
+                "n_yes_true": 20,
+                "accuracy": 0.85,
+                "recall_yes": 0.9,
+                "precision_yes": 0.9 * 20 / (18 + 4),
+                "seconds_per_validation": 2.5,
+            }
+        ]
+    )
     r = ExpertRates.from_pilot(row)
     assert r.measured and r.yes_true == pytest.approx(0.9) and r.yes_false == pytest.approx(4 / 20)
     assert r.seconds_per_call == 2.5

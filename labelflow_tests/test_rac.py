@@ -108,9 +108,12 @@ def test_stop_at_first_accept_and_call_counting():
     assert ("t0", "c") not in asked and len(asked) == 6 == ex.usage.calls
     # rounds, one validate() per label per round, labels sorted within a round
     assert [[(t, lab) for t, lab, _ in b] for b in ex.batches] == [
-        [("t0", "a")], [("t1", "b")], [("t2", "c")],      # round 1
-        [("t0", "b")], [("t2", "d")],                     # round 2 (t1 done)
-        [("t2", "a")],                                    # round 3
+        [("t0", "a")],
+        [("t1", "b")],
+        [("t2", "c")],  # round 1
+        [("t0", "b")],
+        [("t2", "d")],  # round 2 (t1 done)
+        [("t2", "a")],  # round 3
     ]
     # evidence: the seed of the asked label nearest to the text (seed 2 = a + a little of every axis,
     # nearer to t0 = (4, 3, 2, 1) than the bare axis)
@@ -132,9 +135,9 @@ def test_truncation_abstains_and_unparseable_is_not_accept():
 def test_multilabel_collects_every_accept_within_k():
     ex = ScriptedExpert({("t0", "a"), ("t0", "c"), ("t0", "d"), ("t1", "d"), ("t2", "b")})
     _, res = _run(ex, k=3, multilabel=True)
-    assert res.loc["t0", "label"] == "a|c"      # d is rank 4: beyond k
+    assert res.loc["t0", "label"] == "a|c"  # d is rank 4: beyond k
     assert res.loc["t1", "label"] == "d" and res.loc["t1", "rank"] == 3
-    assert res.loc["t2", "label"] == ""         # b is rank 4
+    assert res.loc["t2", "label"] == ""  # b is rank 4
     assert res["questions"].tolist() == [3, 3, 3]
 
 
@@ -194,8 +197,8 @@ def test_simulated_choose_and_list_baselines():
     a = naive_all_labels(ex, ids, texts, labels, desc)
     assert ex.usage.calls == len(ids) and (a["calls"] == 1).all()
     acc = (a["label"] == a["id"].map(truth)).mean()
-    assert 0.6 < acc < 0.97                      # p = 0.8 with the gold always listed
-    assert (a["label"] != "").all()              # gold always present: never abstains
+    assert 0.6 < acc < 0.97  # p = 0.8 with the gold always listed
+    assert (a["label"] != "").all()  # gold always present: never abstains
     # tokens are estimated from the prompt text that would be sent: the long prompt costs more
     r = LabelRetriever().fit(labels, centres)
     b = topk_fewshot(ex, ids, texts, Xs, r, desc, {lab: [f"ex {lab}"] for lab in labels}, k=2, n_examples=1)
@@ -247,9 +250,11 @@ def test_rank_fusion_of_the_classifier_signal_beats_each_signal():
 def test_rank_fusion_ignores_the_scale_of_a_signal():
     # a monotone transform of the classifier's scores (sharper, shrunk) changes no rank, so the rank
     # fusion is unchanged; the score fusion (weighted mean of raw values) does change
-    sharp = _FixedClassifier(LABELS, 1e-3 * P2 ** 4)
+    sharp = _FixedClassifier(LABELS, 1e-3 * P2**4)
     for fusion, same in (("rank", True), ("score", False)):
-        a = LabelRetriever(seed_weight=0.0, clf_weight=1.0, fusion=fusion).fit(LABELS, LV, classifier=_FixedClassifier(LABELS, P2))
+        a = LabelRetriever(seed_weight=0.0, clf_weight=1.0, fusion=fusion).fit(
+            LABELS, LV, classifier=_FixedClassifier(LABELS, P2)
+        )
         b = LabelRetriever(seed_weight=0.0, clf_weight=1.0, fusion=fusion).fit(LABELS, LV, classifier=sharp)
         assert (a.rank(X2)[0] == b.rank(X2)[0]).all() == same, fusion
     # rank fusion score = sum of 1 / (rrf_k + rank): label b is 2nd under both signals

@@ -6,8 +6,19 @@ import pytest
 
 from labelflow.metrics import multilabel_metrics
 from labelflow.rapt import (
-    METHODS, RAPT, CaseBase, ScoredBackbone, Scorer, apply_thresholds, at_least_one, base_threshold,
-    evaluate_all, evaluation_figure, out_of_fold_scores, tune_global_threshold, tune_per_label_thresholds,
+    METHODS,
+    RAPT,
+    CaseBase,
+    ScoredBackbone,
+    Scorer,
+    apply_thresholds,
+    at_least_one,
+    base_threshold,
+    evaluate_all,
+    evaluation_figure,
+    out_of_fold_scores,
+    tune_global_threshold,
+    tune_per_label_thresholds,
 )
 
 CLASSES = ["a", "b", "c"]
@@ -22,7 +33,7 @@ def hand_case_base() -> CaseBase:
     return CaseBase.build(
         ["c1", "c2", "c3", "c4"],
         np.array([[1, 0], [0.6, 0.8], [0, 1], [-1, 0]], dtype=np.float32),
-        np.array([[.6, .3, .2], [.4, .5, .1], [.2, .2, .7], [.1, .9, .9]]),
+        np.array([[0.6, 0.3, 0.2], [0.4, 0.5, 0.1], [0.2, 0.2, 0.7], [0.1, 0.9, 0.9]]),
         np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 1]]),
         CLASSES,
     )
@@ -75,8 +86,8 @@ def test_avgcount_rounding_rule():
     floor = RAPT(k=4, n_distinct=2, rounding="floor").fit(cb)
     rnd = RAPT(k=4, n_distinct=2, rounding="round").fit(cb)
     np.testing.assert_allclose(floor.expected_count(floor.kneighbors(ZQ)), [2.72 / 1.76], atol=1e-6)
-    assert floor.predict(ZQ, SQ, "avgcount").sum() == 1   # ⌊1.545⌋ = 1
-    assert rnd.predict(ZQ, SQ, "avgcount").sum() == 2     # round(1.545) = 2
+    assert floor.predict(ZQ, SQ, "avgcount").sum() == 1  # ⌊1.545⌋ = 1
+    assert rnd.predict(ZQ, SQ, "avgcount").sum() == 2  # round(1.545) = 2
 
 
 def test_duplicate_cases_count_once_and_negative_weights_are_clipped():
@@ -98,12 +109,12 @@ def test_duplicate_cases_count_once_and_negative_weights_are_clipped():
 
 
 def test_at_least_one_label_everywhere():
-    assert at_least_one(np.zeros((2, 3)), np.array([[.1, .3, .2], [.5, .4, .6]])).tolist() == [[0, 1, 0], [0, 0, 1]]
-    assert base_threshold(np.array([[.1, .2, .05]]), 0.5).tolist() == [[0, 1, 0]]
-    assert apply_thresholds(np.array([[.4, .2, .3]]), [.9, .9, .9]).tolist() == [[1, 0, 0]]
+    assert at_least_one(np.zeros((2, 3)), np.array([[0.1, 0.3, 0.2], [0.5, 0.4, 0.6]])).tolist() == [[0, 1, 0], [0, 0, 1]]
+    assert base_threshold(np.array([[0.1, 0.2, 0.05]]), 0.5).tolist() == [[0, 1, 0]]
+    assert apply_thresholds(np.array([[0.4, 0.2, 0.3]]), [0.9, 0.9, 0.9]).tolist() == [[1, 0, 0]]
     # RankCal with a cut-off above every adapted score still returns the top adapted label
     cb = hand_case_base()
-    cb.scores[:3] = 0.99        # τ ≈ .99; residuals make the adapted scores of a low-score query small
+    cb.scores[:3] = 0.99  # τ ≈ .99; residuals make the adapted scores of a low-score query small
     low = np.array([[0.05, 0.02, 0.01]])
     out = RAPT(k=4, n_distinct=3).fit(cb).predict(ZQ, low, "rankcal")
     assert out.sum() == 1 and out[0].argmax() == int(RAPT(k=4).fit(cb).adapt(ZQ, low)[0].argmax())
@@ -115,12 +126,12 @@ def test_retain_adds_cases_and_replaces_same_id():
     # n = 1: nearest is c2 (|Y| = 2): adapted = Ŷq + (Y_c2 − Ŷ_c2) = (1.1, 1.1, .2) -> AvgCount keeps {a, b}
     assert rapt.predict(ZQ, SQ, "avgcount").tolist() == [[1, 1, 0]]
     # retain a verified case identical in direction to the query, gold {c}: it becomes the nearest case
-    cb.retain(["new"], ZQ, np.array([[.5, .6, .3]]), np.array([[0, 0, 1]]))
+    cb.retain(["new"], ZQ, np.array([[0.5, 0.6, 0.3]]), np.array([[0, 0, 1]]))
     assert len(cb) == 5 and cb.ids[-1] == "new"
     # adapted = Ŷq + (Y_new − Ŷ_new) = (0, 0, 1) -> k* = 1 -> {c}; no model was refitted
     assert rapt.predict(ZQ, SQ, "avgcount").tolist() == [[0, 0, 1]]
     # retaining the same id again replaces the case (gold now {a})
-    cb.retain(["new"], ZQ, np.array([[.5, .6, .3]]), [["a"]])
+    cb.retain(["new"], ZQ, np.array([[0.5, 0.6, 0.3]]), [["a"]])
     assert len(cb) == 5 and rapt.predict(ZQ, SQ, "avgcount").tolist() == [[1, 0, 0]]
     assert cb.cardinality.tolist() == [1, 2, 1, 2, 1]
 
@@ -163,7 +174,7 @@ def test_per_label_thresholds_hand_example_and_fallback():
     # label 0: positives .30 .35, negatives .10 .20 -> any t in (.20, .30] is perfect; closest to .5 on the grid: .30
     # label 1: positive .80, negatives .60 .70 -> any t in (.70, .80] is perfect; closest to .5: .71
     # label 2: no positive in validation -> the fallback
-    S = np.array([[.30, .60, .1], [.35, .70, .2], [.10, .80, .3], [.20, .10, .4]])
+    S = np.array([[0.30, 0.60, 0.1], [0.35, 0.70, 0.2], [0.10, 0.80, 0.3], [0.20, 0.10, 0.4]])
     Y = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0]])
     t = tune_per_label_thresholds(S, Y, fallback=0.42)
     np.testing.assert_allclose(t, [0.30, 0.71, 0.42])
@@ -186,7 +197,7 @@ def test_out_of_fold_scores_shape_and_no_leak():
     sets = [["a"] if i % 2 else ["b", "c"] for i in range(25)]
     oof = out_of_fold_scores(X, sets, CLASSES, folds=5, seed=0, make_model=Memoriser)
     assert oof.shape == (25, 3)
-    assert (oof == 0).all()                                   # nobody scored by a model that saw it
+    assert (oof == 0).all()  # nobody scored by a model that saw it
     assert Memoriser().fit(X, sets, CLASSES).predict_proba(X).sum() > 0  # an in-sample model would leak
 
 
@@ -231,10 +242,11 @@ def test_ridge_leave_one_out_scores_are_exact():
     X = X.astype(np.float64)
     sets = [[c for c, v in zip(CLASSES, row) if v] for row in Y]
     raw = RidgeMultiLabel(alphas=(0.5, 50.0), calibrate=False).fit(X, sets, CLASSES)
-    for j, a in enumerate(raw.alpha_):          # per label, the alpha with the lowest LOO error
+    for j, a in enumerate(raw.alpha_):  # per label, the alpha with the lowest LOO error
         assert a in (0.5, 50.0)
-        loo = np.array([Ridge(alpha=a).fit(np.delete(X, i, 0), np.delete(Y[:, j], i)).predict(X[i:i + 1])[0]
-                        for i in range(40)])
+        loo = np.array(
+            [Ridge(alpha=a).fit(np.delete(X, i, 0), np.delete(Y[:, j], i)).predict(X[i : i + 1])[0] for i in range(40)]
+        )
         np.testing.assert_allclose(raw.loo_scores_[:, j], loo, atol=1e-9)
         full = Ridge(alpha=a).fit(X, Y[:, j])
         np.testing.assert_allclose(raw.predict_proba(X)[:, j], full.predict(X), atol=1e-9)

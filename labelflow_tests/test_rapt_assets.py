@@ -12,29 +12,60 @@ from labelflow_tests.pipeline_llm import keyword_policy
 from labelflow_tests.project import temp_project
 
 TOPICS = {
-    "sport": ["the team won the final", "a late goal decided the match", "the striker signed a new contract",
-              "the league table after the derby", "record crowd at the stadium", "coach sacked after defeats"],
-    "money": ["interest rates rise again", "the bank reported record profits", "inflation slowed in spring",
-              "shares fell on weak earnings", "the budget deficit widened", "pension funds moved to bonds"],
-    "health": ["a new vaccine trial began", "hospital waiting lists grow", "doctors warn about flu season",
-               "study links sleep and heart health", "the clinic opened a new wing", "nurses ask for more staff"],
+    "sport": [
+        "the team won the final",
+        "a late goal decided the match",
+        "the striker signed a new contract",
+        "the league table after the derby",
+        "record crowd at the stadium",
+        "coach sacked after defeats",
+    ],
+    "money": [
+        "interest rates rise again",
+        "the bank reported record profits",
+        "inflation slowed in spring",
+        "shares fell on weak earnings",
+        "the budget deficit widened",
+        "pension funds moved to bonds",
+    ],
+    "health": [
+        "a new vaccine trial began",
+        "hospital waiting lists grow",
+        "doctors warn about flu season",
+        "study links sleep and heart health",
+        "the clinic opened a new wing",
+        "nurses ask for more staff",
+    ],
 }
 
 
 def test_multilabel_graph_with_rapt(tmp_path):
     rows = [(t, lab) for lab, ts in TOPICS.items() for t in ts]
-    rows += [("club finances in trouble as debt rises", "money|sport"), ("athletes and heart checks", "health|sport"),
-             ("health insurance costs climb", "health|money"), ("stadium bond sale for the club", "money|sport")]
+    rows += [
+        ("club finances in trouble as debt rises", "money|sport"),
+        ("athletes and heart checks", "health|sport"),
+        ("health insurance costs climb", "health|money"),
+        ("stadium bond sale for the club", "money|sport"),
+    ]
     folder = tmp_path / "ml"
     write_csv(folder / "train.csv", rows, ["text", "labels"])
-    write_csv(folder / "test.csv", [("the goalkeeper broke a record", "sport"), ("tax rises hit savers", "money"),
-                                    ("flu cases climb in winter", "health"), ("football club shares jump", "money|sport")],
-              ["text", "labels"])
+    write_csv(
+        folder / "test.csv",
+        [
+            ("the goalkeeper broke a record", "sport"),
+            ("tax rises hit savers", "money"),
+            ("flu cases climb in winter", "health"),
+            ("football club shares jump", "money|sport"),
+        ],
+        ["text", "labels"],
+    )
     write_csv(folder / "unlabeled.csv", ["penalty shootout drama", "mortgage costs rise", "new cancer drug approved"], ["text"])
     with FakeOpenAI(policy=keyword_policy) as srv:
-        cfg = temp_project(tmp_path, [{"name": "ml", "path": str(folder), "task": "multilabel", "pilot_size": 4,
-                                       "routing": {"max_queue": 3}}],
-                           llm={"model": "openai/fake", "api_base": srv.api_base})
+        cfg = temp_project(
+            tmp_path,
+            [{"name": "ml", "path": str(folder), "task": "multilabel", "pilot_size": 4, "routing": {"max_queue": 3}}],
+            llm={"model": "openai/fake", "api_base": srv.api_base},
+        )
         defs = build_definitions(cfg)
         instance = dg.DagsterInstance.ephemeral()
         result = defs.resolve_job_def("ml__all").execute_in_process(instance=instance)

@@ -13,20 +13,41 @@ from labelflow.bench.fake_llm import FakeLLM
 from labelflow.bench.scale import LocalRayCluster, write_synthetic_dataset
 from labelflow.config import ConfigError, config_from_dict
 
-TABLES = {"weak_labels": ["id", "label"], "rac_labels": ["id", "label", "status"], "red_labels": ["id", "label"],
-          "pool_predictions": ["id", "label"], "training_set": ["id", "label", "label_source"]}
+TABLES = {
+    "weak_labels": ["id", "label"],
+    "rac_labels": ["id", "label", "status"],
+    "red_labels": ["id", "label"],
+    "pool_predictions": ["id", "label"],
+    "training_set": ["id", "label", "label_source"],
+}
 
 
 def _run(root, data, api_base, compute: dict):
     from labelflow import compute as lf_compute
     from labelflow.defs.factory import build_definitions
 
-    raw = {"stores": {"warehouse": "data/warehouse.duckdb", "lancedb": "data/lancedb", "mlflow_db": "data/mlflow.db",
-                      "mlflow_artifacts": "data/mlartifacts", "models": "data/models"},
-           "llm": {"model": "openai/bench", "api_base": api_base, "concurrency": 4},
-           "compute": compute,
-           "datasets": [{"name": "syn", "path": str(data), "pilot_size": 16, "llm_budget_calls": None,
-                         "routing": {"max_queue": 240}, "red_top_k": 30, "red_max_rounds": 2}]}
+    raw = {
+        "stores": {
+            "warehouse": "data/warehouse.duckdb",
+            "lancedb": "data/lancedb",
+            "mlflow_db": "data/mlflow.db",
+            "mlflow_artifacts": "data/mlartifacts",
+            "models": "data/models",
+        },
+        "llm": {"model": "openai/bench", "api_base": api_base, "concurrency": 4},
+        "compute": compute,
+        "datasets": [
+            {
+                "name": "syn",
+                "path": str(data),
+                "pilot_size": 16,
+                "llm_budget_calls": None,
+                "routing": {"max_queue": 240},
+                "red_top_k": 30,
+                "red_max_rounds": 2,
+            }
+        ],
+    }
     cfg = config_from_dict(raw, root)
     instance = dg.DagsterInstance.ephemeral()
     result = build_definitions(cfg).resolve_job_def("syn__all").execute_in_process(instance=instance)
@@ -46,8 +67,9 @@ def test_compute_config_and_env(tmp_path, monkeypatch):
     monkeypatch.delenv("LABELFLOW_COMPUTE", raising=False)
     monkeypatch.delenv("LABELFLOW_RAY_ADDRESS", raising=False)
     assert config_from_dict({}, tmp_path).compute.backend == "local"
-    c = config_from_dict({"compute": {"backend": "ray", "ray": {"address": "ray://head:10001", "shard_size": 512}}},
-                         tmp_path).compute
+    c = config_from_dict(
+        {"compute": {"backend": "ray", "ray": {"address": "ray://head:10001", "shard_size": 512}}}, tmp_path
+    ).compute
     assert (c.backend, c.address, c.shard_size) == ("ray", "ray://head:10001", 512)
     monkeypatch.setenv("LABELFLOW_COMPUTE", "ray")
     monkeypatch.setenv("LABELFLOW_RAY_ADDRESS", "10.0.0.5:6379")
@@ -55,8 +77,12 @@ def test_compute_config_and_env(tmp_path, monkeypatch):
     assert (c.backend, c.address) == ("ray", "10.0.0.5:6379")
     monkeypatch.delenv("LABELFLOW_COMPUTE")
     monkeypatch.delenv("LABELFLOW_RAY_ADDRESS")
-    for bad, words in [({"backend": "dask"}, "compute.backend"), ({"ray": {"shard_size": 1000}}, "multiple of 256"),
-                       ({"ray": {"address": "nowhere"}}, "compute.ray.address"), ({"workers": 3}, "unknown key")]:
+    for bad, words in [
+        ({"backend": "dask"}, "compute.backend"),
+        ({"ray": {"shard_size": 1000}}, "multiple of 256"),
+        ({"ray": {"address": "nowhere"}}, "compute.ray.address"),
+        ({"workers": 3}, "unknown key"),
+    ]:
         with pytest.raises(ConfigError, match=words):
             config_from_dict({"compute": bad}, tmp_path)
 
@@ -106,8 +132,9 @@ def test_ray_cluster_matches_local(tmp_path, monkeypatch):
         with LocalRayCluster(nodes=2, dashboard=True) as cluster:
             cluster.wait_nodes(2)
             node_ids = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-            ray_tables, ray_metrics = _run(tmp_path / "ray", data, srv.api_base,
-                                           {"backend": "ray", "ray": {"address": cluster.address, "shard_size": 512}})
+            ray_tables, ray_metrics = _run(
+                tmp_path / "ray", data, srv.api_base, {"backend": "ray", "ray": {"address": cluster.address, "shard_size": 512}}
+            )
             ray_calls = srv.count
             ray.init(address=cluster.address, namespace="labelflow", log_to_driver=False)
             from ray.util.state import list_tasks
@@ -119,7 +146,11 @@ def test_ray_cluster_matches_local(tmp_path, monkeypatch):
     assert local_calls > 0
     assert ray_calls == local_calls, f"LLM requests: ray {ray_calls}, local {local_calls}"
     assert node_ids <= ran_on, f"tasks ran on {len(ran_on & node_ids)} of {len(node_ids)} nodes"
-    assert any("_lf_shard" in n for n in names) and any("_EncoderImpl" in n for n in names) and any("_LLMWorkerImpl" in n for n in names), names
+    assert (
+        any("_lf_shard" in n for n in names)
+        and any("_EncoderImpl" in n for n in names)
+        and any("_LLMWorkerImpl" in n for n in names)
+    ), names
     for t in TABLES:
         pd.testing.assert_frame_equal(ray_tables[t], local_tables[t], obj=t)
     assert local_metrics and ray_metrics == local_metrics

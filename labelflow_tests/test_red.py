@@ -7,8 +7,19 @@ import pandas as pd
 import pytest
 
 from labelflow.bench.red_scale import make_clusters
-from labelflow.red import (NOISE, SOURCE_MODEL, SOURCE_VERIFIED, REDLabeler, SubsetClassifier, entropy,
-                           form_subsets, most_uncertain, noise_indices, rounds_figure, stop_reason)
+from labelflow.red import (
+    NOISE,
+    SOURCE_MODEL,
+    SOURCE_VERIFIED,
+    REDLabeler,
+    SubsetClassifier,
+    entropy,
+    form_subsets,
+    most_uncertain,
+    noise_indices,
+    rounds_figure,
+    stop_reason,
+)
 from labelflow.expert import ValidationItem
 from labelflow.llm.budget import Budget
 from labelflow.simulated import SimulatedExpert
@@ -23,7 +34,9 @@ def _data(n_classes=12, seeds=6, pool=300, dim=24, seed=0):
 # ---- subsets -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n_labels,max_size,reduce", [(17, 4, "pca"), (17, 4, None), (30, 7, "pca"), (5, 1, None), (3, 10, "pca")])
+@pytest.mark.parametrize(
+    "n_labels,max_size,reduce", [(17, 4, "pca"), (17, 4, None), (30, 7, "pca"), (5, 1, None), (3, 10, "pca")]
+)
 def test_subsets_partition_labels(n_labels, max_size, reduce):
     V = np.random.default_rng(1).standard_normal((n_labels, 16))
     subsets = form_subsets(V, max_size, reduce=reduce, n_components=5)
@@ -102,8 +115,16 @@ def test_stopping_rule():
 
 
 def _labeler(expert, **kw):
-    base = dict(subset_size=4, top_k_uncertain=40, n_evidence=2, max_rounds=6, min_added_fraction=0.05,
-                confidence_threshold=0.9, reduce=None, seed=0)
+    base = dict(
+        subset_size=4,
+        top_k_uncertain=40,
+        n_evidence=2,
+        max_rounds=6,
+        min_added_fraction=0.05,
+        confidence_threshold=0.9,
+        reduce=None,
+        seed=0,
+    )
     base.update(kw)
     return REDLabeler(expert, **base)
 
@@ -130,7 +151,9 @@ def test_run_labels_pool_with_budget_and_evidence():
     # dynamic evidence: up to 2 verified examples of the asked label, seeds' texts included
     it = expert.items[0]
     assert 1 <= len(it.examples) <= 2 and all(e.endswith(it.label) for e in it.examples)
-    assert any(i.description == "the first label" for i in expert.items if i.label == labels[0]) or labels[0] not in {i.label for i in expert.items}
+    assert any(i.description == "the first label" for i in expert.items if i.label == labels[0]) or labels[0] not in {
+        i.label for i in expert.items
+    }
     # never the same (text, label) question twice; at most max_tries per text
     pairs = [(i.text_id, i.label) for i in expert.items]
     assert len(pairs) == len(set(pairs))

@@ -22,8 +22,15 @@ def _preds(n=30, seed=0) -> pd.DataFrame:
     # class a is big and has the lowest confidences: an unbalanced "uncertain" pick would be all a
     labels = ["a"] * (n - 10) + ["b"] * 5 + ["c"] * 5
     conf = np.r_[rng.uniform(0.1, 0.3, n - 10), rng.uniform(0.5, 0.9, 10)]
-    return pd.DataFrame({"id": [f"t{i}" for i in range(n)], "text": [f"text {i}" for i in range(n)], "label": labels,
-                         "confidence": conf, "label_source": "model"})
+    return pd.DataFrame(
+        {
+            "id": [f"t{i}" for i in range(n)],
+            "text": [f"text {i}" for i in range(n)],
+            "label": labels,
+            "confidence": conf,
+            "label_source": "model",
+        }
+    )
 
 
 def test_uncertain_is_lowest_confidence_balanced_over_classes():
@@ -54,8 +61,16 @@ def test_disagreement_and_issues_strategies():
     assert "weak=a" in b.loc[0, "source"] and "rac=b" in b.loc[0, "source"]
     with pytest.raises(R.MissingInput, match="materialise label_issues first"):
         R.select_for_review("issues", p, 5)
-    issues = pd.DataFrame({"id": ["t7", "t2"], "text": ["text 7", "text 2"], "label": ["a", "a"],
-                           "suggested_label": ["b", "c"], "quality": [0.2, 0.05], "source": ["weak-confident", "llm"]})
+    issues = pd.DataFrame(
+        {
+            "id": ["t7", "t2"],
+            "text": ["text 7", "text 2"],
+            "label": ["a", "a"],
+            "suggested_label": ["b", "c"],
+            "quality": [0.2, 0.05],
+            "source": ["weak-confident", "llm"],
+        }
+    )
     b = R.select_for_review("issues", p, 5, issues=issues)
     assert b["id"].tolist() == ["t2", "t7"] and b["label"].tolist() == ["c", "b"]
     assert b.loc[0, "source"] == "label_issues (given a from llm)"
@@ -101,12 +116,19 @@ def test_bad_files_name_file_row_and_field(tmp_path):
     with pytest.raises(R.ReviewError, match=r"row 2, field 'label': id 't\d+' has two different answers: 'a' \(row 1"):
         R.read_review_file(path, known, LABELS, False)
     # Label Studio: an annotation with no choice is an empty answer; a truncated file is not valid JSON
-    tasks = [{"id": 1, "data": {"id": "t1", "text": "text 1"},
-              "annotations": [{"completed_by": 1, "was_cancelled": False, "result": []}]}]
+    tasks = [
+        {
+            "id": 1,
+            "data": {"id": "t1", "text": "text 1"},
+            "annotations": [{"completed_by": 1, "was_cancelled": False, "result": []}],
+        }
+    ]
     (tmp_path / "ls.json").write_text(json.dumps(tasks))
     with pytest.raises(R.ReviewError, match=r"task 0 \(Label Studio id 1\), field 'annotations\[0\].result': empty answer"):
         R.read_review_file(tmp_path / "ls.json", known, LABELS, False)
-    tasks[0]["annotations"][0]["result"] = [{"type": "choices", "from_name": "label", "to_name": "text", "value": {"choices": ["a"]}}]
+    tasks[0]["annotations"][0]["result"] = [
+        {"type": "choices", "from_name": "label", "to_name": "text", "value": {"choices": ["a"]}}
+    ]
     text = json.dumps(tasks)
     (tmp_path / "cut.json").write_text(text[: len(text) // 2])
     with pytest.raises(R.ReviewError, match=r"cut.json, line 1 column \d+: not valid JSON: .* \(the file looks truncated"):
@@ -125,12 +147,18 @@ def test_bad_files_name_file_row_and_field(tmp_path):
 
 def test_humans_latest_wins_seed_conflicts_listed_and_sources_measured():
     t0, t1 = pd.Timestamp("2026-12-01 10:00"), pd.Timestamp("2026-12-01 11:00")
-    human = pd.DataFrame({"id": ["p1", "p1", "s1", "s2"] + [f"q{i}" for i in range(5)],
-                          "text": ["x", "x", "seed one", "seed two"] + ["q"] * 5,
-                          "label": ["a", "b", "c", "a"] + ["b"] * 5, "reviewer": "r",
-                          "reviewed_at": t0, "imported_at": [t0, t1, t0, t0] + [t0] * 5,
-                          "suggested_label": ["a", "a", "", "", "b", "b", "b", "a", "a"],
-                          "suggested_source": ["model", "model", "", "", "model", "model", "model", "model", "llm"]})
+    human = pd.DataFrame(
+        {
+            "id": ["p1", "p1", "s1", "s2"] + [f"q{i}" for i in range(5)],
+            "text": ["x", "x", "seed one", "seed two"] + ["q"] * 5,
+            "label": ["a", "b", "c", "a"] + ["b"] * 5,
+            "reviewer": "r",
+            "reviewed_at": t0,
+            "imported_at": [t0, t1, t0, t0] + [t0] * 5,
+            "suggested_label": ["a", "a", "", "", "b", "b", "b", "a", "a"],
+            "suggested_source": ["model", "model", "", "", "model", "model", "model", "model", "llm"],
+        }
+    )
     eff = R.effective_human_labels(human)
     assert eff.set_index("id").at["p1", "label"] == "b" and eff.set_index("id").at["p1", "answers"] == 2
     seeds = pd.DataFrame({"id": ["s1", "s2"], "text": ["seed one", "seed two"], "label": ["a", "a"]})
@@ -151,8 +179,9 @@ def test_cli_import_writes_nothing_on_error_and_once_per_file(tmp_path, monkeypa
 
     data = tmp_path / "data"
     data.mkdir()
-    (tmp_path / "labelflow.yaml").write_text(yaml.safe_dump({"stores": {"warehouse": "data/warehouse.duckdb"},
-                                                             "datasets": [{"name": "ds", "path": str(tmp_path)}]}))
+    (tmp_path / "labelflow.yaml").write_text(
+        yaml.safe_dump({"stores": {"warehouse": "data/warehouse.duckdb"}, "datasets": [{"name": "ds", "path": str(tmp_path)}]})
+    )
     monkeypatch.setenv("LABELFLOW_CONFIG", str(tmp_path / "labelflow.yaml"))
     p = _preds()
     con = duckdb.connect(str(data / "warehouse.duckdb"))
@@ -160,7 +189,9 @@ def test_cli_import_writes_nothing_on_error_and_once_per_file(tmp_path, monkeypa
     con.register("pool", p[["id", "text"]])
     con.execute("create table ds.text_pool as select * from pool")
     con.execute("create table ds.seed_labels as select 's1' as id, 'seed' as text, 'a' as label")
-    con.execute("create table ds.label_descriptions as select * from (values ('a', 'A'), ('b', 'B'), ('c', 'C')) t(label, description)")
+    con.execute(
+        "create table ds.label_descriptions as select * from (values ('a', 'A'), ('b', 'B'), ('c', 'C')) t(label, description)"
+    )
     con.register("pred", p)
     con.execute("create table ds.pool_predictions as select * from pred")
     con.close()
@@ -187,6 +218,23 @@ def test_cli_import_writes_nothing_on_error_and_once_per_file(tmp_path, monkeypa
     assert cli(["review", "export", "--dataset", "ds", "--n", "30", "--format", "csv", "--out", str(tmp_path / "c.csv")]) == 0
     assert not set(pd.read_csv(tmp_path / "c.csv")["id"]) & set(sheet.loc[:1, "id"])
     capsys.readouterr()
-    assert cli(["review", "export", "--dataset", "ds", "--n", "3", "--strategy", "issues", "--format", "csv",
-                "--out", str(tmp_path / "d.csv")]) == 2
+    assert (
+        cli(
+            [
+                "review",
+                "export",
+                "--dataset",
+                "ds",
+                "--n",
+                "3",
+                "--strategy",
+                "issues",
+                "--format",
+                "csv",
+                "--out",
+                str(tmp_path / "d.csv"),
+            ]
+        )
+        == 2
+    )
     assert "materialise label_issues first" in capsys.readouterr().err

@@ -20,9 +20,14 @@ from labelflow.defs.factory import build_definitions
 from labelflow_tests.fake_openai import FakeOpenAI
 from labelflow_tests.pipeline_llm import keyword_policy
 
-TRUTH = {"card still not here after two weeks": "card_arrival", "give me my money back": "refund",
-         "locked out, forgot my password": "password_reset", "is the card shipped yet": "card_arrival",
-         "refund for order 1234": "refund", "change my password": "password_reset"}
+TRUTH = {
+    "card still not here after two weeks": "card_arrival",
+    "give me my money back": "refund",
+    "locked out, forgot my password": "password_reset",
+    "is the card shipped yet": "card_arrival",
+    "refund for order 1234": "refund",
+    "change my password": "password_reset",
+}
 OTHER = {"card_arrival": "refund", "refund": "password_reset", "password_reset": "card_arrival"}
 
 
@@ -36,12 +41,26 @@ def _table(cfg, sql: str) -> pd.DataFrame:
 
 def test_review_round_trip(tiny_dataset, tmp_path, monkeypatch, capsys):
     with FakeOpenAI(policy=keyword_policy) as srv:
-        raw = {"stores": {"warehouse": "data/warehouse.duckdb", "lancedb": "data/lancedb", "mlflow_db": "data/mlflow.db",
-                          "mlflow_artifacts": "data/mlartifacts", "models": "data/models"},
-               "llm": {"model": "openai/fake", "api_base": srv.api_base},
-               "datasets": [{"name": "tiny", "path": str(tiny_dataset), "pilot_size": 6,
-                             "routing": {"max_queue": 6, "keep_min_votes": 99, "ambiguous_below": 1.01},
-                             "red_top_k": 3, "red_max_rounds": 2}]}
+        raw = {
+            "stores": {
+                "warehouse": "data/warehouse.duckdb",
+                "lancedb": "data/lancedb",
+                "mlflow_db": "data/mlflow.db",
+                "mlflow_artifacts": "data/mlartifacts",
+                "models": "data/models",
+            },
+            "llm": {"model": "openai/fake", "api_base": srv.api_base},
+            "datasets": [
+                {
+                    "name": "tiny",
+                    "path": str(tiny_dataset),
+                    "pilot_size": 6,
+                    "routing": {"max_queue": 6, "keep_min_votes": 99, "ambiguous_below": 1.01},
+                    "red_top_k": 3,
+                    "red_max_rounds": 2,
+                }
+            ],
+        }
         (tmp_path / "labelflow.yaml").write_text(yaml.safe_dump(raw))
         monkeypatch.setenv("LABELFLOW_CONFIG", str(tmp_path / "labelflow.yaml"))
         cfg = load_config()
@@ -68,37 +87,104 @@ def test_review_round_trip(tiny_dataset, tmp_path, monkeypatch, capsys):
 
         # 1. Label Studio: export 2, answer them as a Label Studio JSON export (annotations), import
         out = tmp_path / "review"
-        assert cli(["review", "export", "--dataset", "tiny", "--n", "2", "--strategy", "uncertain", "--format", "labelstudio",
-                    "--out", str(out / "ls.json")]) == 0
+        assert (
+            cli(
+                [
+                    "review",
+                    "export",
+                    "--dataset",
+                    "tiny",
+                    "--n",
+                    "2",
+                    "--strategy",
+                    "uncertain",
+                    "--format",
+                    "labelstudio",
+                    "--out",
+                    str(out / "ls.json"),
+                ]
+            )
+            == 0
+        )
         tasks = json.loads((out / "ls.json").read_text())
         assert (out / "ls.config.xml").read_text().count("<Choice ") == 3
         ls_ids = [t["data"]["id"] for t in tasks]
         assert overridden not in ls_ids or True
         for k, t in enumerate(tasks):
             t["id"] = 100 + k
-            t["annotations"] = [{"id": 500 + k, "completed_by": {"id": 1, "email": "ana@example.org"}, "was_cancelled": False,
-                                 "created_at": "2026-12-01T10:00:00Z", "updated_at": "2026-12-01T10:05:00Z",
-                                 "result": [{"id": f"r{k}", "from_name": "label", "to_name": "text", "type": "choices",
-                                             "value": {"choices": [answer[t["data"]["id"]]]}}]}]
+            t["annotations"] = [
+                {
+                    "id": 500 + k,
+                    "completed_by": {"id": 1, "email": "ana@example.org"},
+                    "was_cancelled": False,
+                    "created_at": "2026-12-01T10:00:00Z",
+                    "updated_at": "2026-12-01T10:05:00Z",
+                    "result": [
+                        {
+                            "id": f"r{k}",
+                            "from_name": "label",
+                            "to_name": "text",
+                            "type": "choices",
+                            "value": {"choices": [answer[t["data"]["id"]]]},
+                        }
+                    ],
+                }
+            ]
         (out / "ls-export.json").write_text(json.dumps(tasks))
         assert cli(["review", "import", "--dataset", "tiny", str(out / "ls-export.json")]) == 0
 
         # 2. Argilla: export 2 more (reviewed texts are left out), answer with responses, import
-        assert cli(["review", "export", "--dataset", "tiny", "--n", "2", "--strategy", "random", "--format", "argilla",
-                    "--out", str(out / "rg.json")]) == 0
+        assert (
+            cli(
+                [
+                    "review",
+                    "export",
+                    "--dataset",
+                    "tiny",
+                    "--n",
+                    "2",
+                    "--strategy",
+                    "random",
+                    "--format",
+                    "argilla",
+                    "--out",
+                    str(out / "rg.json"),
+                ]
+            )
+            == 0
+        )
         records = json.loads((out / "rg.json").read_text())
         assert json.loads((out / "rg.settings.json").read_text())["questions"][0]["settings"]["type"] == "label_selection"
         assert not set(r["id"] for r in records) & set(ls_ids)
         for r in records:
-            r["responses"] = {"label": [{"value": answer[r["id"]], "user_id": "7d3a4c1e-0000-4000-8000-000000000001", "status": "submitted"}]}
+            r["responses"] = {
+                "label": [{"value": answer[r["id"]], "user_id": "7d3a4c1e-0000-4000-8000-000000000001", "status": "submitted"}]
+            }
             r["status"] = "completed"
         (out / "rg-export.json").write_text(json.dumps(records))
         assert cli(["review", "import", "--dataset", "tiny", str(out / "rg-export.json")]) == 0
 
         # 3. CSV: the last 2, filled in by "a person", dropped into the review inbox (imported by human_labels);
         #    plus one row on a gold seed that contradicts it
-        assert cli(["review", "export", "--dataset", "tiny", "--n", "5", "--strategy", "stratified", "--format", "csv",
-                    "--out", str(out / "sheet.csv")]) == 0
+        assert (
+            cli(
+                [
+                    "review",
+                    "export",
+                    "--dataset",
+                    "tiny",
+                    "--n",
+                    "5",
+                    "--strategy",
+                    "stratified",
+                    "--format",
+                    "csv",
+                    "--out",
+                    str(out / "sheet.csv"),
+                ]
+            )
+            == 0
+        )
         sheet = pd.read_csv(out / "sheet.csv", dtype=str, keep_default_na=False)
         assert list(sheet.columns) == ["id", "text", "suggested_label", "confidence", "source", "reviewed_label"]
         assert len(sheet) == 2 and (sheet["reviewed_label"] == "").all()
@@ -129,7 +215,10 @@ def test_review_round_trip(tiny_dataset, tmp_path, monkeypatch, capsys):
         ts = _table(cfg, "select * from tiny.training_set").set_index("id")
         for i in pool["id"]:
             assert ts.at[i, "source"] == "human" and ts.at[i, "label"] == answer[i], i
-        assert before.get("label", pd.Series(dtype=str)).get(overridden) != answer[overridden] or before.at[overridden, "source"] != "human"
+        assert (
+            before.get("label", pd.Series(dtype=str)).get(overridden) != answer[overridden]
+            or before.at[overridden, "source"] != "human"
+        )
         # the human label contradicting a gold seed is listed, not applied
         assert ts.at[seed["id"], "source"] == "gold_seed" and ts.at[seed["id"], "label"] == seed["label"]
         assert seed["id"] in meta("training_set")["human_seed_conflicts"].value
@@ -138,8 +227,9 @@ def test_review_round_trip(tiny_dataset, tmp_path, monkeypatch, capsys):
     import mlflow
 
     mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
-    runs = mlflow.search_runs(experiment_names=["labelflow/tiny"], filter_string="tags.asset = 'evaluation'",
-                              order_by=["attributes.start_time DESC"])
+    runs = mlflow.search_runs(
+        experiment_names=["labelflow/tiny"], filter_string="tags.asset = 'evaluation'", order_by=["attributes.start_time DESC"]
+    )
     last = runs.iloc[0]
     assert last["metrics.human_labels"] == 7  # 6 pool texts + the seed (its conflicting label is listed, not applied)
     assert last["metrics.human_n_weak"] >= 1 and 0.0 <= last["metrics.human_accuracy_weak"] <= 1.0

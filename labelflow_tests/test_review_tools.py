@@ -28,9 +28,17 @@ DESCRIPTIONS = {"refund": "The customer asks for their money back & <more>.", "c
 
 def _batch(multilabel: bool) -> pd.DataFrame:
     labels = ["refund", "card_arrival|refund", "password_reset"] if multilabel else ["refund", "card_arrival", "password_reset"]
-    return pd.DataFrame({"id": ["t1", "t2", "t3"], "text": ["money back please", "card & refund?", "reset it"],
-                         "label": labels, "confidence": [0.41, 0.77, 0.93], "source": ["model", "llm", "weak-confident"],
-                         "strategy": "uncertain", "score": [0.41, 0.77, 0.93]})
+    return pd.DataFrame(
+        {
+            "id": ["t1", "t2", "t3"],
+            "text": ["money back please", "card & refund?", "reset it"],
+            "label": labels,
+            "confidence": [0.41, 0.77, 0.93],
+            "source": ["model", "llm", "weak-confident"],
+            "strategy": "uncertain",
+            "score": [0.41, 0.77, 0.93],
+        }
+    )
 
 
 KNOWN = pd.Series({"t1": "money back please", "t2": "card & refund?", "t3": "reset it"})
@@ -41,8 +49,19 @@ def _ls_check(tmp_path: Path, config: Path, tasks: Path, answers: dict) -> tuple
         pytest.skip(".venv-review (label-studio-sdk==2.1.2) is missing: `make review-venv` builds it (make test does)")
     (tmp_path / "answers.json").write_text(json.dumps(answers))
     out = tmp_path / "ls-export.json"
-    proc = subprocess.run([str(REVIEW_PY), str(REPO / "labelflow_tests" / "labelstudio_check.py"), str(config), str(tasks),
-                           str(tmp_path / "answers.json"), str(out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(REVIEW_PY),
+            str(REPO / "labelflow_tests" / "labelstudio_check.py"),
+            str(config),
+            str(tasks),
+            str(tmp_path / "answers.json"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1]), out
 
@@ -62,8 +81,10 @@ def test_labelstudio_export_validates_and_its_annotations_import(tmp_path, multi
     assert tasks[0]["predictions"][0]["model_version"] == "labelflow run abc" and tasks[0]["predictions"][0]["score"] == 0.41
     got = R.read_review_file(exported, KNOWN, LABELS, multilabel)
     assert got.format == "labelstudio"
-    assert dict(zip(got.rows["id"], got.rows["label"])) == {"t1": "card_arrival|refund" if multilabel else "card_arrival",
-                                                            "t3": "password_reset"}
+    assert dict(zip(got.rows["id"], got.rows["label"])) == {
+        "t1": "card_arrival|refund" if multilabel else "card_arrival",
+        "t3": "password_reset",
+    }
     assert got.skipped == ["task 1 (Label Studio id 1001) (id t2): no annotation"]
     assert dict(zip(got.rows["id"], got.rows["suggested_label"]))["t1"] == "refund"
 
@@ -108,8 +129,12 @@ def test_argilla_export_builds_settings_and_records(tmp_path, rg, multilabel):
 
     # a reviewer answers two records; Argilla's nested (to_dict) and flattened exports both import
     user = uuid.uuid4()
-    records[0].responses.add(rg.Response("label", ["password_reset"] if multilabel else "password_reset", user_id=user, status="submitted"))
-    records[2].responses.add(rg.Response("label", ["password_reset"] if multilabel else "password_reset", user_id=user, status="submitted"))
+    records[0].responses.add(
+        rg.Response("label", ["password_reset"] if multilabel else "password_reset", user_id=user, status="submitted")
+    )
+    records[2].responses.add(
+        rg.Response("label", ["password_reset"] if multilabel else "password_reset", user_id=user, status="submitted")
+    )
     nested = tmp_path / "nested.json"
     nested.write_text(json.dumps([r.to_dict() for r in records], default=str))
     from argilla.records._io._generic import GenericIO

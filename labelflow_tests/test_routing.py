@@ -21,18 +21,27 @@ def test_weak_labels_from_majority_vote():
 
 
 def test_route_thresholds():
-    w = frame([
-        ("keep", "x", 0.80, 2, False),      # exactly at keep_confidence with 2 votes -> kept
-        ("one", "x", 0.95, 1, False),       # single vote -> ambiguous
-        ("low", "x", 0.45, 3, False),       # < 0.5 without conflict -> ambiguous
-        ("disp", "x", 0.55, 3, True),       # conflict inside [0.4, 0.6] -> disputed
-        ("disp_low", "x", 0.40, 2, True),   # boundary -> disputed
-        ("mid", "x", 0.70, 3, True),        # neither -> rest
-        ("none", "", 0.0, 0, False),        # uncovered
-    ])
+    w = frame(
+        [
+            ("keep", "x", 0.80, 2, False),  # exactly at keep_confidence with 2 votes -> kept
+            ("one", "x", 0.95, 1, False),  # single vote -> ambiguous
+            ("low", "x", 0.45, 3, False),  # < 0.5 without conflict -> ambiguous
+            ("disp", "x", 0.55, 3, True),  # conflict inside [0.4, 0.6] -> disputed
+            ("disp_low", "x", 0.40, 2, True),  # boundary -> disputed
+            ("mid", "x", 0.70, 3, True),  # neither -> rest
+            ("none", "", 0.0, 0, False),  # uncovered
+        ]
+    )
     r = route(w, RoutingConfig()).set_index("id")
-    assert r["bucket"].to_dict() == {"keep": "weak_confident", "one": "ambiguous", "low": "ambiguous", "disp": "disputed",
-                                     "disp_low": "disputed", "mid": "rest", "none": "uncovered"}
+    assert r["bucket"].to_dict() == {
+        "keep": "weak_confident",
+        "one": "ambiguous",
+        "low": "ambiguous",
+        "disp": "disputed",
+        "disp_low": "disputed",
+        "mid": "rest",
+        "none": "uncovered",
+    }
     assert not r.loc["keep", "queued"] and not r.loc["mid", "queued"] and r.loc["none", "queued"]
     assert r.loc["none", "queue_rank"] == 1  # most uncertain first
     r2 = route(w, RoutingConfig(keep_confidence=0.9, keep_min_votes=1)).set_index("id")
@@ -64,8 +73,14 @@ def test_bucket_report_with_truth():
 def test_merge_by_priority():
     gold = pd.DataFrame({"id": ["1", "2"], "text": ["t1", "t2"], "label": ["a", "b"]})
     llm = pd.DataFrame({"id": ["2", "3"], "text": ["t2", "t3"], "label": ["c", "c"], "confidence": [0.9, 0.8]})
-    weak = pd.DataFrame({"id": ["1", "3", "4", "5"], "text": ["t1", "t3", "t4", "t5"], "label": ["z", "z", "a", ""],
-                         "confidence": [0.99, 0.99, 0.85, 0.9]})
+    weak = pd.DataFrame(
+        {
+            "id": ["1", "3", "4", "5"],
+            "text": ["t1", "t3", "t4", "t5"],
+            "label": ["z", "z", "a", ""],
+            "confidence": [0.99, 0.99, 0.85, 0.9],
+        }
+    )
     out = merge_by_priority([("gold_seed", gold), ("llm_verified", llm), ("weak_confident", weak)]).set_index("id")
     assert out["label"].to_dict() == {"1": "a", "2": "b", "3": "c", "4": "a"}
     assert out["source"].to_dict() == {"1": "gold_seed", "2": "gold_seed", "3": "llm_verified", "4": "weak_confident"}

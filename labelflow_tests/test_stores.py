@@ -114,8 +114,11 @@ def test_a_dagster_run_waits_for_the_lock_then_fails_with_the_holder(tmp_path):
             """)
     assert "FAILED" in child.stdout, child.stdout + child.stderr
     assert "LockHeld " + IN_USE.format(run="run-holder-42", pid=os.getpid()) in child.stdout, child.stdout + child.stderr
-    assert not db.exists() or "t" not in duckdb.connect(str(db), read_only=True).execute(
-        "select table_name from information_schema.tables").fetchall()
+    assert (
+        not db.exists()
+        or "t"
+        not in duckdb.connect(str(db), read_only=True).execute("select table_name from information_schema.tables").fetchall()
+    )
 
 
 # ------------------------------------------------------------------------------------------ atomic writes
@@ -159,8 +162,14 @@ def test_multi_output_step_commits_all_tables_together(tmp_path):
     (tmp_path / "data").mkdir()
     state = {"round": 0}
 
-    @dg.multi_asset(outs={"seeds": dg.AssetOut(key=["ds", "seeds"]), "pool": dg.AssetOut(key=["ds", "pool"]),
-                          "gold": dg.AssetOut(key=["ds", "gold"])}, can_subset=False)
+    @dg.multi_asset(
+        outs={
+            "seeds": dg.AssetOut(key=["ds", "seeds"]),
+            "pool": dg.AssetOut(key=["ds", "pool"]),
+            "gold": dg.AssetOut(key=["ds", "gold"]),
+        },
+        can_subset=False,
+    )
     def ingest():
         r = state["round"]
         yield dg.Output(pd.DataFrame({"id": [f"s{r}"]}), "seeds")
@@ -271,8 +280,13 @@ def test_model_io_manager_one_file_per_run_and_checked_loads(tmp_path):
     assert meta["model_sha256"].value == file_sha256(path)
     assert (tmp_path / "models" / "ds" / f"{runs[0].run_id}.joblib").exists(), "each run keeps its own model file"
     _tamper_same_size(path)
-    result = dg.materialize([svm_model, predictions], resources=resources, instance=instance,
-                            selection=[dg.AssetKey(["ds", "predictions"])], raise_on_error=False)
+    result = dg.materialize(
+        [svm_model, predictions],
+        resources=resources,
+        instance=instance,
+        selection=[dg.AssetKey(["ds", "predictions"])],
+        raise_on_error=False,
+    )
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "changed after it was written" in str(failure.event_specific_data.error.to_string())
@@ -310,8 +324,10 @@ def test_llm_cache_imports_an_earlier_duckdb_cache_once(tmp_path):
 
     legacy = tmp_path / "llm_cache.duckdb"
     con = duckdb.connect(str(legacy))
-    con.execute("CREATE TABLE llm_responses (key VARCHAR PRIMARY KEY, model VARCHAR, text VARCHAR, logprobs VARCHAR, "
-                "prompt_tokens BIGINT, completion_tokens BIGINT, cost DOUBLE, latency_s DOUBLE, created TIMESTAMP)")
+    con.execute(
+        "CREATE TABLE llm_responses (key VARCHAR PRIMARY KEY, model VARCHAR, text VARCHAR, logprobs VARCHAR, "
+        "prompt_tokens BIGINT, completion_tokens BIGINT, cost DOUBLE, latency_s DOUBLE, created TIMESTAMP)"
+    )
     con.execute("INSERT INTO llm_responses VALUES ('old', 'm', 'yes', NULL, 5, 1, 0.25, 0.5, current_timestamp)")
     con.close()
     cache = ResponseCache(legacy)  # the configured name of earlier versions

@@ -24,10 +24,22 @@ def test_trust_assets_in_the_graph(tmp_path, monkeypatch):
     write_csv(folder / "unlabeled.csv", TINY_POOL, ["text"])
     monkeypatch.setenv("LABELFLOW_TEST_KEY", "sk-test")
     with FakeOpenAI(policy=keyword_policy) as srv:
-        cfg = temp_project(tmp_path, [{"name": "noisy", "path": str(folder), "pilot_size": 8, "drop_label_issues": True,
-                                       "min_confidence": 0.6, "routing": {"max_queue": 6, "keep_min_votes": 99},
-                                       "red_top_k": 3, "red_max_rounds": 1}],
-                           llm={"model": "openai/fake", "api_base": srv.api_base, "api_key_env": "LABELFLOW_TEST_KEY"})
+        cfg = temp_project(
+            tmp_path,
+            [
+                {
+                    "name": "noisy",
+                    "path": str(folder),
+                    "pilot_size": 8,
+                    "drop_label_issues": True,
+                    "min_confidence": 0.6,
+                    "routing": {"max_queue": 6, "keep_min_votes": 99},
+                    "red_top_k": 3,
+                    "red_max_rounds": 1,
+                }
+            ],
+            llm={"model": "openai/fake", "api_base": srv.api_base, "api_key_env": "LABELFLOW_TEST_KEY"},
+        )
         instance = dg.DagsterInstance.ephemeral()
         result = build_definitions(cfg).resolve_job_def("noisy__all").execute_in_process(instance=instance, raise_on_error=True)
     assert result.success

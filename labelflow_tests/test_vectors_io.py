@@ -22,8 +22,9 @@ def text_embeddings() -> EmbeddingIndex:
     return EmbeddingIndex(["s1", "s2"], np.vstack([_vec("s1"), _vec("s2")]), "fake")
 
 
-@dg.asset(key=["ds", "inbox_embeddings"], io_manager_key="vectors_io_manager", partitions_def=DAYS,
-          metadata={"partition_expr": "day"})
+@dg.asset(
+    key=["ds", "inbox_embeddings"], io_manager_key="vectors_io_manager", partitions_def=DAYS, metadata={"partition_expr": "day"}
+)
 def inbox_embeddings(context: dg.AssetExecutionContext) -> EmbeddingIndex:
     ids = TEXTS[context.partition_key]
     return EmbeddingIndex(ids, np.vstack([_vec(i) for i in ids]), "fake")
@@ -49,12 +50,15 @@ def test_round_trip_partitions_and_all_days(tmp_path):
     uri = str(tmp_path / "lancedb")
     res = {"vectors_io_manager": EmbeddingIOManager(lancedb_uri=uri), "io_manager": _Keep()}
     dg.materialize([text_embeddings], resources=res)
-    assert dg.materialize([text_embeddings, inbox_embeddings, reader], resources=res,
-                          selection=[inbox_embeddings.key], partition_key="2026-11-18").success
-    dg.materialize([text_embeddings, inbox_embeddings, reader], resources=res, selection=[inbox_embeddings.key],
-                   partition_key="2026-11-19")
-    dg.materialize([text_embeddings, inbox_embeddings, reader], resources=res, selection=[inbox_embeddings.key],
-                   partition_key="2026-11-19")  # the same day again replaces its rows, never duplicates them
+    assert dg.materialize(
+        [text_embeddings, inbox_embeddings, reader], resources=res, selection=[inbox_embeddings.key], partition_key="2026-11-18"
+    ).success
+    dg.materialize(
+        [text_embeddings, inbox_embeddings, reader], resources=res, selection=[inbox_embeddings.key], partition_key="2026-11-19"
+    )
+    dg.materialize(
+        [text_embeddings, inbox_embeddings, reader], resources=res, selection=[inbox_embeddings.key], partition_key="2026-11-19"
+    )  # the same day again replaces its rows, never duplicates them
     dg.materialize([text_embeddings, inbox_embeddings, reader], resources=res, selection=[reader.key])
     got = _Keep.values["reader"]
     assert got["ids"] == ["a1", "a2", "b1", "s1", "s2"] and got["model"] == "fake"
@@ -89,8 +93,9 @@ def test_a_rapt_case_base_round_trips_with_its_label_order(tmp_path):
 
     @dg.asset(key=["ds", "rapt_case_base"], io_manager_key="vectors_io_manager")
     def rapt_case_base():
-        return CaseBase.build(["c1", "c2"], np.eye(2, 3), [[0.9, 0.1, 0.2], [0.1, 0.8, 0.7]], [["zeta"], ["alpha", "mid"]],
-                              classes)
+        return CaseBase.build(
+            ["c1", "c2"], np.eye(2, 3), [[0.9, 0.1, 0.2], [0.1, 0.8, 0.7]], [["zeta"], ["alpha", "mid"]], classes
+        )
 
     @dg.asset(key=["ds", "cb_reader"])
     def cb_reader(rapt_case_base):

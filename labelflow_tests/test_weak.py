@@ -2,8 +2,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labelflow.weak import (LabelingFunction, LFFileError, apply_lfs, centroid_lf, compile_pattern, description_lf, keyword_pattern,
-                            knn_lf, labeling_function, lf_analysis, load_lf_file)
+from labelflow.weak import (
+    LabelingFunction,
+    LFFileError,
+    apply_lfs,
+    centroid_lf,
+    compile_pattern,
+    description_lf,
+    keyword_pattern,
+    knn_lf,
+    labeling_function,
+    lf_analysis,
+    load_lf_file,
+)
 
 LABELS = ["refund", "lost_card", "other"]
 
@@ -59,7 +70,9 @@ def write(tmp_path, text):
 
 
 def test_load_lf_file_ok(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
 lfs:
   - name: kw_lost
     label: lost_card
@@ -71,22 +84,30 @@ lfs:
     label: other
     keywords: ["ATM"]
     case_sensitive: true
-""")
+""",
+    )
     lfs = load_lf_file(p, LABELS)
     votes, errors = apply_lfs(lfs, ["1", "2", "3", "4"], ["I lost my card", "refunded?", "atm", "ATM fee"])
     assert errors.empty
     assert set(map(tuple, votes.values)) == {("1", "kw_lost", "lost_card"), ("2", "re_refund", "refund"), ("4", "cs", "other")}
 
 
-@pytest.mark.parametrize("body,index,field", [
-    ("lfs:\n  - {name: a, label: nope, keywords: [x]}", 0, "label"),
-    ("lfs:\n  - {name: a, label: refund, keywords: [x]}\n  - {name: b, label: refund, keywords: [x], regex: y}", 1, "keywords"),
-    ("lfs:\n  - {name: a, label: refund}", 0, "keywords/regex"),
-    ("lfs:\n  - {name: a, label: refund, regex: '(unclosed'}", 0, "regex"),
-    ("lfs:\n  - {name: a, label: refund, keywords: [x]}\n  - {name: a, label: refund, keywords: [y]}", 1, "name"),
-    ("lfs:\n  - {name: a, label: refund, keywords: 'x'}", 0, "keywords"),
-    ("lfs:\n  - {name: a, label: refund, keywords: [x], colour: red}", 0, "colour"),
-])
+@pytest.mark.parametrize(
+    "body,index,field",
+    [
+        ("lfs:\n  - {name: a, label: nope, keywords: [x]}", 0, "label"),
+        (
+            "lfs:\n  - {name: a, label: refund, keywords: [x]}\n  - {name: b, label: refund, keywords: [x], regex: y}",
+            1,
+            "keywords",
+        ),
+        ("lfs:\n  - {name: a, label: refund}", 0, "keywords/regex"),
+        ("lfs:\n  - {name: a, label: refund, regex: '(unclosed'}", 0, "regex"),
+        ("lfs:\n  - {name: a, label: refund, keywords: [x]}\n  - {name: a, label: refund, keywords: [y]}", 1, "name"),
+        ("lfs:\n  - {name: a, label: refund, keywords: 'x'}", 0, "keywords"),
+        ("lfs:\n  - {name: a, label: refund, keywords: [x], colour: red}", 0, "colour"),
+    ],
+)
 def test_load_lf_file_errors(tmp_path, body, index, field):
     p = write(tmp_path, body)
     with pytest.raises(LFFileError) as exc:
@@ -124,8 +145,9 @@ def test_embedding_lfs_on_tiny_vectors():
 
 
 def test_lf_analysis():
-    votes = pd.DataFrame([("1", "f", "a"), ("1", "g", "a"), ("2", "f", "a"), ("2", "g", "b"), ("3", "g", "b")],
-                         columns=["id", "lf", "label"])
+    votes = pd.DataFrame(
+        [("1", "f", "a"), ("1", "g", "a"), ("2", "f", "a"), ("2", "g", "b"), ("3", "g", "b")], columns=["id", "lf", "label"]
+    )
     gold = pd.Series({"1": "a", "2": "b"})
     t = lf_analysis(votes, ["f", "g", "h"], n_texts=4, gold=gold).set_index("lf")
     assert t.loc["f", "coverage"] == 0.5 and t.loc["g", "coverage"] == 0.75 and t.loc["h", "coverage"] == 0
@@ -142,8 +164,11 @@ def test_definitions_table_round_trip(tmp_path):
 
     from labelflow.weak import LF_DEFINITION_COLUMNS, lfs_from_definitions, parse_lf_file, standard_lfs
 
-    p = write(tmp_path, "lfs:\n  - {name: kw, label: lost_card, keywords: [lost my card]}\n"
-                        "  - {name: rx, label: refund, regex: 'refund(ed)?\\b', case_sensitive: true}\n")
+    p = write(
+        tmp_path,
+        "lfs:\n  - {name: kw, label: lost_card, keywords: [lost my card]}\n"
+        "  - {name: rx, label: refund, regex: 'refund(ed)?\\b', case_sensitive: true}\n",
+    )
     defs = parse_lf_file(p, LABELS)
     assert list(defs.columns) == LF_DEFINITION_COLUMNS and list(defs["kind"]) == ["keywords", "regex"]
     con = duckdb.connect()

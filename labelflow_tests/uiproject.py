@@ -25,8 +25,17 @@ from labelflow_tests.project import free_port
 VENV_BIN = REPO / ".venv" / "bin"
 ARTIFACTS = REPO / "test-artifacts"
 DATASET = "tiny"
-FOUNDATION = ("seed_labels", "text_pool", "gold_eval", "hidden_pool_labels", "text_embeddings", "training_set",
-              "svm_model", "pool_predictions", "evaluation")
+FOUNDATION = (
+    "seed_labels",
+    "text_pool",
+    "gold_eval",
+    "hidden_pool_labels",
+    "text_embeddings",
+    "training_set",
+    "svm_model",
+    "pool_predictions",
+    "evaluation",
+)
 
 FAKE_KEY_ENV = "LABELFLOW_TEST_FAKE_LLM_KEY"
 # what the fake LLM looks for in a text to say it has the label (the tiny dataset's three intents)
@@ -98,8 +107,9 @@ def tiny_expert_policy(body: dict):
     return Reply("\n".join(f"{n}: {'yes' if y else 'no'}" for n, y in answers), top=[top(y) for _, y in answers])
 
 
-def write_project(root: Path, dataset: str = DATASET, llm_api_base: str | None = None,
-                  dataset_options: dict | None = None) -> UIProject:
+def write_project(
+    root: Path, dataset: str = DATASET, llm_api_base: str | None = None, dataset_options: dict | None = None
+) -> UIProject:
     """A project folder: the tiny 3-label dataset, a labelflow.yaml with relative store paths, and a
     DAGSTER_HOME with telemetry off. ``llm_api_base``: an OpenAI-compatible server (e.g. a running
     :class:`FakeOpenAI`) as the project's expert instead of the local model. ``dataset_options``: more
@@ -111,10 +121,18 @@ def write_project(root: Path, dataset: str = DATASET, llm_api_base: str | None =
     write_csv(folder / "unlabeled.csv", TINY_POOL, ["text"])
     write_csv(folder / "labels.csv", [("refund", "The customer asks for their money back.")], ["label", "description"])
     cfg = {
-        "stores": {"warehouse": "data/warehouse.duckdb", "lancedb": "data/lancedb", "mlflow_db": "data/mlflow.db",
-                   "mlflow_artifacts": "data/mlartifacts", "models": "data/models"},
-        "llm": ({"model": "openai/fake", "api_base": llm_api_base, "api_key_env": FAKE_KEY_ENV, "timeout_s": 10,
-                 "max_retries": 1} if llm_api_base else {"model": "local"}),
+        "stores": {
+            "warehouse": "data/warehouse.duckdb",
+            "lancedb": "data/lancedb",
+            "mlflow_db": "data/mlflow.db",
+            "mlflow_artifacts": "data/mlartifacts",
+            "models": "data/models",
+        },
+        "llm": (
+            {"model": "openai/fake", "api_base": llm_api_base, "api_key_env": FAKE_KEY_ENV, "timeout_s": 10, "max_retries": 1}
+            if llm_api_base
+            else {"model": "local"}
+        ),
         "datasets": [{"name": dataset, "path": f"datasets/{dataset}", "task": "multiclass", **(dataset_options or {})}],
     }
     config_path = root / "labelflow.yaml"
@@ -165,8 +183,15 @@ class Server:
     def start(self) -> "Server":
         self._log = self.log_path.open("wb")
         # start_new_session: a new process group, and SIGINT/SIGTERM with their default dispositions
-        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         return self
 
     def log_tail(self, n: int = 4000) -> str:
@@ -241,9 +266,14 @@ def asset_keys(base_url: str) -> set[tuple[str, ...]]:
 def launch_dagster(project: UIProject, log_dir: Path) -> Server:
     """Start `dagster dev -m labelflow.definitions` on 127.0.0.1 (returns at once; see :func:`wait_dagster`)."""
     port = free_port()
-    return Server("dagster-dev", [str(VENV_BIN / "dagster"), "dev", "-m", "labelflow.definitions",
-                                  "-h", "127.0.0.1", "-p", str(port)],
-                  env=project.env(), cwd=project.root, log_dir=log_dir, port=port).start()
+    return Server(
+        "dagster-dev",
+        [str(VENV_BIN / "dagster"), "dev", "-m", "labelflow.definitions", "-h", "127.0.0.1", "-p", str(port)],
+        env=project.env(),
+        cwd=project.root,
+        log_dir=log_dir,
+        port=port,
+    ).start()
 
 
 LOCATIONS_QUERY = """{ workspaceOrError { __typename ... on Workspace { locationEntries { name
@@ -257,8 +287,11 @@ class CodeLocationError(RuntimeError):
 def location_errors(base_url: str) -> list[str]:
     """Load errors of the webserver's code locations (empty when all loaded)."""
     ws = graphql(base_url, LOCATIONS_QUERY)["workspaceOrError"]
-    return [f"{e['name']}: {e['locationOrLoadError']['message']}" for e in ws.get("locationEntries", [])
-            if (e.get("locationOrLoadError") or {}).get("__typename") == "PythonError"]
+    return [
+        f"{e['name']}: {e['locationOrLoadError']['message']}"
+        for e in ws.get("locationEntries", [])
+        if (e.get("locationOrLoadError") or {}).get("__typename") == "PythonError"
+    ]
 
 
 def wait_dagster(server: Server, project: UIProject, timeout: float = 180.0) -> Server:
@@ -292,10 +325,25 @@ def launch_mlflow_ui(project: UIProject, log_dir: Path) -> Server:
     """Start `mlflow ui` on the project's sqlite store (returns at once; see :func:`wait_mlflow_ui`)."""
     cfg = project.config()
     port = free_port()
-    return Server("mlflow-ui", [str(VENV_BIN / "mlflow"), "ui", "--backend-store-uri", cfg.mlflow_tracking_uri,
-                                "--default-artifact-root", str(cfg.mlflow_artifacts), "-h", "127.0.0.1",
-                                "-p", str(port)],
-                  env=project.env(), cwd=project.root, log_dir=log_dir, port=port).start()
+    return Server(
+        "mlflow-ui",
+        [
+            str(VENV_BIN / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            cfg.mlflow_tracking_uri,
+            "--default-artifact-root",
+            str(cfg.mlflow_artifacts),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=project.env(),
+        cwd=project.root,
+        log_dir=log_dir,
+        port=port,
+    ).start()
 
 
 def wait_mlflow_ui(server: Server, timeout: float = 180.0) -> Server:

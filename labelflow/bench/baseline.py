@@ -21,12 +21,18 @@ from labelflow.training import fit_classifier, predict_labels
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--skip-full-train", action="store_true",
-                   help="baseline: only the K-shot setting (embeds seeds and test, not the pool)")
+    p.add_argument(
+        "--skip-full-train", action="store_true", help="baseline: only the K-shot setting (embeds seeds and test, not the pool)"
+    )
     p.add_argument("--skip-timing", action="store_true", help="baseline: skip the pipeline-vs-embedding timing")
-    p.add_argument("--compare-encoders", type=int, default=0, metavar="N",
-                   help="baseline: also encode N test texts with minilm (torch) and minilm-int8 (ONNX), alternating, "
-                        "and report texts/s and the agreement of their vectors")
+    p.add_argument(
+        "--compare-encoders",
+        type=int,
+        default=0,
+        metavar="N",
+        help="baseline: also encode N test texts with minilm (torch) and minilm-int8 (ONNX), alternating, "
+        "and report texts/s and the agreement of their vectors",
+    )
 
 
 def score(model, X, gold: pd.Series, multilabel: bool) -> dict:
@@ -38,8 +44,9 @@ def score(model, X, gold: pd.Series, multilabel: bool) -> dict:
     return {"accuracy": m["subset_accuracy"], "macro_f1": m["macro_f1"], "micro_f1": m["micro_f1"]}
 
 
-def pipeline_timing(folder: Path, task: str, k: int | None, seed: int, model: str = "minilm",
-                    label_conflicts: str = "error") -> dict:
+def pipeline_timing(
+    folder: Path, task: str, k: int | None, seed: int, model: str = "minilm", label_conflicts: str = "error"
+) -> dict:
     """Time the whole library pipeline on a cold vector store (validate, embed into LanceDB, train,
     predict the pool, score the test set) and bare embedding of exactly the same texts."""
     embedder = Embedder(model)
@@ -47,8 +54,9 @@ def pipeline_timing(folder: Path, task: str, k: int | None, seed: int, model: st
     multilabel = task == "multilabel"
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        ds = load_dataset(folder, task=task, seed_per_class=k or None, seed=seed, max_text_chars=100_000,
-                          label_conflicts=label_conflicts)
+        ds = load_dataset(
+            folder, task=task, seed_per_class=k or None, seed=seed, max_text_chars=100_000, label_conflicts=label_conflicts
+        )
         store = VectorStore(Path(tmp) / "lancedb")
         texts = list(ds.seeds["text"]) + list(ds.pool["text"]) + list(ds.gold["text"])
         X, _ = store.embed_cached(texts, embedder)
@@ -79,9 +87,19 @@ def compare_encoders(texts: list[str], rounds: int = 2) -> pd.DataFrame:
             vecs[m] = e.encode(texts)
             speed[m].append(len(texts) / (time.perf_counter() - t))
     cos = (vecs["minilm"] * vecs["minilm-int8"]).sum(axis=1)
-    return pd.DataFrame([{"encoder": encoders[m].name, "texts": len(texts), "texts/s best": max(v),
-                          "texts/s mean": float(np.mean(v)), "cos to torch min": float(cos.min()) if m != "minilm" else 1.0,
-                          "cos to torch mean": float(cos.mean()) if m != "minilm" else 1.0} for m, v in speed.items()])
+    return pd.DataFrame(
+        [
+            {
+                "encoder": encoders[m].name,
+                "texts": len(texts),
+                "texts/s best": max(v),
+                "texts/s mean": float(np.mean(v)),
+                "cos to torch min": float(cos.min()) if m != "minilm" else 1.0,
+                "cos to torch mean": float(cos.mean()) if m != "minilm" else 1.0,
+            }
+            for m, v in speed.items()
+        ]
+    )
 
 
 def run(args) -> list[pd.DataFrame]:
@@ -94,34 +112,70 @@ def run(args) -> list[pd.DataFrame]:
     for k in settings:
         results = []
         for seed in range(args.seeds if k else 1):
-            data = load_bench(folder, k or None, seed=seed, task=task, max_gold=args.sample, embedding_model=model,
-                              max_pool=0 if args.skip_full_train else None, label_conflicts=getattr(args, "label_conflicts", "error"))
+            data = load_bench(
+                folder,
+                k or None,
+                seed=seed,
+                task=task,
+                max_gold=args.sample,
+                embedding_model=model,
+                max_pool=0 if args.skip_full_train else None,
+                label_conflicts=getattr(args, "label_conflicts", "error"),
+            )
             X = data.seeds_X
             t0 = time.perf_counter()
             clf = fit_classifier(data.ds.seeds["label"], X, multilabel)
             fit_s = time.perf_counter() - t0
-            results.append({**score(clf, data.gold_X, data.ds.gold["label"], multilabel), "fit_s": fit_s,
-                            "train_rows": len(X)})
-            print(f"  {folder.name} K={k or 'full'} seed={seed}: accuracy={results[-1]['accuracy']:.4f} "
-                  f"macro_f1={results[-1]['macro_f1']:.4f}", flush=True)
+            results.append({**score(clf, data.gold_X, data.ds.gold["label"], multilabel), "fit_s": fit_s, "train_rows": len(X)})
+            print(
+                f"  {folder.name} K={k or 'full'} seed={seed}: accuracy={results[-1]['accuracy']:.4f} "
+                f"macro_f1={results[-1]['macro_f1']:.4f}",
+                flush=True,
+            )
         df = pd.DataFrame(results)
-        rows.append({"setting": f"{k}-shot" if k else "full train", "seeds": len(results),
-                     "train_rows": int(df["train_rows"].mean()), "test_rows": len(data.ds.gold),
-                     "accuracy": df["accuracy"].mean(), "accuracy_sd": df["accuracy"].std(ddof=0),
-                     "macro_f1": df["macro_f1"].mean(), "micro_f1": df["micro_f1"].mean(), "fit_s": df["fit_s"].mean()})
+        rows.append(
+            {
+                "setting": f"{k}-shot" if k else "full train",
+                "seeds": len(results),
+                "train_rows": int(df["train_rows"].mean()),
+                "test_rows": len(data.ds.gold),
+                "accuracy": df["accuracy"].mean(),
+                "accuracy_sd": df["accuracy"].std(ddof=0),
+                "macro_f1": df["macro_f1"].mean(),
+                "micro_f1": df["micro_f1"].mean(),
+                "fit_s": df["fit_s"].mean(),
+            }
+        )
     table = pd.DataFrame(rows)
-    emit(table, args.out, f"baseline_{folder.name}", f"Seed-only SVM baseline on {folder.name} ({task})",
-         f"SVM = LinearSVC (balanced class weights, sigmoid-calibrated) on {data.embedder.name} embeddings.")
+    emit(
+        table,
+        args.out,
+        f"baseline_{folder.name}",
+        f"Seed-only SVM baseline on {folder.name} ({task})",
+        f"SVM = LinearSVC (balanced class weights, sigmoid-calibrated) on {data.embedder.name} embeddings.",
+    )
     if args.compare_encoders:
         texts = list(data.ds.gold["text"].sample(n=min(args.compare_encoders, len(data.ds.gold)), random_state=0))
         cmp = compare_encoders(texts)
-        emit(cmp, args.out, f"encoders_{folder.name}", f"Encoder speed, torch vs int8 ONNX MiniLM ({folder.name} test texts)",
-             "Same texts, alternating twice after a warm-up, in one process; texts/s depend on machine load.")
+        emit(
+            cmp,
+            args.out,
+            f"encoders_{folder.name}",
+            f"Encoder speed, torch vs int8 ONNX MiniLM ({folder.name} test texts)",
+            "Same texts, alternating twice after a warm-up, in one process; texts/s depend on machine load.",
+        )
     if args.skip_timing:
         return [table]
-    timing = pipeline_timing(folder, task, args.seed_per_class, 0, model, label_conflicts=getattr(args, "label_conflicts", "error"))
+    timing = pipeline_timing(
+        folder, task, args.seed_per_class, 0, model, label_conflicts=getattr(args, "label_conflicts", "error")
+    )
     tdf = pd.DataFrame([timing])
-    emit(tdf, args.out, f"baseline_timing_{folder.name}", f"Pipeline vs bare embedding time on {folder.name} (same run)",
-         "pipeline = validate + embed into a cold LanceDB store + train + predict pool + score test; "
-         "bare embedding = encode the same texts once. ratio = pipeline / bare embedding.")
+    emit(
+        tdf,
+        args.out,
+        f"baseline_timing_{folder.name}",
+        f"Pipeline vs bare embedding time on {folder.name} (same run)",
+        "pipeline = validate + embed into a cold LanceDB store + train + predict pool + score test; "
+        "bare embedding = encode the same texts once. ratio = pipeline / bare embedding.",
+    )
     return [table, tdf]

@@ -41,21 +41,39 @@ def infer_task(folder: Path) -> str:
     return "multilabel" if "labels" in cols else "multiclass"
 
 
-def load_bench(dataset: str | Path, seed_per_class: int | None, seed: int = 0, task: str | None = None,
-               max_pool: int | None = None, max_gold: int | None = None, cache: Path | None = None,
-               embedding_model: str = "minilm", max_text_chars: int = 100_000,
-               label_conflicts: str = "error") -> BenchData:
+def load_bench(
+    dataset: str | Path,
+    seed_per_class: int | None,
+    seed: int = 0,
+    task: str | None = None,
+    max_pool: int | None = None,
+    max_gold: int | None = None,
+    cache: Path | None = None,
+    embedding_model: str = "minilm",
+    max_text_chars: int = 100_000,
+    label_conflicts: str = "error",
+) -> BenchData:
     """Load a dataset folder in benchmark mode with :func:`labelflow.data.load_dataset` (the product's
     validation and ``label_conflicts`` policy, ``labelflow bench --label-conflicts``) and embed seeds,
     pool and gold through the vector cache (so a second benchmark run re-embeds nothing)."""
     folder = Path(dataset)
     task = task or infer_task(folder)
-    ds = load_dataset(folder, task=task, seed_per_class=seed_per_class, seed=seed,
-                      max_text_chars=max_text_chars, max_pool=max_pool, label_conflicts=label_conflicts)
+    ds = load_dataset(
+        folder,
+        task=task,
+        seed_per_class=seed_per_class,
+        seed=seed,
+        max_text_chars=max_text_chars,
+        max_pool=max_pool,
+        label_conflicts=label_conflicts,
+    )
     if len(ds.conflicts):
         r = ds.report
-        print(f"{folder.name}: label_conflicts={label_conflicts}: {r['label_conflict_texts']} texts with two labels, "
-              f"{len(ds.conflicts)} rows affected ({r['label_conflict_rows_dropped']} dropped)", flush=True)
+        print(
+            f"{folder.name}: label_conflicts={label_conflicts}: {r['label_conflict_texts']} texts with two labels, "
+            f"{len(ds.conflicts)} rows affected ({r['label_conflict_rows_dropped']} dropped)",
+            flush=True,
+        )
     if max_gold is not None and len(ds.gold) > max_gold:
         ds.gold = ds.gold.sample(n=max_gold, random_state=seed).reset_index(drop=True)
     embedder = Embedder(embedding_model)
@@ -74,8 +92,7 @@ def _progress(what: str, unit: str = "texts"):
     return Progress(what, unit=unit)
 
 
-def bench_expert(args, truth: dict, label_vectors: dict | None, cache_path: str | Path | None = None,
-                 budget=None, **options):
+def bench_expert(args, truth: dict, label_vectors: dict | None, cache_path: str | Path | None = None, budget=None, **options):
     """The expert a benchmark's ``--expert`` names, through :func:`labelflow.expert.make_expert`:
     ``simulated`` (answers from ``truth`` with accuracy ``--p``), ``local`` (the bundled model, started
     here and stopped by the expert's ``close()``) or ``config`` (the ``llm:`` section of labelflow.yaml).

@@ -79,13 +79,27 @@ class FakeLLM:
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                 if body.get("logprobs") and yes is not None:
                     top = {"yes": -0.05, "no": -3.0} if yes else {"no": -0.05, "yes": -3.0}
-                    choice["logprobs"] = {"content": [{"token": text, "logprob": top[text], "bytes": list(text.encode()),
-                                                       "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())}
-                                                                        for t, lp in top.items()]}]}
+                    choice["logprobs"] = {
+                        "content": [
+                            {
+                                "token": text,
+                                "logprob": top[text],
+                                "bytes": list(text.encode()),
+                                "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top.items()],
+                            }
+                        ]
+                    }
                 pt = max(1, sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4)
-                payload = json.dumps({"id": "chatcmpl-bench", "object": "chat.completion", "created": int(time.time()),
-                                      "model": body.get("model", "bench"), "choices": [choice],
-                                      "usage": {"prompt_tokens": pt, "completion_tokens": 1, "total_tokens": pt + 1}}).encode()
+                payload = json.dumps(
+                    {
+                        "id": "chatcmpl-bench",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model", "bench"),
+                        "choices": [choice],
+                        "usage": {"prompt_tokens": pt, "completion_tokens": 1, "total_tokens": pt + 1},
+                    }
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

@@ -51,13 +51,29 @@ def run(args) -> list[pd.DataFrame]:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         cov = pred >= 0
-        rows.append({"model": name, "n_texts": n, "n_lfs": m, "n_classes": k, "votes": V.nnz,
-                     "fit_s": fit_s, "predict_s": pred_s, "iterations": getattr(model, "n_iter_", 0),
-                     "peak_traced_MiB": peak / 2**20, "accuracy": float((pred[cov] == y[cov]).mean()),
-                     "coverage": float(cov.mean())})
+        rows.append(
+            {
+                "model": name,
+                "n_texts": n,
+                "n_lfs": m,
+                "n_classes": k,
+                "votes": V.nnz,
+                "fit_s": fit_s,
+                "predict_s": pred_s,
+                "iterations": getattr(model, "n_iter_", 0),
+                "peak_traced_MiB": peak / 2**20,
+                "accuracy": float((pred[cov] == y[cov]).mean()),
+                "coverage": float(cov.mean()),
+            }
+        )
         print(rows[-1], flush=True)
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     df = pd.DataFrame(rows)
-    emit(df, args.out, "labelmodel_scale", f"Label-model scale: {n} x {m} LFs x {k} classes (synthetic)",
-         note=f"Process max RSS {maxrss:.0f} MiB. peak_traced_MiB = tracemalloc peak of fit + predict (numpy buffers included).")
+    emit(
+        df,
+        args.out,
+        "labelmodel_scale",
+        f"Label-model scale: {n} x {m} LFs x {k} classes (synthetic)",
+        note=f"Process max RSS {maxrss:.0f} MiB. peak_traced_MiB = tracemalloc peak of fit + predict (numpy buffers included).",
+    )
     return [df]

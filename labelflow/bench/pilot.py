@@ -32,8 +32,9 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("pilot")
     g.add_argument("--pilot-min-accuracy", type=float, default=0.8, help="the gate (default 0.80)")
     g.add_argument("--pilot-examples", type=int, default=3, help="evidence seeds shown per question")
-    g.add_argument("--llm-cache", default="data/llm/pilot_bench_cache.duckdb",
-                   help="response cache of the LLM expert (local/config)")
+    g.add_argument(
+        "--llm-cache", default="data/llm/pilot_bench_cache.duckdb", help="response cache of the LLM expert (local/config)"
+    )
     # --describe (have an LLM expert write the missing descriptions first) is shared with the RAC benchmark
 
 
@@ -43,17 +44,26 @@ def run(args) -> list[pd.DataFrame]:
     rows, confusions = [], []
     for split in range(max(1, args.seeds)):
         # only the seeds are needed: no pool or gold embeddings
-        data = load_bench(args.dataset, args.seed_per_class or None, seed=split, task=args.task, max_pool=0, max_gold=0,
-                          label_conflicts=getattr(args, "label_conflicts", "error"))
+        data = load_bench(
+            args.dataset,
+            args.seed_per_class or None,
+            seed=split,
+            task=args.task,
+            max_pool=0,
+            max_gold=0,
+            label_conflicts=getattr(args, "label_conflicts", "error"),
+        )
         ds = data.ds
         vectors = label_centroids(ds.seeds, data.seeds_X, ds.multilabel)
         truth = {i: (split_labels(v) if ds.multilabel else v) for i, v in zip(ds.seeds["id"], ds.seeds["label"])}
-        given = {lab: d for lab, d in zip(ds.descriptions["label"], ds.descriptions["description"])
-                 if isinstance(d, str) and d.strip()}
+        given = {
+            lab: d for lab, d in zip(ds.descriptions["label"], ds.descriptions["description"]) if isinstance(d, str) and d.strip()
+        }
         expert = bench_expert(args, truth, vectors, cache_path=args.llm_cache)
         try:
-            items, y = pilot_pairs(ds.seeds, vectors, n, seed=split, multilabel=ds.multilabel,
-                                   descriptions=given, n_examples=args.pilot_examples)
+            items, y = pilot_pairs(
+                ds.seeds, vectors, n, seed=split, multilabel=ds.multilabel, descriptions=given, n_examples=args.pilot_examples
+            )
             desc_note = "labels.csv" if given else "none (label name + examples)"
             if getattr(args, "describe", False) and args.expert != "simulated":
                 from labelflow.descriptions import describe_labels
@@ -64,37 +74,58 @@ def run(args) -> list[pd.DataFrame]:
                 written = dict(zip(df["label"], df["description"]))
                 for it in items:
                     it.description = written.get(it.label, it.description)
-                desc_note = (f"{int((df['source'] == 'llm').sum())} written by {expert.name} "
-                             f"in {time.perf_counter() - t0:.0f} s, {int((df['source'] == 'user').sum())} from labels.csv")
+                desc_note = (
+                    f"{int((df['source'] == 'llm').sum())} written by {expert.name} "
+                    f"in {time.perf_counter() - t0:.0f} s, {int((df['source'] == 'user').sum())} from labels.csv"
+                )
                 log.info("descriptions: %s", desc_note)
             log.info("pilot: %d questions on %s with %s", len(items), ds.name, expert.name)
             res = run_pilot(expert, items, y, min_accuracy=args.pilot_min_accuracy, seed=split)
         finally:
             expert.close()  # stops the local server it started
-        row = {"dataset": ds.name, "split": split, "expert": res.expert, "n": res.n,
-               "accuracy": res.accuracy, "precision_yes": res.precision_yes, "recall_yes": res.recall_yes,
-               "threshold_default": res.threshold_default, "threshold_calibrated": res.threshold,
-               "accuracy_calibrated_in_sample": res.accuracy_calibrated,
-               "accuracy_calibrated_cv": res.accuracy_calibrated_cv, "passed": res.passed,
-               "no_answer": res.no_answer, "calls": res.calls, "cache_hits": res.cache_hits,
-               "prompt_tokens/validation": res.prompt_tokens / res.n if res.n else 0.0,
-               "seconds": res.seconds, "s/validation": res.seconds_per_validation, "descriptions": desc_note}
+        row = {
+            "dataset": ds.name,
+            "split": split,
+            "expert": res.expert,
+            "n": res.n,
+            "accuracy": res.accuracy,
+            "precision_yes": res.precision_yes,
+            "recall_yes": res.recall_yes,
+            "threshold_default": res.threshold_default,
+            "threshold_calibrated": res.threshold,
+            "accuracy_calibrated_in_sample": res.accuracy_calibrated,
+            "accuracy_calibrated_cv": res.accuracy_calibrated_cv,
+            "passed": res.passed,
+            "no_answer": res.no_answer,
+            "calls": res.calls,
+            "cache_hits": res.cache_hits,
+            "prompt_tokens/validation": res.prompt_tokens / res.n if res.n else 0.0,
+            "seconds": res.seconds,
+            "s/validation": res.seconds_per_validation,
+            "descriptions": desc_note,
+        }
         log.info("result: %s", row)
         rows.append(row)
         if len(res.confusions):
             confusions.append(res.confusions.assign(split=split, text=res.confusions["text"].str.slice(0, 80)))
     table = pd.DataFrame(rows)
     name = Path(args.dataset).resolve().name
-    note = (f"{n} yes/no questions per split: {(n + 1) // 2} stratified seed texts x (true label, nearest wrong label "
-            f"by seed centroid); evidence = {args.pilot_examples} other seeds of the asked label. accuracy/precision/"
-            "recall at the expert's own decisions (no answer = wrong); threshold_calibrated maximises accuracy on the "
-            "pilot (in-sample figure optimistic; _cv = 5-fold cross-validated). passed: max(accuracy, cv) >= "
-            f"{args.pilot_min_accuracy}. Seconds are wall time of expert.validate on this machine (cache hits cost ~0).")
+    note = (
+        f"{n} yes/no questions per split: {(n + 1) // 2} stratified seed texts x (true label, nearest wrong label "
+        f"by seed centroid); evidence = {args.pilot_examples} other seeds of the asked label. accuracy/precision/"
+        "recall at the expert's own decisions (no answer = wrong); threshold_calibrated maximises accuracy on the "
+        "pilot (in-sample figure optimistic; _cv = 5-fold cross-validated). passed: max(accuracy, cv) >= "
+        f"{args.pilot_min_accuracy}. Seconds are wall time of expert.validate on this machine (cache hits cost ~0)."
+    )
     emit(table, args.out, f"pilot_{name}_{args.expert}", f"Pilot validation on {name} ({table['expert'].iloc[0]})", note)
     out = [table]
     if confusions:
         conf = pd.concat(confusions, ignore_index=True)
-        emit(conf.head(30), args.out, f"pilot_confusions_{name}_{args.expert}",
-             f"Pilot confusions on {name} (first 30 of {len(conf)})")
+        emit(
+            conf.head(30),
+            args.out,
+            f"pilot_confusions_{name}_{args.expert}",
+            f"Pilot confusions on {name} (first 30 of {len(conf)})",
+        )
         out.append(conf)
     return out

@@ -25,12 +25,22 @@ import numpy as np
 import pandas as pd
 
 from labelflow.bench.common import DEFAULT_CACHE, _progress, emit
-from labelflow.data import (benchmark_split, check_ids, find_table, label_lists, read_labelled, resolve_label_conflicts,
-                            text_id)
+from labelflow.data import benchmark_split, check_ids, find_table, label_lists, read_labelled, resolve_label_conflicts, text_id
 from labelflow.embedding import Embedder, VectorStore
 from labelflow.metrics import multilabel_metrics
-from labelflow.rapt import (RAPT, CaseBase, RidgeMultiLabel, ScoredBackbone, apply_thresholds, binarize, evaluate_all,
-                            evaluation_figure, out_of_fold_scores, tune_global_threshold, tune_per_label_thresholds)
+from labelflow.rapt import (
+    RAPT,
+    CaseBase,
+    RidgeMultiLabel,
+    ScoredBackbone,
+    apply_thresholds,
+    binarize,
+    evaluate_all,
+    evaluation_figure,
+    out_of_fold_scores,
+    tune_global_threshold,
+    tune_per_label_thresholds,
+)
 
 
 def add_arguments(p) -> None:
@@ -38,14 +48,26 @@ def add_arguments(p) -> None:
     p.add_argument("--rapt-n", type=int, default=3, help="RAPT: distinct cases aggregated among them (default 3)")
     p.add_argument("--rapt-folds", type=int, default=5, help="RAPT: folds for the case base's out-of-fold scores")
     p.add_argument("--rapt-jobs", type=int, default=1, help="RAPT: out-of-fold folds fitted in parallel")
-    p.add_argument("--rapt-max-train", type=int, default=None,
-                   help="RAPT: train on a seeded random sample of N train texts (natural label distribution)")
-    p.add_argument("--rapt-objective", default="macro_f1", choices=["macro_f1", "micro_f1"],
-                   help="what Base* / Base*_l thresholds are tuned for on val")
+    p.add_argument(
+        "--rapt-max-train",
+        type=int,
+        default=None,
+        help="RAPT: train on a seeded random sample of N train texts (natural label distribution)",
+    )
+    p.add_argument(
+        "--rapt-objective",
+        default="macro_f1",
+        choices=["macro_f1", "micro_f1"],
+        help="what Base* / Base*_l thresholds are tuned for on val",
+    )
     p.add_argument("--rapt-rounding", default="floor", choices=["floor", "round"], help="AvgCount: ⌊k*⌋ or round(k*)")
-    p.add_argument("--rapt-backbone", default="svm", choices=["svm", "ridge"],
-                   help="svm: calibrated one-vs-rest LinearSVC, K-fold out-of-fold case scores; ridge: multi-output "
-                        "ridge + Platt sigmoid, exact leave-one-out case scores in closed form (one fit)")
+    p.add_argument(
+        "--rapt-backbone",
+        default="svm",
+        choices=["svm", "ridge"],
+        help="svm: calibrated one-vs-rest LinearSVC, K-fold out-of-fold case scores; ridge: multi-output "
+        "ridge + Platt sigmoid, exact leave-one-out case scores in closed form (one fit)",
+    )
 
 
 def load_split(folder: Path, stem: str, max_chars: int = 100_000, label_conflicts: str = "error") -> tuple[pd.DataFrame, int]:
@@ -86,9 +108,12 @@ def run(args) -> list[pd.DataFrame]:
     how = "full" if len(train) == full_train else (f"{args.seed_per_class} per label" if args.seed_per_class else "")
     if args.rapt_max_train and len(train) == args.rapt_max_train:
         how = (how + ", " if how else "") + f"random sample of {args.rapt_max_train} of {full_train}"
-    print(f"{folder.name}: train {len(train)} ({how}), "
-          f"val {len(val)}, test {len(test)}{' (sample)' if args.sample else ''}, {len(classes)} labels; "
-          f"rows removed (label_conflicts={policy}, identical copies): train {m_tr}, val {m_va}, test {m_te}", flush=True)
+    print(
+        f"{folder.name}: train {len(train)} ({how}), "
+        f"val {len(val)}, test {len(test)}{' (sample)' if args.sample else ''}, {len(classes)} labels; "
+        f"rows removed (label_conflicts={policy}, identical copies): train {m_tr}, val {m_va}, test {m_te}",
+        flush=True,
+    )
 
     embedder = Embedder("minilm")
     store = VectorStore(DEFAULT_CACHE / folder.resolve().name)
@@ -118,15 +143,33 @@ def run(args) -> list[pd.DataFrame]:
     cb_train = CaseBase.build(train["id"], backbone.embed(Xtr), oof, binarize(Str, classes), classes)
     cb = CaseBase.build(train["id"], backbone.embed(Xtr), oof, binarize(Str, classes), classes)
     val_new = ~val["id"].isin(set(train["id"]))  # a val text identical to a train text is already a case
-    cb.retain(val["id"][val_new], backbone.embed(Xva[val_new.to_numpy()]), backbone.score(Xva[val_new.to_numpy()]),
-              Yva[val_new.to_numpy()])
+    cb.retain(
+        val["id"][val_new],
+        backbone.embed(Xva[val_new.to_numpy()]),
+        backbone.score(Xva[val_new.to_numpy()]),
+        Yva[val_new.to_numpy()],
+    )
     cb.save(store, CaseBase.TABLE)
     t_cb = time.perf_counter() - t
-    print(f"embeddings {t_embed:.1f}s (cache), backbone ({args.rapt_backbone}) fit {t_fit:.1f}s, case scores {oof_how} "
-          f"{t_oof:.1f}s, case base of {len(cb)} cases built and written to LanceDB in {t_cb:.1f}s", flush=True)
+    print(
+        f"embeddings {t_embed:.1f}s (cache), backbone ({args.rapt_backbone}) fit {t_fit:.1f}s, case scores {oof_how} "
+        f"{t_oof:.1f}s, case base of {len(cb)} cases built and written to LanceDB in {t_cb:.1f}s",
+        flush=True,
+    )
 
-    table, extra = evaluate_all(backbone, Xte, Yte, Xva, Yva, cb, k=args.rapt_k, n_distinct=args.rapt_n,
-                                objective=args.rapt_objective, rounding=args.rapt_rounding, return_predictions=True)
+    table, extra = evaluate_all(
+        backbone,
+        Xte,
+        Yte,
+        Xva,
+        Yva,
+        cb,
+        k=args.rapt_k,
+        n_distinct=args.rapt_n,
+        objective=args.rapt_objective,
+        rounding=args.rapt_rounding,
+        return_predictions=True,
+    )
     score_ms = float(table.set_index("method").loc["Base0.5", "ms_per_text"])  # scoring (+ a 0.5 cut)
     extra_rows, diag = _extras(args, backbone, cb_train, cb, Xva, Yva, Xte, Yte, extra, score_ms)
     table = pd.concat([table, pd.DataFrame(extra_rows)], ignore_index=True)
@@ -148,36 +191,56 @@ def run(args) -> list[pd.DataFrame]:
     ms_embed = 1000 * (time.perf_counter() - t) / n_emb
 
     by = table.set_index("method")
-    timing = pd.DataFrame([
-        {"step": "embed text (MiniLM, common to all)", "ms_per_text": ms_embed},
-        {"step": "bare classifier: score + threshold (Base*)", "ms_per_text": by.loc["Base*", "ms_per_text"]},
-        {"step": "RAPT-AvgCount: score + retrieve (in-memory) + adapt + threshold", "ms_per_text": by.loc["RAPT-AvgCount", "ms_per_text"]},
-        {"step": "RAPT-RankCal: same, RankCal cut-off", "ms_per_text": by.loc["RAPT-RankCal", "ms_per_text"]},
-        {"step": f"RAPT retrieve+adapt+threshold via LanceDB search, one query at a time (first {n_check})", "ms_per_text": ms_lance},
-    ])
+    timing = pd.DataFrame(
+        [
+            {"step": "embed text (MiniLM, common to all)", "ms_per_text": ms_embed},
+            {"step": "bare classifier: score + threshold (Base*)", "ms_per_text": by.loc["Base*", "ms_per_text"]},
+            {
+                "step": "RAPT-AvgCount: score + retrieve (in-memory) + adapt + threshold",
+                "ms_per_text": by.loc["RAPT-AvgCount", "ms_per_text"],
+            },
+            {"step": "RAPT-RankCal: same, RankCal cut-off", "ms_per_text": by.loc["RAPT-RankCal", "ms_per_text"]},
+            {
+                "step": f"RAPT retrieve+adapt+threshold via LanceDB search, one query at a time (first {n_check})",
+                "ms_per_text": ms_lance,
+            },
+        ]
+    )
     static = [m for m in by.index if m.startswith("Base")]
     best_static = by.loc[static, "macro_f1"].max()
     best_rapt = by.loc[["RAPT-AvgCount", "RAPT-RankCal"], "macro_f1"].max()
     best_any = by.loc[[m for m in by.index if m not in static], "macro_f1"].max()
-    note = (f"train {len(train)} ({how}) / val {len(val)} / test {len(test)} texts, {len(classes)} labels; case base {len(cb)} "
-            f"(train out-of-fold + val); k={args.rapt_k}, n={args.rapt_n} distinct, rounding {args.rapt_rounding}; "
-            f"Base* threshold {extra['global_threshold']:.2f} (tuned for {args.rapt_objective} on val); "
-            f"backbone {args.rapt_backbone}; best RAPT (paper rules) macro-F1 − best static macro-F1 = "
-            f"{best_rapt - best_static:+.3f}; best retrieval-augmented row − best static = {best_any - best_static:+.3f}. "
-            f"Rows after RAPT-RankCal: Base* tuned for micro-F1; AvgCount with round(k*); RAPT with n and the rule "
-            f"chosen on val ({diag['tuned']}); RAPT-adapted scores with per-label thresholds tuned on val's adapted "
-            f"scores (val queried against a train-only case base in both). "
-            f"ms_per_text = scoring + the method's decision, per text of a batch of {len(test)}, embedding excluded "
-            f"(the one-off choices made on val are not counted).")
+    note = (
+        f"train {len(train)} ({how}) / val {len(val)} / test {len(test)} texts, {len(classes)} labels; case base {len(cb)} "
+        f"(train out-of-fold + val); k={args.rapt_k}, n={args.rapt_n} distinct, rounding {args.rapt_rounding}; "
+        f"Base* threshold {extra['global_threshold']:.2f} (tuned for {args.rapt_objective} on val); "
+        f"backbone {args.rapt_backbone}; best RAPT (paper rules) macro-F1 − best static macro-F1 = "
+        f"{best_rapt - best_static:+.3f}; best retrieval-augmented row − best static = {best_any - best_static:+.3f}. "
+        f"Rows after RAPT-RankCal: Base* tuned for micro-F1; AvgCount with round(k*); RAPT with n and the rule "
+        f"chosen on val ({diag['tuned']}); RAPT-adapted scores with per-label thresholds tuned on val's adapted "
+        f"scores (val queried against a train-only case base in both). "
+        f"ms_per_text = scoring + the method's decision, per text of a batch of {len(test)}, embedding excluded "
+        f"(the one-off choices made on val are not counted)."
+    )
     out = Path(args.out)
     emit(table, out, f"rapt_{folder.name}", f"RAPT vs static thresholds — {folder.name}", note)
-    emit(pd.DataFrame([diag["stats"]]), out, f"rapt_{folder.name}_diagnostics", f"Why RAPT wins or loses — {folder.name}",
-         "gold_card: mean gold labels per test text; kstar: mean AvgCount k* (weighted neighbour cardinality); "
-         "floor1: share of texts where ⌊k*⌋ = 1; top1_in_gold: backbone's top label is gold; nb1_shares: the nearest "
-         "distinct case shares a gold label with the text; adapted_top1_in_gold: same after RAPT's adaptation; "
-         "rare_recall_*: micro-recall on the labels with fewer than 1 % of train texts.")
-    emit(timing, out, f"rapt_{folder.name}_latency", f"Inference cost per text — {folder.name}",
-         f"LanceDB path agrees with the in-memory path on {agree:.0%} of the first {n_check} test texts.")
+    emit(
+        pd.DataFrame([diag["stats"]]),
+        out,
+        f"rapt_{folder.name}_diagnostics",
+        f"Why RAPT wins or loses — {folder.name}",
+        "gold_card: mean gold labels per test text; kstar: mean AvgCount k* (weighted neighbour cardinality); "
+        "floor1: share of texts where ⌊k*⌋ = 1; top1_in_gold: backbone's top label is gold; nb1_shares: the nearest "
+        "distinct case shares a gold label with the text; adapted_top1_in_gold: same after RAPT's adaptation; "
+        "rare_recall_*: micro-recall on the labels with fewer than 1 % of train texts.",
+    )
+    emit(
+        timing,
+        out,
+        f"rapt_{folder.name}_latency",
+        f"Inference cost per text — {folder.name}",
+        f"LanceDB path agrees with the in-memory path on {agree:.0%} of the first {n_check} test texts.",
+    )
     fig = evaluation_figure(table, f"RAPT vs static thresholds — {folder.name}")
     fig.savefig(out / f"rapt_{folder.name}.png", dpi=120)
     print(f"figure: {out / f'rapt_{folder.name}.png'}", flush=True)
@@ -193,10 +256,18 @@ def _extras(args, backbone, cb_train, cb, Xva, Yva, Xte, Yte, extra, score_ms: f
 
     def row(name, P, t):
         m = multilabel_metrics(Yte, P)
-        rows.append({"method": name, "micro_f1": m["micro_f1"], "macro_f1": m["macro_f1"],
-                     "micro_precision": m["micro_precision"], "micro_recall": m["micro_recall"],
-                     "hamming_loss": m["hamming_loss"], "mean_labels": m["mean_labels_predicted"],
-                     "ms_per_text": score_ms + 1000.0 * t / max(len(Yte), 1)})
+        rows.append(
+            {
+                "method": name,
+                "micro_f1": m["micro_f1"],
+                "macro_f1": m["macro_f1"],
+                "micro_precision": m["micro_precision"],
+                "micro_recall": m["micro_recall"],
+                "hamming_loss": m["hamming_loss"],
+                "mean_labels": m["mean_labels_predicted"],
+                "ms_per_text": score_ms + 1000.0 * t / max(len(Yte), 1),
+            }
+        )
 
     t_micro = tune_global_threshold(S_va, Yva, objective="micro_f1")
     t = time.perf_counter()
@@ -216,8 +287,11 @@ def _extras(args, backbone, cb_train, cb, Xva, Yva, Xte, Yte, extra, score_ms: f
     n, rule, rounding = best[1]
     t = time.perf_counter()  # the test-time cost only (the choice on val is a one-off)
     tuned = RAPT(k=max(10, 2 * n), n_distinct=n, rounding=rounding).fit(cb)
-    row(f"RAPT tuned on val (n={n}, {rule}{', ' + rounding if rule == 'avgcount' else ''})",
-        tuned.predict(Z_te, S_te, rule), time.perf_counter() - t)
+    row(
+        f"RAPT tuned on val (n={n}, {rule}{', ' + rounding if rule == 'avgcount' else ''})",
+        tuned.predict(Z_te, S_te, rule),
+        time.perf_counter() - t,
+    )
 
     # RAPT's adapted scores + per-label thresholds tuned on validation's adapted scores
     r_tr = RAPT(k=args.rapt_k, n_distinct=args.rapt_n).fit(cb_train)
@@ -243,13 +317,18 @@ def _extras(args, backbone, cb_train, cb, Xva, Yva, Xte, Yte, extra, score_ms: f
         tp = (P.astype(bool) & gold)[:, cols].sum()
         return float(tp / max(gold[:, cols].sum(), 1))
 
-    stats = {"gold_card": float(gold.sum(axis=1).mean()), "kstar": float(kstar.mean()),
-             "floor1": float((np.floor(kstar + 1e-9) <= 1).mean()),
-             "top1_in_gold": float(gold[np.arange(len(top)), top].mean()),
-             "nb1_shares": float((first & gold).any(axis=1).mean()),
-             "adapted_top1_in_gold": float(gold[np.arange(len(atop)), atop].mean()),
-             "rare_labels": int(rare.sum())}
+    stats = {
+        "gold_card": float(gold.sum(axis=1).mean()),
+        "kstar": float(kstar.mean()),
+        "floor1": float((np.floor(kstar + 1e-9) <= 1).mean()),
+        "top1_in_gold": float(gold[np.arange(len(top)), top].mean()),
+        "nb1_shares": float((first & gold).any(axis=1).mean()),
+        "adapted_top1_in_gold": float(gold[np.arange(len(atop)), atop].mean()),
+        "rare_labels": int(rare.sum()),
+    }
     for name in ("Base*_l", "RAPT-AvgCount"):
         stats[f"rare_recall_{name}"] = recall_on(extra["predictions"][name], rare) if rare.any() else float("nan")
-    return rows, {"tuned": f"n={n}, {rule}" + (f", {rounding}" if rule == "avgcount" else "") + f", val macro-F1 {best[0]:.3f}",
-                  "stats": stats}
+    return rows, {
+        "tuned": f"n={n}, {rule}" + (f", {rounding}" if rule == "avgcount" else "") + f", val macro-F1 {best[0]:.3f}",
+        "stats": stats,
+    }

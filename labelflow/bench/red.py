@@ -39,11 +39,20 @@ def make_labeler(args, expert):
     """The benchmark's REDLabeler; the call budget is the expert's (:func:`make_budgeted_expert`)."""
     from labelflow.red import REDLabeler
 
-    return REDLabeler(expert, subset_size=args.red_subset_size, top_k_uncertain=args.red_top_k,
-                      n_evidence=args.red_evidence, max_rounds=args.red_max_rounds,
-                      min_added_fraction=args.red_min_added, correction=not args.red_no_correction,
-                      max_tries_per_text=args.red_max_tries,
-                      confidence_threshold=args.red_confidence, model=args.red_model, C=args.red_C, seed=0)
+    return REDLabeler(
+        expert,
+        subset_size=args.red_subset_size,
+        top_k_uncertain=args.red_top_k,
+        n_evidence=args.red_evidence,
+        max_rounds=args.red_max_rounds,
+        min_added_fraction=args.red_min_added,
+        correction=not args.red_no_correction,
+        max_tries_per_text=args.red_max_tries,
+        confidence_threshold=args.red_confidence,
+        model=args.red_model,
+        C=args.red_C,
+        seed=0,
+    )
 
 
 def make_budgeted_expert(args, truth: dict, label_vectors: dict, budget: int | None):
@@ -55,8 +64,9 @@ def make_budgeted_expert(args, truth: dict, label_vectors: dict, budget: int | N
     from labelflow.llm.budget import Budget
     from labelflow.simulated import SimulatedConfig
 
-    return make_expert(SimulatedConfig(truth, p=args.p, label_vectors=label_vectors, seed=0),
-                       budget=Budget(budget, name="red_budget"))
+    return make_expert(
+        SimulatedConfig(truth, p=args.p, label_vectors=label_vectors, seed=0), budget=Budget(budget, name="red_budget")
+    )
 
 
 def _expert(args, data, label_vectors: dict, budget: int | None):
@@ -76,7 +86,9 @@ def run(args) -> list[pd.DataFrame]:
     from labelflow.red import rounds_figure
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    data = load_bench(args.dataset, args.seed_per_class, seed=0, task="multiclass", label_conflicts=getattr(args, "label_conflicts", "error"))
+    data = load_bench(
+        args.dataset, args.seed_per_class, seed=0, task="multiclass", label_conflicts=getattr(args, "label_conflicts", "error")
+    )
     ds = data.ds
     if args.sample and len(ds.gold) > args.sample:
         keep = ds.gold.sample(n=args.sample, random_state=0).index.to_numpy()
@@ -88,8 +100,11 @@ def run(args) -> list[pd.DataFrame]:
     budget = args.red_budget if args.red_budget is not None else n_pool
     expert = _expert(args, data, lv, budget)
     descriptions = dict(zip(ds.descriptions["label"], ds.descriptions["description"]))
-    print(f"{ds.name}: {len(ds.seeds)} seeds ({args.seed_per_class}/class), {n_pool} pool texts, "
-          f"{len(ds.gold)} test texts, {len(labels)} labels; expert {expert.name}; budget {budget} calls", flush=True)
+    print(
+        f"{ds.name}: {len(ds.seeds)} seeds ({args.seed_per_class}/class), {n_pool} pool texts, "
+        f"{len(ds.gold)} test texts, {len(labels)} labels; expert {expert.name}; budget {budget} calls",
+        flush=True,
+    )
 
     labeler = make_labeler(args, expert)
     t0 = time.perf_counter()
@@ -105,12 +120,31 @@ def run(args) -> list[pd.DataFrame]:
     cum_ok = rounds["round"].map(per["acc"] * per["n"]).fillna(0).cumsum()
     rounds["total_accepted_acc"] = (cum_ok / rounds["total_accepted"].replace(0, np.nan)).astype(float)
     rounds["calls_per_pool_text"] = rounds["total_calls"] / n_pool
-    cols = ["round", "uncertain", "no_candidate", "asked", "calls", "accepted", "rejected", "corrected",
-            "accepted_acc", "total_accepted", "total_accepted_acc", "total_calls", "calls_per_pool_text",
-            "retrained_subsets", "seconds"]
-    emit(rounds[cols].astype(object), args.out, "red_rounds", f"R.E.D. rounds on {ds.name} ({expert.name})",
-         note=f"stop reason: {res.stop_reason} (uncertain predictions at each round start, incl. the stopping check: "
-              f"{res.extra['uncertain_history']}); {res.usage.calls} calls for {n_pool} pool texts; {red_s:.1f}s")
+    cols = [
+        "round",
+        "uncertain",
+        "no_candidate",
+        "asked",
+        "calls",
+        "accepted",
+        "rejected",
+        "corrected",
+        "accepted_acc",
+        "total_accepted",
+        "total_accepted_acc",
+        "total_calls",
+        "calls_per_pool_text",
+        "retrained_subsets",
+        "seconds",
+    ]
+    emit(
+        rounds[cols].astype(object),
+        args.out,
+        "red_rounds",
+        f"R.E.D. rounds on {ds.name} ({expert.name})",
+        note=f"stop reason: {res.stop_reason} (uncertain predictions at each round start, incl. the stopping check: "
+        f"{res.extra['uncertain_history']}); {res.usage.calls} calls for {n_pool} pool texts; {red_s:.1f}s",
+    )
     rounds_figure(res.rounds).savefig(f"{args.out}/red_rounds.png", dpi=100)
 
     gold_y = ds.gold["label"].to_numpy()
@@ -126,28 +160,63 @@ def run(args) -> list[pd.DataFrame]:
     def add(method, X, y, calls, pool_df, metrics=None) -> dict:
         m = metrics or _svm_scores(X, y, data.gold_X, gold_y, labels)
         pacc = float((pool_df["label"].to_numpy() == truth[pool_df["id"]].to_numpy()).mean()) if len(pool_df) else np.nan
-        return {"method": method, "train_n": len(y) if y is not None else 0, "calls": calls,
-                "calls_per_pool_text": calls / n_pool, "pool_labels": len(pool_df), "pool_label_acc": pacc,
-                "test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"], "test_micro_f1": m["micro_f1"]}
+        return {
+            "method": method,
+            "train_n": len(y) if y is not None else 0,
+            "calls": calls,
+            "calls_per_pool_text": calls / n_pool,
+            "pool_labels": len(pool_df),
+            "pool_label_acc": pacc,
+            "test_accuracy": m["accuracy"],
+            "test_macro_f1": m["macro_f1"],
+            "test_micro_f1": m["micro_f1"],
+        }
 
     empty = res.labels.iloc[:0]
     rows.append(add("seed-only EmbeddingSVM", data.seeds_X, seed_y, 0, empty))
     vX, vy = rows_of(res.labels)
-    rows.append(add("R.E.D. verified -> EmbeddingSVM", np.vstack([data.seeds_X, vX]), np.concatenate([seed_y, vy]),
-                    res.usage.calls, res.labels))
+    rows.append(
+        add(
+            "R.E.D. verified -> EmbeddingSVM",
+            np.vstack([data.seeds_X, vX]),
+            np.concatenate([seed_y, vy]),
+            res.usage.calls,
+            res.labels,
+        )
+    )
     mX, my = rows_of(model_rows)
-    rows.append(add(f"R.E.D. verified + model (conf >= {labeler.confidence_threshold:g}) -> EmbeddingSVM",
-                    np.vstack([data.seeds_X, vX, mX]), np.concatenate([seed_y, vy, my]), res.usage.calls, allp))
+    rows.append(
+        add(
+            f"R.E.D. verified + model (conf >= {labeler.confidence_threshold:g}) -> EmbeddingSVM",
+            np.vstack([data.seeds_X, vX, mX]),
+            np.concatenate([seed_y, vy, my]),
+            res.usage.calls,
+            allp,
+        )
+    )
     names, _ = labeler.predict(data.gold_X)
-    rows.append(add("R.E.D. final subset models (direct)", None, None, res.usage.calls, empty,
-                    classification_metrics(gold_y, names, labels)))
+    rows.append(
+        add(
+            "R.E.D. final subset models (direct)",
+            None,
+            None,
+            res.usage.calls,
+            empty,
+            classification_metrics(gold_y, names, labels),
+        )
+    )
     if importlib.util.find_spec("labelflow.rac") is not None:
         rows.append(_rac_row(args, data, lv, res.usage.calls, truth, descriptions, add))
     else:
         print("RAC: labelflow/rac.py not present in this checkout; no RAC row", flush=True)
     table = pd.DataFrame(rows)
-    emit(table.astype(object), args.out, "red", f"R.E.D. vs seed-only on {ds.name} test ({len(gold_y)} texts, {expert.name})",
-         note=f"goal: macro-F1 >= 0.90 with <= 1 expert call per pool text; stop: {res.stop_reason}")
+    emit(
+        table.astype(object),
+        args.out,
+        "red",
+        f"R.E.D. vs seed-only on {ds.name} test ({len(gold_y)} texts, {expert.name})",
+        note=f"goal: macro-F1 >= 0.90 with <= 1 expert call per pool text; stop: {res.stop_reason}",
+    )
     return [rounds, table]
 
 
@@ -170,8 +239,15 @@ def _rac_row(args, data, label_vectors, budget, truth, descriptions, add) -> dic
         if expert.budget.exhausted:
             break
         idx = order[start : start + 500]
-        res = RAC(expert, k=5, n_examples=3).label(list(ds.pool["id"].iloc[idx]), list(ds.pool["text"].iloc[idx]),
-                                                    data.pool_X[idx], retriever, desc, seed_texts, seed_vecs)
+        res = RAC(expert, k=5, n_examples=3).label(
+            list(ds.pool["id"].iloc[idx]),
+            list(ds.pool["text"].iloc[idx]),
+            data.pool_X[idx],
+            retriever,
+            desc,
+            seed_texts,
+            seed_vecs,
+        )
         parts.append(res.assign(_row=idx))
     res = pd.concat(parts, ignore_index=True)
     got = res[res["label"] != ""]

@@ -22,8 +22,16 @@ import pandas as pd
 from labelflow.metrics import classification_metrics
 
 
-def make_clusters(n_classes: int, n_per_class_seed: int, n_pool: int, dim: int = 384, family_size: int = 10,
-                  family_spread: float = 0.6, noise: float = 2.5, seed: int = 0):
+def make_clusters(
+    n_classes: int,
+    n_per_class_seed: int,
+    n_pool: int,
+    dim: int = 384,
+    family_size: int = 10,
+    family_spread: float = 0.6,
+    noise: float = 2.5,
+    seed: int = 0,
+):
     """Clustered unit vectors. Class centres = family centre + ``family_spread`` * random direction
     (siblings are confusable); a text = its centre + ``noise`` * isotropic Gaussian (norm ~ noise),
     normalised. Returns (labels, centres, seed_X, seed_y, pool_X, pool_y) with y as label strings."""
@@ -73,8 +81,11 @@ def run(args) -> list[pd.DataFrame]:
     pool_ids = [f"t{i}" for i in range(n_pool)]
     pool_texts = pool_ids  # synthetic: the id stands in for the text
     t_data = time.perf_counter() - t0
-    print(f"synthetic data: {n_classes} classes, {n_pool} pool texts, {len(seed_y)} seeds ({k}/class), dim {dim}; "
-          f"{t_data:.1f}s; max RSS so far {_maxrss_mib():.0f} MiB", flush=True)
+    print(
+        f"synthetic data: {n_classes} classes, {n_pool} pool texts, {len(seed_y)} seeds ({k}/class), dim {dim}; "
+        f"{t_data:.1f}s; max RSS so far {_maxrss_mib():.0f} MiB",
+        flush=True,
+    )
     budget = args.red_budget if args.red_budget is not None else n_pool
     expert = make_budgeted_expert(args, dict(zip(pool_ids, pool_y)), dict(zip(labels, centres)), budget)
     labeler = make_labeler(args, expert)
@@ -96,18 +107,46 @@ def run(args) -> list[pd.DataFrame]:
     names, _ = labeler.predict(pool_X)
     final = classification_metrics(pool_y, names, labels)
     out = args.out
-    emit(res.rounds.astype(object), out, "red_scale_rounds", f"R.E.D. scale rounds ({n_classes} classes x {n_pool} texts, dim {dim}, {expert.name})")
+    emit(
+        res.rounds.astype(object),
+        out,
+        "red_scale_rounds",
+        f"R.E.D. scale rounds ({n_classes} classes x {n_pool} texts, dim {dim}, {expert.name})",
+    )
     total = time.perf_counter() - t0
-    summary = pd.DataFrame([{
-        "classes": n_classes, "pool": n_pool, "dim": dim, "seeds_per_class": k, "subsets": len(labeler.subsets_),
-        "rounds": len(res.rounds), "stop": res.stop_reason,
-        "uncertain_at_stop": res.extra["uncertain_history"][-1], "calls": res.usage.calls,
-        "calls_per_text": res.usage.calls / n_pool, "verified": len(ver), "verified_acc": ver_acc,
-        "model_labelled": len(model), "model_acc": mod_acc, "pool_acc_final_models": final["accuracy"],
-        "fit_s": t_fit, "run_s": t_run, "label_rest_s": t_rest, "total_s": total, "peak_rss_mib": _maxrss_mib(),
-    }])
-    emit(summary.astype(object), out, "red_scale", "R.E.D. scale line (synthetic clusters, SimulatedExpert)",
-         note=f"peak memory = resource.getrusage(RUSAGE_SELF).ru_maxrss = {_maxrss_mib():.0f} MiB; total {total:.1f}s")
+    summary = pd.DataFrame(
+        [
+            {
+                "classes": n_classes,
+                "pool": n_pool,
+                "dim": dim,
+                "seeds_per_class": k,
+                "subsets": len(labeler.subsets_),
+                "rounds": len(res.rounds),
+                "stop": res.stop_reason,
+                "uncertain_at_stop": res.extra["uncertain_history"][-1],
+                "calls": res.usage.calls,
+                "calls_per_text": res.usage.calls / n_pool,
+                "verified": len(ver),
+                "verified_acc": ver_acc,
+                "model_labelled": len(model),
+                "model_acc": mod_acc,
+                "pool_acc_final_models": final["accuracy"],
+                "fit_s": t_fit,
+                "run_s": t_run,
+                "label_rest_s": t_rest,
+                "total_s": total,
+                "peak_rss_mib": _maxrss_mib(),
+            }
+        ]
+    )
+    emit(
+        summary.astype(object),
+        out,
+        "red_scale",
+        "R.E.D. scale line (synthetic clusters, SimulatedExpert)",
+        note=f"peak memory = resource.getrusage(RUSAGE_SELF).ru_maxrss = {_maxrss_mib():.0f} MiB; total {total:.1f}s",
+    )
     fig = rounds_figure(res.rounds)
     fig.savefig(f"{out}/red_scale_rounds.png", dpi=100)
     return [res.rounds, summary]

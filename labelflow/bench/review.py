@@ -30,8 +30,11 @@ def add_arguments(parser) -> None:
     g = parser.add_argument_group("review")
     g.add_argument("--rounds", type=int, default=5, help="review rounds")
     g.add_argument("--per-round", type=int, default=100, help="texts reviewed per round")
-    g.add_argument("--strategies", default="uncertain,disagreement,issues,stratified,random",
-                   help="comma-separated review strategies (random is always added as the reference)")
+    g.add_argument(
+        "--strategies",
+        default="uncertain,disagreement,issues,stratified,random",
+        help="comma-separated review strategies (random is always added as the reference)",
+    )
     g.add_argument("--review-queue", type=int, default=2000, help="texts routed to the (simulated) LLM for RAC")
     g.add_argument("--review-pool", type=int, default=None, help="a seeded sample of N pool texts (default: the whole pool)")
 
@@ -73,8 +76,11 @@ def run(args) -> list[pd.DataFrame]:
     pos = pd.Series(np.arange(len(pool)), index=pool["id"])
     gold_y = ds.gold["label"].to_numpy()
     seeds = ds.seeds.astype({"id": str})
-    print(f"{ds.name}: {len(seeds)} seeds, {len(pool)} pool texts, {len(gold_y)} test texts, {len(labels)} labels; "
-          f"{args.rounds} rounds x {args.per_round} reviews; strategies {', '.join(strategies)}", flush=True)
+    print(
+        f"{ds.name}: {len(seeds)} seeds, {len(pool)} pool texts, {len(gold_y)} test texts, {len(labels)} labels; "
+        f"{args.rounds} rounds x {args.per_round} reviews; strategies {', '.join(strategies)}",
+        flush=True,
+    )
 
     # the starting labels: weak supervision, routing, RAC with the simulated expert
     desc = dict(zip(ds.descriptions["label"], ds.descriptions["description"])) if len(ds.descriptions) else {}
@@ -90,37 +96,58 @@ def run(args) -> list[pd.DataFrame]:
     seed_y = seeds["label"].to_numpy()
     space = LabelSpace.build(seeds, data.seeds_X)
     centroids = space.centroid_map()
-    expert = SimulatedExpert(dict(zip(ds.pool_truth["id"].astype(str), ds.pool_truth["label"])), p=args.p,
-                             label_vectors=centroids, seed=0)
+    expert = SimulatedExpert(
+        dict(zip(ds.pool_truth["id"].astype(str), ds.pool_truth["label"])), p=args.p, label_vectors=centroids, seed=0
+    )
     retriever = LabelRetriever().fit(labels, label_X, data.seeds_X, list(seed_y))
     seed_texts, seed_vecs = space.seed_texts_by_label(), space.seed_vectors_by_label()
-    rac = RAC(expert, k=5).label(queue["id"].tolist(), queue["text"].tolist(), data.pool_X[pos[queue["id"]].to_numpy()],
-                                 retriever, desc, seed_texts, seed_vecs)
+    rac = RAC(expert, k=5).label(
+        queue["id"].tolist(),
+        queue["text"].tolist(),
+        data.pool_X[pos[queue["id"]].to_numpy()],
+        retriever,
+        desc,
+        seed_texts,
+        seed_vecs,
+    )
     rac = rac[rac["label"] != ""].drop(columns=["text"], errors="ignore").merge(pool, on="id", how="left")
-    base_sources = [("gold_seed", seeds.assign(confidence=1.0)), ("llm", rac[["id", "text", "label", "confidence"]]),
-                    ("weak-confident", kept[["id", "text", "label", "confidence"]])]
+    base_sources = [
+        ("gold_seed", seeds.assign(confidence=1.0)),
+        ("llm", rac[["id", "text", "label", "confidence"]]),
+        ("weak-confident", kept[["id", "text", "label", "confidence"]]),
+    ]
     # the seeds are not pool texts: train on pool vectors + seed vectors
     all_X = np.vstack([data.pool_X, data.seeds_X])
     all_pos = pd.Series(np.arange(len(all_X)), index=list(pool["id"]) + list(seeds["id"]))
     start = merge_by_priority(base_sources)
-    acc = {name: float((df["label"].to_numpy() == truth.reindex(df["id"]).to_numpy()).mean())
-           for name, df in base_sources[1:] if len(df)}
-    print(f"starting labels: {len(rac)} RAC ({acc.get('llm', float('nan')):.3f} right), {len(kept)} weak-confident "
-          f"({acc.get('weak-confident', float('nan')):.3f} right) of {len(pool)} pool texts; expert {expert.name}", flush=True)
+    acc = {
+        name: float((df["label"].to_numpy() == truth.reindex(df["id"]).to_numpy()).mean())
+        for name, df in base_sources[1:]
+        if len(df)
+    }
+    print(
+        f"starting labels: {len(rac)} RAC ({acc.get('llm', float('nan')):.3f} right), {len(kept)} weak-confident "
+        f"({acc.get('weak-confident', float('nan')):.3f} right) of {len(pool)} pool texts; expert {expert.name}",
+        flush=True,
+    )
 
     def train(human: pd.DataFrame):
         merged = merge_by_priority([("human", human)] + base_sources) if len(human) else start
         labels_, conf, gold_pred = _fit_predict(merged, all_pos, all_X, data.gold_X)
         n = len(pool)
-        preds = pool.assign(label=labels_[:n], confidence=conf[:n], label_source=pool["id"].map(merged.set_index("id")["source"]).fillna("model"))
+        preds = pool.assign(
+            label=labels_[:n], confidence=conf[:n], label_source=pool["id"].map(merged.set_index("id")["source"]).fillna("model")
+        )
         return merged, preds, classification_metrics(gold_y, gold_pred, labels)
 
     t0 = time.perf_counter()
     merged0, preds0, m0 = train(pd.DataFrame(columns=["id", "text", "label", "confidence"]))
     print(f"round 0: macro-F1 {m0['macro_f1']:.3f} ({time.perf_counter() - t0:.0f} s per training)", flush=True)
     disagreement_sources = {"weak": weak[["id", "label"]], "rac": rac[["id", "label"]]}
-    rows = [{"strategy": s, "round": 0, "reviewed": 0, "macro_f1": m0["macro_f1"], "accuracy": m0["accuracy"],
-             "corrected": 0} for s in strategies]
+    rows = [
+        {"strategy": s, "round": 0, "reviewed": 0, "macro_f1": m0["macro_f1"], "accuracy": m0["accuracy"], "corrected": 0}
+        for s in strategies
+    ]
     for strategy in strategies:
         human = pd.DataFrame(columns=["id", "text", "label", "confidence"])
         merged, preds = merged0, preds0
@@ -133,17 +160,29 @@ def run(args) -> list[pd.DataFrame]:
                 P, classes = out_of_fold_proba(all_X[all_pos[cand["id"]].to_numpy()], cand["label"], folds=3)
                 issues = find_label_issues(cand, P, classes)
                 issues = issues[issues["id"].isin(pos.index)]
-            batch = select_for_review(strategy, preds, args.per_round, seed=r, sources=disagreement_sources, issues=issues,
-                                      exclude=human["id"])
+            batch = select_for_review(
+                strategy, preds, args.per_round, seed=r, sources=disagreement_sources, issues=issues, exclude=human["id"]
+            )
             answers = batch[["id", "text"]].assign(label=truth.reindex(batch["id"]).to_numpy(), confidence=1.0)
             before = merged.set_index("id")["label"].reindex(answers["id"])
             corrected += int((before.to_numpy() != answers["label"].to_numpy()).sum())
             human = pd.concat([human, answers], ignore_index=True)
             merged, preds, m = train(human)
-            rows.append({"strategy": strategy, "round": r, "reviewed": len(human), "macro_f1": m["macro_f1"],
-                         "accuracy": m["accuracy"], "corrected": corrected})
-            print(f"{strategy} round {r}: {len(human)} reviewed, {corrected} labels corrected or added, "
-                  f"macro-F1 {m['macro_f1']:.3f} ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "round": r,
+                    "reviewed": len(human),
+                    "macro_f1": m["macro_f1"],
+                    "accuracy": m["accuracy"],
+                    "corrected": corrected,
+                }
+            )
+            print(
+                f"{strategy} round {r}: {len(human)} reviewed, {corrected} labels corrected or added, "
+                f"macro-F1 {m['macro_f1']:.3f} ({time.perf_counter() - t_start:.0f} s so far)",
+                flush=True,
+            )
     long = pd.DataFrame(rows)
     wide = long.pivot(index="round", columns="strategy", values="macro_f1").reset_index()
     wide["round"] = wide["round"].astype(int)
@@ -156,13 +195,25 @@ def run(args) -> list[pd.DataFrame]:
     last = long[long["round"] == args.rounds].set_index("strategy")["reviewed"]
     short = {s: int(n) for s, n in last.items() if n < args.rounds * args.per_round}
     wide.columns.name = None
-    emit(wide.astype(object), args.out, f"review_{ds.name}", f"Review rounds on {ds.name}: test macro-F1 after each round",
-         note=(f"{len(seeds)} gold seeds ({args.seed_per_class or 10}/class); starting labels: embedding LFs + majority vote, "
-               f"{len(kept)} weak-confident kept, RAC k=5 over {len(queue)} queued texts with {expert.name} ({len(rac)} labelled); "
-               f"simulated reviewer answers from hidden gold. Beats random at every round: "
-               + ", ".join(f"{s} {'yes' if b else 'no'}" for s, b in beats.items())
-               + "".join(f". {s} ran out of candidates: {n} texts reviewed in all" for s, n in short.items())
-               + f". {time.perf_counter() - t_start:.0f} s in all."))
-    emit(long, args.out, f"review_{ds.name}_long", f"Review rounds on {ds.name}: every round", note="corrected = reviewed texts "
-         "whose training label was missing or different from the reviewer's")
+    emit(
+        wide.astype(object),
+        args.out,
+        f"review_{ds.name}",
+        f"Review rounds on {ds.name}: test macro-F1 after each round",
+        note=(
+            f"{len(seeds)} gold seeds ({args.seed_per_class or 10}/class); starting labels: embedding LFs + majority vote, "
+            f"{len(kept)} weak-confident kept, RAC k=5 over {len(queue)} queued texts with {expert.name} ({len(rac)} labelled); "
+            f"simulated reviewer answers from hidden gold. Beats random at every round: "
+            + ", ".join(f"{s} {'yes' if b else 'no'}" for s, b in beats.items())
+            + "".join(f". {s} ran out of candidates: {n} texts reviewed in all" for s, n in short.items())
+            + f". {time.perf_counter() - t_start:.0f} s in all."
+        ),
+    )
+    emit(
+        long,
+        args.out,
+        f"review_{ds.name}_long",
+        f"Review rounds on {ds.name}: every round",
+        note="corrected = reviewed texts whose training label was missing or different from the reviewer's",
+    )
     return [wide, long]

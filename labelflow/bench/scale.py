@@ -18,8 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-FILLER = ("account card payment order delivery refund password login transfer balance app phone email address "
-          "charge fee limit statement branch loan rate cash machine pin code travel abroad currency exchange").split()
+FILLER = (
+    "account card payment order delivery refund password login transfer balance app phone email address "
+    "charge fee limit statement branch loan rate cash machine pin code travel abroad currency exchange"
+).split()
 
 
 def marker(label: str) -> str:
@@ -45,8 +47,9 @@ def synthetic_texts(n: int, classes: int, seed: int = 0) -> list[tuple[str, str]
     return out
 
 
-def write_synthetic_dataset(folder: Path, pool: int, classes: int, seeds_per_class: int = 5, gold_per_class: int = 3,
-                            seed: int = 0) -> Path:
+def write_synthetic_dataset(
+    folder: Path, pool: int, classes: int, seeds_per_class: int = 5, gold_per_class: int = 3, seed: int = 0
+) -> Path:
     """A dataset folder (train.csv seeds, test.csv gold, unlabeled.csv pool, labels.csv descriptions)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,8 +64,8 @@ def write_synthetic_dataset(folder: Path, pool: int, classes: int, seeds_per_cla
         if len(texts) < seeds_per_class + gold_per_class:
             raise ValueError(f"too few synthetic texts for {label}; ask for a larger pool")
         train += [(t, label) for t in texts[:seeds_per_class]]
-        test += [(t, label) for t in texts[seeds_per_class:seeds_per_class + gold_per_class]]
-        used.update(texts[:seeds_per_class + gold_per_class])
+        test += [(t, label) for t in texts[seeds_per_class : seeds_per_class + gold_per_class]]
+        used.update(texts[: seeds_per_class + gold_per_class])
     unlabeled = [t for t, _ in rows if t not in used][:pool]
 
     def write(name, header, data):
@@ -74,8 +77,11 @@ def write_synthetic_dataset(folder: Path, pool: int, classes: int, seeds_per_cla
     write("train.csv", ["text", "label"], train)
     write("test.csv", ["text", "label"], test)
     write("unlabeled.csv", ["text"], [(t,) for t in unlabeled])
-    write("labels.csv", ["label", "description"],
-          [(f"topic_{c:03d}", f"Texts that mention {marker(f'topic_{c:03d}')}.") for c in range(classes)])
+    write(
+        "labels.csv",
+        ["label", "description"],
+        [(f"topic_{c:03d}", f"Texts that mention {marker(f'topic_{c:03d}')}.") for c in range(classes)],
+    )
     return folder
 
 
@@ -87,8 +93,7 @@ class LocalRayCluster:
             os.environ["LABELFLOW_RAY_ADDRESS"] = cluster.address
     """
 
-    def __init__(self, nodes: int = 2, cpus_per_node: int = 1, object_store_bytes: int = 200_000_000,
-                 dashboard: bool = False):
+    def __init__(self, nodes: int = 2, cpus_per_node: int = 1, object_store_bytes: int = 200_000_000, dashboard: bool = False):
         self.n, self.cpus, self.store = nodes, cpus_per_node, object_store_bytes
         self.dashboard = dashboard  # the state API (ray.util.state) needs it: dashboard_url then set
         self.dashboard_url = ""
@@ -102,9 +107,25 @@ class LocalRayCluster:
     def _start(self, args: list[str]) -> None:
         log = open(Path(self.temp_dir) / f"node{len(self.procs)}.log", "wb")
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-        self.procs.append(subprocess.Popen([self._ray(), "start", "--block", "--num-cpus", str(self.cpus),
-                                            "--object-store-memory", str(self.store), "--disable-usage-stats", *args],
-                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env))
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    self._ray(),
+                    "start",
+                    "--block",
+                    "--num-cpus",
+                    str(self.cpus),
+                    "--object-store-memory",
+                    str(self.store),
+                    "--disable-usage-stats",
+                    *args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+        )
 
     def start(self, timeout_s: float = 180.0) -> "LocalRayCluster":
         import socket
@@ -206,17 +227,25 @@ QUEUE_SHARE, QUESTIONS_PER_QUEUED = 0.10, 2.0  # stated assumptions of the extra
 
 def add_arguments(parser) -> None:
     g = parser.add_argument_group("scale")
-    g.add_argument("--compute", default="local", choices=["local", "ray"],
-                   help="scale: local (this process, compared with the direct library calls) or ray (a local cluster "
-                        "of 1-CPU nodes started for the run, measured with 1 and 2 nodes)")
+    g.add_argument(
+        "--compute",
+        default="local",
+        choices=["local", "ray"],
+        help="scale: local (this process, compared with the direct library calls) or ray (a local cluster "
+        "of 1-CPU nodes started for the run, measured with 1 and 2 nodes)",
+    )
     g.add_argument("--texts", type=int, default=2048, help="scale: synthetic texts to embed and label")
     g.add_argument("--classes", type=int, default=20, help="scale: synthetic classes")
     g.add_argument("--llm-questions", type=int, default=320, help="scale: yes/no questions of the LLM stage")
     g.add_argument("--llm-latency-ms", type=float, default=200.0, help="scale: the test LLM server's latency per request")
     g.add_argument("--llm-requests-per-node", type=int, default=8, help="scale: LLM requests in flight per node")
     g.add_argument("--shard-size", type=int, default=512, help="scale: texts per shard (a multiple of 256)")
-    g.add_argument("--repeats", type=int, default=1,
-                   help="scale: measure the configurations this many times, interleaved; the fastest of each is reported")
+    g.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="scale: measure the configurations this many times, interleaved; the fastest of each is reported",
+    )
 
 
 class _RssSampler:
@@ -267,8 +296,16 @@ class _RssSampler:
         return out
 
 
-def _stages(backend, texts: list[str], seeds: list[tuple[str, str]], questions: list[tuple[str, str]], api_base: str,
-            model: str, concurrency: int, server) -> tuple[list[dict], dict]:
+def _stages(
+    backend,
+    texts: list[str],
+    seeds: list[tuple[str, str]],
+    questions: list[tuple[str, str]],
+    api_base: str,
+    model: str,
+    concurrency: int,
+    server,
+) -> tuple[list[dict], dict]:
     """Embedding, labelling functions and LLM questions through ``backend`` (None = the direct library
     calls, as before compute backends); one row per stage."""
     import numpy as np
@@ -341,27 +378,37 @@ def run(args) -> list:
 
     rng = random.Random(1)
     labels = sorted(seeds_by)
-    questions = [(t, lab if rng.random() < 0.5 else rng.choice(labels)) for t, lab in data[:args.llm_questions]]
+    questions = [(t, lab if rng.random() < 0.5 else rng.choice(labels)) for t, lab in data[: args.llm_questions]]
     per_node = args.llm_requests_per_node
     results, notes = [], {}
-    print(f"scale bench: {n} texts, {len(labels)} classes, {len(questions)} LLM questions at "
-          f"{args.llm_latency_ms:.0f} ms, compute {args.compute}", flush=True)
+    print(
+        f"scale bench: {n} texts, {len(labels)} classes, {len(questions)} LLM questions at "
+        f"{args.llm_latency_ms:.0f} ms, compute {args.compute}",
+        flush=True,
+    )
     with FakeLLM(latency_s=args.llm_latency_ms / 1000) as srv:
+
         def measure(config: str, backend, nodes: int, parents: list[int]):
             with _RssSampler(parents) as rss:
-                rows, extra = _stages(backend, texts, seeds, questions, srv.api_base, args.embedding_model, per_node * nodes,
-                                      srv)
+                rows, extra = _stages(backend, texts, seeds, questions, srv.api_base, args.embedding_model, per_node * nodes, srv)
             for r in rows:
                 r.update(config=config, nodes=nodes, throughput_per_s=r["items"] / r["wall_s"])
                 if r["stage"] == "LLM questions":
-                    r.update(llm_requests=int(srv.count), peak_in_flight_server=srv.peak_in_flight,
-                             peak_in_flight_limiter=extra.get("limiter", {}).get("peak_in_flight", ""))
+                    r.update(
+                        llm_requests=int(srv.count),
+                        peak_in_flight_server=srv.peak_in_flight,
+                        peak_in_flight_limiter=extra.get("limiter", {}).get("peak_in_flight", ""),
+                    )
             peaks = notes.setdefault(config, {})
             for k, v in rss.by_kind().items():
                 peaks[k] = max(peaks.get(k, 0.0), v)
             results.extend(rows)
-            print(f"{config}: " + "; ".join(f"{r['stage']} {r['wall_s']:.1f}s" for r in rows)
-                  + f"; votes {extra['votes']}, accepted {extra['accepted']}, vectors sum {extra['vectors_checksum']}", flush=True)
+            print(
+                f"{config}: "
+                + "; ".join(f"{r['stage']} {r['wall_s']:.1f}s" for r in rows)
+                + f"; votes {extra['votes']}, accepted {extra['accepted']}, vectors sum {extra['vectors_checksum']}",
+                flush=True,
+            )
             return extra
 
         if args.compute == "local":
@@ -379,12 +426,29 @@ def run(args) -> list:
                         measure(f"compute: ray, {nodes} node(s)", backend, nodes, [p.pid for p in cluster.procs])
                     backend.close()
     # the fastest of the repeats per configuration and stage
-    results = (pd.DataFrame(results).sort_values("wall_s").drop_duplicates(["config", "stage"])
-               .assign(_c=lambda d: d["config"].map({c: i for i, c in enumerate(dict.fromkeys(r["config"] for r in results))}),
-                       _s=lambda d: d["stage"].map({"embedding": 0, "labelling functions": 1, "LLM questions": 2}))
-               .sort_values(["_c", "_s"]).drop(columns=["_c", "_s"]).to_dict("records"))
-    df = pd.DataFrame(results)[["config", "nodes", "stage", "items", "wall_s", "throughput_per_s", *[
-        col for col in ("llm_requests", "peak_in_flight_server", "peak_in_flight_limiter") if col in pd.DataFrame(results)]]]
+    results = (
+        pd.DataFrame(results)
+        .sort_values("wall_s")
+        .drop_duplicates(["config", "stage"])
+        .assign(
+            _c=lambda d: d["config"].map({c: i for i, c in enumerate(dict.fromkeys(r["config"] for r in results))}),
+            _s=lambda d: d["stage"].map({"embedding": 0, "labelling functions": 1, "LLM questions": 2}),
+        )
+        .sort_values(["_c", "_s"])
+        .drop(columns=["_c", "_s"])
+        .to_dict("records")
+    )
+    df = pd.DataFrame(results)[
+        [
+            "config",
+            "nodes",
+            "stage",
+            "items",
+            "wall_s",
+            "throughput_per_s",
+            *[col for col in ("llm_requests", "peak_in_flight_server", "peak_in_flight_limiter") if col in pd.DataFrame(results)],
+        ]
+    ]
     base = df["config"].iloc[0]
     ratio = []
     for _, r in df.iterrows():
@@ -393,28 +457,41 @@ def run(args) -> list:
     df["throughput_vs_first"] = ratio
     df = df.round({"wall_s": 2, "throughput_per_s": 1, "throughput_vs_first": 2})
     out = args.out
-    emit(df.fillna("").astype(object), out, f"scale_{args.compute}",
-         f"Scale: {n} synthetic texts x {len(labels)} classes, LLM latency {args.llm_latency_ms:.0f} ms, compute {args.compute}",
-         note="\n".join(f"{c}: peak RSS per process (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(p.items()))
-                        for c, p in notes.items()) + f"\nthroughput_vs_first: throughput over the first configuration's ({base}), same run"
-              + (f"; fastest of {args.repeats} interleaved repeats." if args.repeats > 1 else "."))
+    emit(
+        df.fillna("").astype(object),
+        out,
+        f"scale_{args.compute}",
+        f"Scale: {n} synthetic texts x {len(labels)} classes, LLM latency {args.llm_latency_ms:.0f} ms, compute {args.compute}",
+        note="\n".join(
+            f"{c}: peak RSS per process (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(p.items()))
+            for c, p in notes.items()
+        )
+        + f"\nthroughput_vs_first: throughput over the first configuration's ({base}), same run"
+        + (f"; fastest of {args.repeats} interleaved repeats." if args.repeats > 1 else "."),
+    )
     extra = _extrapolate(df, len(labels), args.llm_latency_ms, per_node)
-    emit(extra.astype(object), out, f"scale_extrapolation_{args.compute}",
-         f"Extrapolation to {EXTRAPOLATE_TEXTS:,} texts x {EXTRAPOLATE_CLASSES} classes on K nodes (from {base})",
-         note=_ASSUMPTIONS.format(c=len(labels), q=QUEUE_SHARE, k=QUESTIONS_PER_QUEUED, lat=args.llm_latency_ms, r=per_node))
+    emit(
+        extra.astype(object),
+        out,
+        f"scale_extrapolation_{args.compute}",
+        f"Extrapolation to {EXTRAPOLATE_TEXTS:,} texts x {EXTRAPOLATE_CLASSES} classes on K nodes (from {base})",
+        note=_ASSUMPTIONS.format(c=len(labels), q=QUEUE_SHARE, k=QUESTIONS_PER_QUEUED, lat=args.llm_latency_ms, r=per_node),
+    )
     return [df, extra]
 
 
-_ASSUMPTIONS = ("Assumptions: per-node throughput as measured on one 1-CPU node of this machine for embedding and "
-                "labelling functions; embedding cost per text does not depend on the classes; labelling-function cost "
-                "per text grows linearly with the classes (centroid/description/kNN scores are products with per-class "
-                "vectors), i.e. x {EXTRAPOLATE_CLASSES}/{c}; nodes add throughput linearly (shards are independent; "
-                "the driver only gathers results); LLM questions = {q:.0%} of texts routed to the LLM x {k:g} questions "
-                "each; an LLM node keeps {r} requests in flight at {lat:.0f} ms, and the endpoint (vLLM / provider) "
-                "serves every node's requests without slowing down - in practice its rpm/tpm/concurrency cap is the "
-                "limit, set in llm.rpm / llm.tpm / llm.concurrency. Training, routing and the DuckDB writes are not "
-                "included. At a small --texts the measured costs include Ray's per-task start-up and the encoder "
-                "actors' model loading (with ray), so the hours are an upper bound.").replace("{EXTRAPOLATE_CLASSES}", str(EXTRAPOLATE_CLASSES))
+_ASSUMPTIONS = (
+    "Assumptions: per-node throughput as measured on one 1-CPU node of this machine for embedding and "
+    "labelling functions; embedding cost per text does not depend on the classes; labelling-function cost "
+    "per text grows linearly with the classes (centroid/description/kNN scores are products with per-class "
+    "vectors), i.e. x {EXTRAPOLATE_CLASSES}/{c}; nodes add throughput linearly (shards are independent; "
+    "the driver only gathers results); LLM questions = {q:.0%} of texts routed to the LLM x {k:g} questions "
+    "each; an LLM node keeps {r} requests in flight at {lat:.0f} ms, and the endpoint (vLLM / provider) "
+    "serves every node's requests without slowing down - in practice its rpm/tpm/concurrency cap is the "
+    "limit, set in llm.rpm / llm.tpm / llm.concurrency. Training, routing and the DuckDB writes are not "
+    "included. At a small --texts the measured costs include Ray's per-task start-up and the encoder "
+    "actors' model loading (with ray), so the hours are an upper bound."
+).replace("{EXTRAPOLATE_CLASSES}", str(EXTRAPOLATE_CLASSES))
 
 
 def _extrapolate(df, classes: int, latency_ms: float, per_node: int):
@@ -428,7 +505,14 @@ def _extrapolate(df, classes: int, latency_ms: float, per_node: int):
     llm_s = questions / per_node_tput["LLM questions"]
     rows = []
     for k in (1, 4, 16, 64, 256):
-        rows.append({"nodes": k, "embedding_h": emb_s / k / 3600, "labelling_functions_h": lf_s / k / 3600,
-                     "llm_questions": int(questions), "llm_h": llm_s / k / 3600,
-                     "total_h": (emb_s + lf_s + llm_s) / k / 3600})
+        rows.append(
+            {
+                "nodes": k,
+                "embedding_h": emb_s / k / 3600,
+                "labelling_functions_h": lf_s / k / 3600,
+                "llm_questions": int(questions),
+                "llm_h": llm_s / k / 3600,
+                "total_h": (emb_s + lf_s + llm_s) / k / 3600,
+            }
+        )
     return pd.DataFrame(rows).round(2)

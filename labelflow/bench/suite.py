@@ -27,8 +27,10 @@ def main() -> int:
 
     shared = Path("../shared/datasets")
     if not shared.is_dir():
-        print(f"{shared} not found: the standard suite needs the shared datasets beside the project; "
-              "run `labelflow bench --dataset DIR ...` on your own folders instead.")
+        print(
+            f"{shared} not found: the standard suite needs the shared datasets beside the project; "
+            "run `labelflow bench --dataset DIR ...` on your own folders instead."
+        )
         return 0
     for line in SUITE:
         argv = ["bench", *shlex.split(line.format(d=shared))]

@@ -24,8 +24,14 @@ import numpy as np
 import pandas as pd
 
 from labelflow.bench.common import emit, load_bench, pool_truth_aligned
-from labelflow.calibration import (ScoreCalibrator, calibrate_labels, calibration_table, llm_answer_calibrator,
-                                   product_weak_labeller, weak_seed_evidence)
+from labelflow.calibration import (
+    ScoreCalibrator,
+    calibrate_labels,
+    calibration_table,
+    llm_answer_calibrator,
+    product_weak_labeller,
+    weak_seed_evidence,
+)
 from labelflow.config import RoutingConfig
 from labelflow.embedding import nearest_labels
 from labelflow.expert import ValidationItem
@@ -45,8 +51,12 @@ def add_arguments(p) -> None:
     g.add_argument("--trust-queue", type=int, default=3000, help="queued weak-label texts validated by the expert")
     g.add_argument("--trust-parts", default="a,b,c", help="which parts to run (comma-separated of a, b, c)")
     g.add_argument("--trust-folds", type=int, default=5, help="out-of-fold folds for cleanlab in parts (b) and (c)")
-    g.add_argument("--trust-oof-calibration-folds", type=int, default=3,
-                   help="sigmoid-calibration folds of the EmbeddingSVM that gives the out-of-fold probabilities")
+    g.add_argument(
+        "--trust-oof-calibration-folds",
+        type=int,
+        default=3,
+        help="sigmoid-calibration folds of the EmbeddingSVM that gives the out-of-fold probabilities",
+    )
 
 
 def _log(msg: str, t0: float) -> None:
@@ -56,10 +66,19 @@ def _log(msg: str, t0: float) -> None:
 def run(args) -> list[pd.DataFrame]:
     t0 = time.perf_counter()
     parts = set(args.trust_parts.split(","))
-    data = load_bench(args.dataset, args.seed_per_class or 10, seed=0, task="multiclass", label_conflicts=getattr(args, "label_conflicts", "error"))
+    data = load_bench(
+        args.dataset,
+        args.seed_per_class or 10,
+        seed=0,
+        task="multiclass",
+        label_conflicts=getattr(args, "label_conflicts", "error"),
+    )
     ds = data.ds
-    _log(f"{ds.name}: {len(ds.seeds)} seeds, {len(ds.pool)} pool, {len(ds.gold)} test; embedded in {data.embed_seconds:.0f}s "
-         f"({data.reused} reused)", t0)
+    _log(
+        f"{ds.name}: {len(ds.seeds)} seeds, {len(ds.pool)} pool, {len(ds.gold)} test; embedded in {data.embed_seconds:.0f}s "
+        f"({data.reused} reused)",
+        t0,
+    )
     truth = pool_truth_aligned(data)
     out = []
     merged = None
@@ -67,20 +86,34 @@ def run(args) -> list[pd.DataFrame]:
         merged, merged_X, llm_cal, weak_cal = _merged_labels(args, data, t0)
         if "a" in parts:
             table = _part_a(data, truth, merged, merged_X, t0)
-            emit(table, args.out, f"trust_calibration_{ds.name}",
-                 f"Calibration per label source, raw vs calibrated ({ds.name}, {len(ds.seeds)} seeds, simulated expert p={args.p:g})",
-                 note="ECE over 15 equal-mass bins; acc_at_x = accuracy of the most confident x % of the labels. "
-                      "Pool rows are scored on the hidden pool labels, `test` on the test set.")
+            emit(
+                table,
+                args.out,
+                f"trust_calibration_{ds.name}",
+                f"Calibration per label source, raw vs calibrated ({ds.name}, {len(ds.seeds)} seeds, simulated expert p={args.p:g})",
+                note="ECE over 15 equal-mass bins; acc_at_x = accuracy of the most confident x % of the labels. "
+                "Pool rows are scored on the hidden pool labels, `test` on the test set.",
+            )
             out.append(table)
     if "b" in parts:
         t = _part_b(args, data, t0)
-        emit(t, args.out, f"trust_noise_{ds.name}", f"Label-error detection: {args.noise:.0%} noise in the full train labels ({ds.name})",
-             note=f"cleanlab find_label_issues (prune_by_noise_rate) on {args.trust_folds}-fold out-of-fold EmbeddingSVM probabilities; the "
-                  "baseline flags the same number of rows with the lowest out-of-fold probability of their given label.")
+        emit(
+            t,
+            args.out,
+            f"trust_noise_{ds.name}",
+            f"Label-error detection: {args.noise:.0%} noise in the full train labels ({ds.name})",
+            note=f"cleanlab find_label_issues (prune_by_noise_rate) on {args.trust_folds}-fold out-of-fold EmbeddingSVM probabilities; the "
+            "baseline flags the same number of rows with the lowest out-of-fold probability of their given label.",
+        )
         out.append(t)
     if "c" in parts and merged is not None:
         t = _part_c(args, data, merged, merged_X, t0)
-        emit(t, args.out, f"trust_drop_{ds.name}", f"Final SVM with and without flagged weak/LLM labels ({ds.name}, simulated p={args.p:g})")
+        emit(
+            t,
+            args.out,
+            f"trust_drop_{ds.name}",
+            f"Final SVM with and without flagged weak/LLM labels ({ds.name}, simulated p={args.p:g})",
+        )
         out.append(t)
     _log("done", t0)
     return out
@@ -125,8 +158,15 @@ def _merged_labels(args, data, t0: float):
     text_of = dict(zip(ds.pool["id"], ds.pool["text"]))
     items = [ValidationItem(text=text_of[i], label=c, description=desc.get(c, ""), text_id=i) for i, c in zip(queued["id"], cand)]
     verdicts = expert.validate(items)
-    llm = pd.DataFrame({"id": queued["id"].to_numpy(), "text": [text_of[i] for i in queued["id"]], "label": cand,
-                        "confidence": [1 / (1 + np.exp(-v.score)) for v in verdicts], "accept": [v.accept for v in verdicts]})
+    llm = pd.DataFrame(
+        {
+            "id": queued["id"].to_numpy(),
+            "text": [text_of[i] for i in queued["id"]],
+            "label": cand,
+            "confidence": [1 / (1 + np.exp(-v.score)) for v in verdicts],
+            "accept": [v.accept for v in verdicts],
+        }
+    )
     llm = llm[llm["accept"]]
     _log(f"LLM: {len(items)} queued texts asked, {len(llm)} accepted", t0)
 
@@ -141,8 +181,12 @@ def _merged_labels(args, data, t0: float):
 def _part_a(data, truth: pd.Series, merged: pd.DataFrame, merged_X: np.ndarray, t0: float) -> pd.DataFrame:
     ds = data.ds
     # the model's confidence is calibrated on the out-of-fold predictions of the gold seeds only
-    svm = EmbeddingSVM(confidence_folds=3).fit(merged_X, merged["label"], sample_weight=merged["confidence"].clip(0.05, 1.0).to_numpy(),
-                                               confidence_rows=(merged["source"] == "gold_seed").to_numpy())
+    svm = EmbeddingSVM(confidence_folds=3).fit(
+        merged_X,
+        merged["label"],
+        sample_weight=merged["confidence"].clip(0.05, 1.0).to_numpy(),
+        confidence_rows=(merged["source"] == "gold_seed").to_numpy(),
+    )
     _log(f"final SVM on {len(merged)} merged labels; confidence {svm.confidence_calibration_}", t0)
 
     # the final labels of the pool: training labels where they exist, else the model's
@@ -159,14 +203,38 @@ def _part_a(data, truth: pd.Series, merged: pd.DataFrame, merged_X: np.ndarray, 
     seed_cal = EmbeddingSVM(confidence_folds=3).fit(data.seeds_X, ds.seeds["label"])
     slab, scal, sraw = seed_cal.predict_confidence(data.gold_X)
     seed_test = pd.DataFrame({"confidence": scal, "confidence_raw": sraw, "correct": slab == ds.gold["label"].to_numpy()})
-    tables = [calibration_table(final.astype({"confidence": float, "confidence_raw": float}), extra=["confidence_raw"]).assign(scored_on="pool"),
-              calibration_table(test, by=None, extra=["confidence_raw"]).assign(source="model (final SVM)", scored_on="test"),
-              calibration_table(seed_test, by=None, extra=["confidence_raw"]).assign(source="model (seed-only SVM)", scored_on="test")]
+    tables = [
+        calibration_table(final.astype({"confidence": float, "confidence_raw": float}), extra=["confidence_raw"]).assign(
+            scored_on="pool"
+        ),
+        calibration_table(test, by=None, extra=["confidence_raw"]).assign(source="model (final SVM)", scored_on="test"),
+        calibration_table(seed_test, by=None, extra=["confidence_raw"]).assign(source="model (seed-only SVM)", scored_on="test"),
+    ]
     table = pd.concat(tables, ignore_index=True)
-    table = table.rename(columns={"ece": "ece_calibrated", "brier": "brier_calibrated", "ece_confidence_raw": "ece_raw",
-                                  "brier_confidence_raw": "brier_raw"})
-    cols = ["scored_on", "source", "n", "accuracy", "mean_confidence", "ece_raw", "ece_calibrated", "brier_raw",
-            "brier_calibrated", "acc_at_50", "acc_at_70", "acc_at_80", "acc_at_90", "acc_at_100"]
+    table = table.rename(
+        columns={
+            "ece": "ece_calibrated",
+            "brier": "brier_calibrated",
+            "ece_confidence_raw": "ece_raw",
+            "brier_confidence_raw": "brier_raw",
+        }
+    )
+    cols = [
+        "scored_on",
+        "source",
+        "n",
+        "accuracy",
+        "mean_confidence",
+        "ece_raw",
+        "ece_calibrated",
+        "brier_raw",
+        "brier_calibrated",
+        "acc_at_50",
+        "acc_at_70",
+        "acc_at_80",
+        "acc_at_90",
+        "acc_at_100",
+    ]
     return table[cols].round(3)
 
 
@@ -180,8 +248,9 @@ def _part_b(args, data, t0: float) -> pd.DataFrame:
     for mode in ("uniform", "confusable"):
         noisy, flipped = inject_label_noise(y, args.noise, mode, nearest=nearest, seed=0)
         t1 = time.perf_counter()
-        P, classes = out_of_fold_proba(X, noisy, folds=args.trust_folds,
-                                       estimator=EmbeddingSVM(calibration_folds=args.trust_oof_calibration_folds))
+        P, classes = out_of_fold_proba(
+            X, noisy, folds=args.trust_folds, estimator=EmbeddingSVM(calibration_folds=args.trust_oof_calibration_folds)
+        )
         frame = pd.DataFrame({"id": np.arange(len(y)).astype(str), "text": "", "label": noisy})
         issues = find_label_issues(frame, P, classes)
         flagged = frame["id"].isin(issues["id"]).to_numpy()
@@ -189,8 +258,16 @@ def _part_b(args, data, t0: float) -> pd.DataFrame:
         base[lowest_self_confidence(noisy, P, classes, int(flagged.sum()))] = True
         for method, f in (("cleanlab find_label_issues", flagged), ("lowest OOF self-confidence (same count)", base)):
             hit = int((f & flipped).sum())
-            rows.append({"noise": mode, "flipped": int(flipped.sum()), "method": method, "flagged": int(f.sum()),
-                         "precision": hit / max(int(f.sum()), 1), "recall": hit / max(int(flipped.sum()), 1)})
+            rows.append(
+                {
+                    "noise": mode,
+                    "flipped": int(flipped.sum()),
+                    "method": method,
+                    "flagged": int(f.sum()),
+                    "precision": hit / max(int(f.sum()), 1),
+                    "recall": hit / max(int(flipped.sum()), 1),
+                }
+            )
         _log(f"noise {mode}: {args.trust_folds}-fold OOF + cleanlab in {time.perf_counter() - t1:.0f}s; {rows[-2]}", t0)
     return pd.DataFrame(rows).round(3)
 
@@ -198,18 +275,32 @@ def _part_b(args, data, t0: float) -> pd.DataFrame:
 def _part_c(args, data, merged: pd.DataFrame, merged_X: np.ndarray, t0: float) -> pd.DataFrame:
     ds = data.ds
     labels = sorted(ds.seeds["label"].unique())
-    P, classes = out_of_fold_proba(merged_X, merged["label"].tolist(), folds=args.trust_folds,
-                                   estimator=EmbeddingSVM(calibration_folds=args.trust_oof_calibration_folds))
+    P, classes = out_of_fold_proba(
+        merged_X,
+        merged["label"].tolist(),
+        folds=args.trust_folds,
+        estimator=EmbeddingSVM(calibration_folds=args.trust_oof_calibration_folds),
+    )
     issues = find_label_issues(merged, P, classes)
     truth = {**dict(zip(ds.seeds["id"], ds.seeds["label"])), **dict(zip(ds.pool["id"], pool_truth_aligned(data)))}
     rows = []
     drop = merged["id"].isin(issues["id"]) & (merged["source"] != "gold_seed")
     wrong = merged["label"].to_numpy() != merged["id"].map(truth).to_numpy()
-    for name, keep in (("all merged labels", np.ones(len(merged), dtype=bool)), ("flagged weak/LLM labels dropped", ~drop.to_numpy())):
+    for name, keep in (
+        ("all merged labels", np.ones(len(merged), dtype=bool)),
+        ("flagged weak/LLM labels dropped", ~drop.to_numpy()),
+    ):
         svm = EmbeddingSVM().fit(merged_X[keep], merged["label"][keep])
         m = classification_metrics(ds.gold["label"], svm.predict(data.gold_X), labels)
-        rows.append({"training set": name, "rows": int(keep.sum()), "wrong labels (hidden truth)": int(wrong[keep].sum()),
-                     "test accuracy": m["accuracy"], "test macro_f1": m["macro_f1"]})
+        rows.append(
+            {
+                "training set": name,
+                "rows": int(keep.sum()),
+                "wrong labels (hidden truth)": int(wrong[keep].sum()),
+                "test accuracy": m["accuracy"],
+                "test macro_f1": m["macro_f1"],
+            }
+        )
     rows[1]["dropped"] = int(drop.sum())
     rows[1]["dropped that were wrong"] = int((drop.to_numpy() & wrong).sum())
     _log(f"drop: {rows}", t0)

@@ -53,14 +53,15 @@ def _keyword_data(folder: Path, k: int, seed: int, sample: int | None, label_con
     from labelflow.data import load_dataset
 
     # the product's loader and label-conflict policy; K seeds per class from train, the test split as the pool
-    ds = load_dataset(folder, seed_per_class=k, seed=seed, max_text_chars=100_000, max_pool=0,
-                      label_conflicts=label_conflicts)
+    ds = load_dataset(folder, seed_per_class=k, seed=seed, max_text_chars=100_000, max_pool=0, label_conflicts=label_conflicts)
     if not len(ds.gold):
         raise SystemExit(f"{folder}: a keyword-LF benchmark scores on the test split; there is none")
     if len(ds.conflicts):
-        print(f"{folder.name}: label_conflicts={label_conflicts}: {ds.report['label_conflict_texts']} texts with two "
-              f"labels, {len(ds.conflicts)} rows affected; duplicate rows removed: {ds.report['duplicate_rows_removed']}",
-              flush=True)
+        print(
+            f"{folder.name}: label_conflicts={label_conflicts}: {ds.report['label_conflict_texts']} texts with two "
+            f"labels, {len(ds.conflicts)} rows affected; duplicate rows removed: {ds.report['duplicate_rows_removed']}",
+            flush=True,
+        )
     seeds = ds.seeds
     test = ds.gold  # ids of the pool stay apart from the seeds' even where a test text is also in train
     pool = test.assign(id=[f"test-{i}" for i in range(len(test))])[["id", "text", "label"]]
@@ -93,8 +94,9 @@ def run(args) -> list[pd.DataFrame]:
     lf_path = None if args.embedding_lfs else _lf_file(args, folder)
     t0 = time.perf_counter()
     if lf_path is not None:
-        seeds, pool, labels = _keyword_data(folder, k_seeds, args.seeds - 1 if args.seeds > 1 else 0, args.sample,
-                                            getattr(args, "label_conflicts", "error"))
+        seeds, pool, labels = _keyword_data(
+            folder, k_seeds, args.seeds - 1 if args.seeds > 1 else 0, args.sample, getattr(args, "label_conflicts", "error")
+        )
         lfs = load_lf_file(lf_path, labels)
         X_all = None
         lf_note = f"LFs: {len(lfs)} hand-written keyword/regex LFs from {lf_path}; pool = {len(pool)} texts of the test split"
@@ -114,15 +116,19 @@ def run(args) -> list[pd.DataFrame]:
         desc_texts = [desc.get(lab) or lab.replace("_", " ") for lab in labels]
         label_X = data.embedder.encode(desc_texts)
         seed_labels = list(seeds["label"])
-        lfs = [centroid_lf(data.seeds_X, seed_labels, margin=0.03, name="emb_centroid_m0.03"),
-               knn_lf(data.seeds_X, seed_labels, k=5, min_agreement=0.6, name="emb_knn5_a0.6"),
-               knn_lf(data.seeds_X, seed_labels, k=10, min_agreement=0.5, name="emb_knn10_a0.5"),
-               description_lf(label_X, labels, margin=0.03, name="emb_description_m0.03")]
+        lfs = [
+            centroid_lf(data.seeds_X, seed_labels, margin=0.03, name="emb_centroid_m0.03"),
+            knn_lf(data.seeds_X, seed_labels, k=5, min_agreement=0.6, name="emb_knn5_a0.6"),
+            knn_lf(data.seeds_X, seed_labels, k=10, min_agreement=0.5, name="emb_knn10_a0.5"),
+            description_lf(label_X, labels, margin=0.03, name="emb_description_m0.03"),
+        ]
         X_all = np.vstack([data.seeds_X, pool_X])
         n_desc = sum(1 for lab in labels if desc.get(lab))
-        lf_note = (f"LFs: the built-in embedding LFs only ({k_seeds} seeds per class; descriptions: {n_desc} from labels.csv, "
-                   f"the others the label name); pool = {len(pool)} texts of train with hidden labels. "
-                   "Seed accuracy of embedding LFs is optimistic: the seeds are their own neighbours.")
+        lf_note = (
+            f"LFs: the built-in embedding LFs only ({k_seeds} seeds per class; descriptions: {n_desc} from labels.csv, "
+            f"the others the label name); pool = {len(pool)} texts of train with hidden labels. "
+            "Seed accuracy of embedding LFs is optimistic: the seeds are their own neighbours."
+        )
     print(lf_note, flush=True)
     ids = list(seeds["id"]) + list(pool["id"])
     texts = list(seeds["text"]) + list(pool["text"])
@@ -137,11 +143,17 @@ def run(args) -> list[pd.DataFrame]:
     pool_votes = votes[~votes["id"].isin(seed_ids)]
     truth = pool.set_index("id")["label"]
     report = lf_report(pool_votes, seed_votes, names, len(pool), seeds.set_index("id")["label"], truth)
-    lf_table = report[["lf", "polarity", "coverage", "overlaps", "conflicts", "seeds_coverage", "seeds_emp_acc", "emp_acc"]].rename(
-        columns={"seeds_coverage": "seed_cov", "seeds_emp_acc": "seed_acc", "emp_acc": "pool_acc"})
+    lf_table = report[
+        ["lf", "polarity", "coverage", "overlaps", "conflicts", "seeds_coverage", "seeds_emp_acc", "emp_acc"]
+    ].rename(columns={"seeds_coverage": "seed_cov", "seeds_emp_acc": "seed_acc", "emp_acc": "pool_acc"})
     outs = [lf_table]
-    emit(lf_table, args.out, f"weak_lfs_{name}", f"Weak supervision on {name}: LF analysis",
-         note=lf_note + f" Applying {len(lfs)} LFs to {len(ids)} texts took {apply_s:.1f} s.")
+    emit(
+        lf_table,
+        args.out,
+        f"weak_lfs_{name}",
+        f"Weak supervision on {name}: LF analysis",
+        note=lf_note + f" Applying {len(lfs)} LFs to {len(ids)} texts took {apply_s:.1f} s.",
+    )
 
     L = votes_to_matrix(pool_votes, pool_ids, names, labels)
     y = truth.loc[pool_ids].to_numpy()
@@ -164,16 +176,38 @@ def run(args) -> list[pd.DataFrame]:
         routed = route(w, cfg, budget=args.llm_budget)
         rep = bucket_report(routed, truth)
         kept = rep.set_index("bucket").loc["weak_confident"]
-        rows.append({"label_model": mname, "coverage": m["coverage"], "acc_on_covered": m["precision"],
-                     "macro_f1_all": m["macro_f1"], "kept_n": int(kept["n"]), "kept_share": kept["share"],
-                     "kept_acc": kept["accuracy"], "queued": int(routed["queued"].sum()), "fit_s": secs})
+        rows.append(
+            {
+                "label_model": mname,
+                "coverage": m["coverage"],
+                "acc_on_covered": m["precision"],
+                "macro_f1_all": m["macro_f1"],
+                "kept_n": int(kept["n"]),
+                "kept_share": kept["share"],
+                "kept_acc": kept["accuracy"],
+                "queued": int(routed["queued"].sum()),
+                "fit_s": secs,
+            }
+        )
         buckets.append(rep.assign(label_model=mname)[["label_model"] + list(rep.columns)])
     model_table = pd.DataFrame(rows)
     bucket_table = pd.concat(buckets, ignore_index=True)
-    emit(model_table, args.out, f"weak_models_{name}", f"Weak supervision on {name}: label models on the same vote matrix",
-         note=(f"{len(pool)} pool texts, {len(names)} LFs, {k} classes. coverage = texts with >= 1 vote; acc_on_covered = "
-               f"accuracy of the top label there; macro_f1_all counts uncovered texts as wrong; kept = weak_confident bucket "
-               f"(confidence >= {cfg.keep_confidence} and >= {cfg.keep_min_votes} votes); queued = LLM queue capped at {args.llm_budget}."))
-    emit(bucket_table, args.out, f"weak_buckets_{name}", f"Weak supervision on {name}: routing buckets (accuracy vs hidden labels)",
-         note=f"Total wall time {time.perf_counter() - t0:.1f} s.")
+    emit(
+        model_table,
+        args.out,
+        f"weak_models_{name}",
+        f"Weak supervision on {name}: label models on the same vote matrix",
+        note=(
+            f"{len(pool)} pool texts, {len(names)} LFs, {k} classes. coverage = texts with >= 1 vote; acc_on_covered = "
+            f"accuracy of the top label there; macro_f1_all counts uncovered texts as wrong; kept = weak_confident bucket "
+            f"(confidence >= {cfg.keep_confidence} and >= {cfg.keep_min_votes} votes); queued = LLM queue capped at {args.llm_budget}."
+        ),
+    )
+    emit(
+        bucket_table,
+        args.out,
+        f"weak_buckets_{name}",
+        f"Weak supervision on {name}: routing buckets (accuracy vs hidden labels)",
+        note=f"Total wall time {time.perf_counter() - t0:.1f} s.",
+    )
     return outs + [model_table, bucket_table]

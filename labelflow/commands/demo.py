@@ -46,20 +46,45 @@ FIGURES = {
     "inbox_rac_labels": ("labelled", "llm_calls"),
 }
 GENERIC = ("dagster/row_count", "macro_f1", "accuracy", "coverage", "labelled", "queued", "llm_calls")
-NAMES = {"dagster/row_count": "rows", "llm_calls": "LLM calls", "macro_f1": "macro-F1", "micro_f1": "micro-F1",
-         "best_macro_f1": "best macro-F1", "best_method": "best", "by_source": "", "n": "questions",
-         "low_confidence_share": "low-confidence share", "rows_gold_seed": "gold seeds", "rows_llm": "LLM-labelled",
-         "seeds_suspect": "suspect seeds", "training_set_suspect": "suspect training rows", "gold_ece": "ECE",
-         "gold_brier": "Brier", "gold_accuracy": "gold accuracy", "lfs": "LFs", "lf_errors": "LF errors",
-         "new_rows": "new", "stop_reason": "stop", "mean_labels_avgcount": "labels per text (AvgCount)"}
+NAMES = {
+    "dagster/row_count": "rows",
+    "llm_calls": "LLM calls",
+    "macro_f1": "macro-F1",
+    "micro_f1": "micro-F1",
+    "best_macro_f1": "best macro-F1",
+    "best_method": "best",
+    "by_source": "",
+    "n": "questions",
+    "low_confidence_share": "low-confidence share",
+    "rows_gold_seed": "gold seeds",
+    "rows_llm": "LLM-labelled",
+    "seeds_suspect": "suspect seeds",
+    "training_set_suspect": "suspect training rows",
+    "gold_ece": "ECE",
+    "gold_brier": "Brier",
+    "gold_accuracy": "gold accuracy",
+    "lfs": "LFs",
+    "lf_errors": "LF errors",
+    "new_rows": "new",
+    "stop_reason": "stop",
+    "mean_labels_avgcount": "labels per text (AvgCount)",
+}
 # the closing table: (row name, asset, metadata key)
-SUMMARY = (("accuracy", "evaluation", "accuracy"), ("macro-F1", "evaluation", "macro_f1"),
-           ("micro-F1", "evaluation", "micro_f1"), ("coverage", "evaluation", "coverage"),
-           ("pilot accuracy", "pilot_validation", "accuracy"), ("RAC labelled", "rac_labels", "labelled"),
-           ("RAC coverage", "rac_labels", "coverage"), ("RAC LLM calls", "rac_labels", "llm_calls"),
-           ("R.E.D. labelled", "red_labels", "labelled"), ("RAPT best", "rapt_evaluation", "best_method"),
-           ("RAPT best macro-F1", "rapt_evaluation", "best_macro_f1"), ("texts embedded", "text_embeddings", "computed"),
-           ("embeddings reused", "text_embeddings", "reused"))
+SUMMARY = (
+    ("accuracy", "evaluation", "accuracy"),
+    ("macro-F1", "evaluation", "macro_f1"),
+    ("micro-F1", "evaluation", "micro_f1"),
+    ("coverage", "evaluation", "coverage"),
+    ("pilot accuracy", "pilot_validation", "accuracy"),
+    ("RAC labelled", "rac_labels", "labelled"),
+    ("RAC coverage", "rac_labels", "coverage"),
+    ("RAC LLM calls", "rac_labels", "llm_calls"),
+    ("R.E.D. labelled", "red_labels", "labelled"),
+    ("RAPT best", "rapt_evaluation", "best_method"),
+    ("RAPT best macro-F1", "rapt_evaluation", "best_macro_f1"),
+    ("texts embedded", "text_embeddings", "computed"),
+    ("embeddings reused", "text_embeddings", "reused"),
+)
 
 
 def add_parser(sub) -> None:
@@ -89,8 +114,11 @@ def _run(args, cfg) -> int:
 
     log_path = cfg.root / ".dagster" / "logs" / f"demo-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.log"
     with quiet_output(log_path) as out, to_terminal(out):
-        print(f"labelflow demo: run logs in `make ui` and {_shown(log_path.parent, cfg.root)}/ "
-              f"(this demo's console: {log_path.name})", file=out)
+        print(
+            f"labelflow demo: run logs in `make ui` and {_shown(log_path.parent, cfg.root)}/ "
+            f"(this demo's console: {log_path.name})",
+            file=out,
+        )
         with dg.DagsterInstance.get() as instance:
             rows = demo(cfg, instance, out, datasets=args.dataset)
         _where_next(cfg, out)
@@ -127,8 +155,12 @@ def demo(cfg, instance, out: IO[str], datasets: list[str] | None = None) -> list
                 row[f"inbox {day} queued"] = night.figure("inbox_queue", "queued")
             row["nightly seconds"] = round(nightly_s, 1)
         row["checks failed"] = checks[1]
-        print(f"{ds.name}: {row['seconds'] + row.get('nightly seconds', 0.0):.0f} s, checks: {checks[0]} passed, "
-              f"{checks[1]} failed", file=out, flush=True)
+        print(
+            f"{ds.name}: {row['seconds'] + row.get('nightly seconds', 0.0):.0f} s, checks: {checks[0]} passed, "
+            f"{checks[1]} failed",
+            file=out,
+            flush=True,
+        )
         rows.append(row)
     print(f"\n{aligned_table(rows)}\n\ntotal {time.perf_counter() - t_all:.0f} s", file=out, flush=True)
     return rows
@@ -177,8 +209,9 @@ class RunReport:
             else:
                 self.checks_failed.append(f"{check.asset_key.path[-1]}.{check.check_name}")
                 meta = {k: v.value for k, v in check.metadata.items()}
-                self.notes[step].append(f"check {check.asset_key.path[-1]}.{check.check_name} failed: "
-                                        f"{_figures(meta, meta) or 'see the UI'}")
+                self.notes[step].append(
+                    f"check {check.asset_key.path[-1]}.{check.check_name} failed: {_figures(meta, meta) or 'see the UI'}"
+                )
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE"):
             from labelflow.progress import close_bars
 
@@ -224,8 +257,13 @@ def _execute(job, instance, out: IO[str], width: int, partition_key: str | None 
     run_id, report = make_new_run_id(), RunReport(out, width=width)
     instance.add_event_listener(run_id, report)
     t0 = time.perf_counter()
-    job.execute_in_process(instance=instance, run_id=run_id, partition_key=partition_key, raise_on_error=True,
-                           run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+    job.execute_in_process(
+        instance=instance,
+        run_id=run_id,
+        partition_key=partition_key,
+        raise_on_error=True,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
     return _Run(run_id, time.perf_counter() - t0, report)
 
 
@@ -271,8 +309,9 @@ def aligned_table(rows: list[dict]) -> str:
 
     table = [["", *[r["dataset"] for r in rows]]] + [[k, *[cell(k, r.get(k)) for r in rows]] for k in keys]
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
-                     for line in table)
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip() for line in table
+    )
 
 
 def _shown(path, root) -> str:
@@ -285,11 +324,19 @@ def _shown(path, root) -> str:
 def _where_next(cfg, out: IO[str]) -> None:
     root = cfg.root
     print("Where to look next:", file=out)
-    print("  make ui        Dagster UI on http://127.0.0.1:3000  (asset graph per dataset, metadata, plots, checks, run logs)", file=out)
-    print(f"  make mlflow    MLflow UI on http://127.0.0.1:5000   (one run per model/evaluation materialisation; "
-          f"store {cfg.mlflow_tracking_uri})", file=out)
-    print(f"  tables         DuckDB {_shown(cfg.warehouse, root)} (schema per dataset), vectors in {_shown(cfg.lancedb, root)}/",
-          file=out)
+    print(
+        "  make ui        Dagster UI on http://127.0.0.1:3000  (asset graph per dataset, metadata, plots, checks, run logs)",
+        file=out,
+    )
+    print(
+        f"  make mlflow    MLflow UI on http://127.0.0.1:5000   (one run per model/evaluation materialisation; "
+        f"store {cfg.mlflow_tracking_uri})",
+        file=out,
+    )
+    print(
+        f"  tables         DuckDB {_shown(cfg.warehouse, root)} (schema per dataset), vectors in {_shown(cfg.lancedb, root)}/",
+        file=out,
+    )
     name = cfg.datasets[0].name if cfg.datasets else "NAME"
     print(f"  export         .venv/bin/labelflow export --dataset {name} --out labelled.csv", file=out)
     print(f"  compare runs   .venv/bin/labelflow runs compare --dataset {name} -n 5", file=out, flush=True)

@@ -58,12 +58,18 @@ def read_table(dataset: str, table: str, config_path: str | None = None):
         raise ExportError(f"no warehouse at {display}: run `make demo` or materialise the assets first")
     con = _connect_read_only(cfg.warehouse, display, lock_path_for(cfg.warehouse))
     try:
-        rows = con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                           [dataset, table]).fetchall()
+        rows = con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [dataset, table]
+        ).fetchall()
         if not rows:
-            have = [r[0] for r in con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_name NOT LIKE '\\_%' ESCAPE '\\' "
-                "ORDER BY table_name", [dataset]).fetchall()]
+            have = [
+                r[0]
+                for r in con.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_name NOT LIKE '\\_%' ESCAPE '\\' "
+                    "ORDER BY table_name",
+                    [dataset],
+                ).fetchall()
+            ]
             if not have:
                 raise ExportError(f"dataset {dataset!r} has no tables in {display} yet: materialise it first")
             raise ExportError(f"no table {table!r} in dataset {dataset!r}; tables: {', '.join(have)}")

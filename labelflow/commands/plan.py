@@ -41,6 +41,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(plan.to_dict(orient="records"), indent=2, default=float))
         return 0
-    print(f"LLM plan for {ds.name} with {cfg.llm.model} ({'pilot-measured rates' if rates.measured else 'prior rates: no pilot yet'}):")
+    print(
+        f"LLM plan for {ds.name} with {cfg.llm.model} ({'pilot-measured rates' if rates.measured else 'prior rates: no pilot yet'}):"
+    )
     print(plan_table(plan))
     return 0

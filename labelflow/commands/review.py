@@ -24,8 +24,12 @@ def add_parser(sub) -> None:
     e.add_argument("--n", type=int, default=100, help="texts in the batch")
     e.add_argument("--strategy", default="uncertain", choices=STRATEGIES)
     e.add_argument("--format", default="labelstudio", choices=FORMATS)
-    e.add_argument("--out", required=True, help="the tasks/records JSON (Label Studio, Argilla) or the CSV; the labelling "
-                                                "config (<out>.config.xml) or Argilla settings (<out>.settings.json) go beside it")
+    e.add_argument(
+        "--out",
+        required=True,
+        help="the tasks/records JSON (Label Studio, Argilla) or the CSV; the labelling "
+        "config (<out>.config.xml) or Argilla settings (<out>.settings.json) go beside it",
+    )
     e.add_argument("--seed", type=int, default=0, help="for the random and stratified strategies")
     e.set_defaults(func=run_export)
     i = rsub.add_parser("import", help="append reviewed labels from a Label Studio / Argilla export or the CSV")
@@ -47,8 +51,10 @@ def _read_tables(cfg, dataset: str, names) -> dict:
 
     con = duckdb.connect(str(cfg.warehouse), read_only=True)
     try:
-        have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = ?",
-                                          [dataset]).fetchall()}
+        have = {
+            r[0]
+            for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [dataset]).fetchall()
+        }
         return {n: con.execute(f'SELECT * FROM "{dataset}"."{n}"').df() for n in names if n in have}
     finally:
         con.close()
@@ -77,10 +83,30 @@ def run_export(args) -> int:
 
     try:
         cfg, ds = _setup(args)
-        tables = _read_tables(cfg, ds.name, ["pool_predictions", "label_descriptions", "seed_labels", "human_labels",
-                                             "llm_queue", "rac_labels", "red_labels", "label_issues"])
-        batch, paths = export_batch(tables, args.strategy, args.n, args.format, Path(args.out), ds.multilabel,
-                                    model_version=_model_version(cfg, ds.name), seed=args.seed)
+        tables = _read_tables(
+            cfg,
+            ds.name,
+            [
+                "pool_predictions",
+                "label_descriptions",
+                "seed_labels",
+                "human_labels",
+                "llm_queue",
+                "rac_labels",
+                "red_labels",
+                "label_issues",
+            ],
+        )
+        batch, paths = export_batch(
+            tables,
+            args.strategy,
+            args.n,
+            args.format,
+            Path(args.out),
+            ds.multilabel,
+            model_version=_model_version(cfg, ds.name),
+            seed=args.seed,
+        )
     except (ConfigError, FileNotFoundError, MissingInput, ValueError, OSError) as exc:
         return _fail(str(exc))
     print(f"wrote {len(batch)} texts ({args.strategy}) for {args.format}: " + ", ".join(map(str, paths)))
@@ -97,8 +123,14 @@ def run_import(args) -> int:
     try:
         cfg, ds = _setup(args)
         tables = _read_tables(cfg, ds.name, ["seed_labels", "text_pool", "label_descriptions"])
-        answers = read_review_file(args.file, known_texts(tables), label_set(tables, ds.multilabel), ds.multilabel,
-                                   fmt=args.format, reviewer=args.reviewer or getpass.getuser())
+        answers = read_review_file(
+            args.file,
+            known_texts(tables),
+            label_set(tables, ds.multilabel),
+            ds.multilabel,
+            fmt=args.format,
+            reviewer=args.reviewer or getpass.getuser(),
+        )
         with _project_lock(cfg):
             con = duckdb.connect(str(cfg.warehouse))
             try:
@@ -110,8 +142,10 @@ def run_import(args) -> int:
                 con.close()
     except (ConfigError, ReviewError, LockHeld, FileNotFoundError, ValueError, OSError, duckdb.Error) as exc:
         return _fail(str(exc))
-    print(f"imported {added} human label(s) from {args.file} ({answers.format}, sha256 {answers.sha256[:12]}) into "
-          f"{ds.name}.human_labels; {len(answers.skipped)} item(s) without an answer were skipped")
+    print(
+        f"imported {added} human label(s) from {args.file} ({answers.format}, sha256 {answers.sha256[:12]}) into "
+        f"{ds.name}.human_labels; {len(answers.skipped)} item(s) without an answer were skipped"
+    )
     for s in answers.skipped[:10]:
         print(f"  skipped {s}")
     print(f"next: materialise {ds.name}/training_set and its downstream assets (human labels win)")
@@ -124,5 +158,10 @@ def _project_lock(cfg):
 
     from labelflow.lock import ProjectLock, lock_path_for, wait_seconds
 
-    return ProjectLock(lock_path_for(cfg.warehouse), run_id=f"review-import-{os.getpid()}", resource=str(cfg.warehouse),
-                       wait_s=wait_seconds(), command="labelflow review import")
+    return ProjectLock(
+        lock_path_for(cfg.warehouse),
+        run_id=f"review-import-{os.getpid()}",
+        resource=str(cfg.warehouse),
+        wait_s=wait_seconds(),
+        command="labelflow review import",
+    )

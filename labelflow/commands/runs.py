@@ -5,8 +5,17 @@ filter value (:func:`labelflow.sql.mlflow_filter_value`), never as filter syntax
 
 from __future__ import annotations
 
-METRICS = ["accuracy", "macro_f1", "micro_f1", "macro_f1_delta", "coverage", "pool_accuracy",
-           "pool_low_confidence_share", "training_rows", "llm_queue_size"]
+METRICS = [
+    "accuracy",
+    "macro_f1",
+    "micro_f1",
+    "macro_f1_delta",
+    "coverage",
+    "pool_accuracy",
+    "pool_low_confidence_share",
+    "training_rows",
+    "llm_queue_size",
+]
 PARAMS = ["partition", "pool_rows", "git_commit", "config_hash"]
 
 

@@ -18,8 +18,14 @@ from labelflow.defs.nightly import NIGHTLY_ASSETS, inbox_sensor, nightly_assets,
 from labelflow.defs.rapt import rapt_assets
 from labelflow.defs.review import ReviewResource, review_assets, review_job, review_sensor
 from labelflow.defs.trust import trust_assets
-from labelflow.defs.resources import (ComputeResource, EmbedderResource, ExpertResource, MLflowResource, StoresResource,
-                                      compute_fields)
+from labelflow.defs.resources import (
+    ComputeResource,
+    EmbedderResource,
+    ExpertResource,
+    MLflowResource,
+    StoresResource,
+    compute_fields,
+)
 from labelflow.defs.vectors import EmbeddingIOManager
 from labelflow.lock import display_path, lock_path_for
 
@@ -44,8 +50,12 @@ def resources(cfg: ProjectConfig) -> dict:
     compute = ComputeResource(**dataclasses.asdict(cfg.compute))
     return {
         # the warehouse IO manager is part of every step: it holds the project lock for the whole run
-        "io_manager": WarehouseIOManager(database=str(cfg.warehouse), lock_path=str(lock_path_for(cfg.warehouse)),
-                                         lock_resource=display_path(cfg.warehouse, cfg.root), lock_wait_s=cfg.lock_wait_s),
+        "io_manager": WarehouseIOManager(
+            database=str(cfg.warehouse),
+            lock_path=str(lock_path_for(cfg.warehouse)),
+            lock_resource=display_path(cfg.warehouse, cfg.root),
+            lock_wait_s=cfg.lock_wait_s,
+        ),
         "model_io_manager": ModelIOManager(models_dir=str(cfg.models_dir)),
         # EmbeddingIndex values (text/label/inbox embeddings) as LanceDB tables; other Python values
         # (the label space) pickled per asset key
@@ -58,8 +68,12 @@ def resources(cfg: ProjectConfig) -> dict:
         "mlflow": MLflowResource(tracking_uri=cfg.mlflow_tracking_uri, artifact_root=str(cfg.mlflow_artifacts)),
         # the llm: section of labelflow.yaml, field for field (ExpertResource mirrors LLMConfig so the
         # Dagster UI can override any of it in run config)
-        "expert": ExpertResource(**dataclasses.asdict(cfg.llm), cache_path=str(cfg.root / "data" / "llm_cache.sqlite"),
-                                 local_model_dir=str(cfg.root / "data" / "llm"), **compute_fields(cfg.compute)),
+        "expert": ExpertResource(
+            **dataclasses.asdict(cfg.llm),
+            cache_path=str(cfg.root / "data" / "llm_cache.sqlite"),
+            local_model_dir=str(cfg.root / "data" / "llm"),
+            **compute_fields(cfg.compute),
+        ),
     }
 
 
@@ -71,8 +85,13 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
         selection = dg.AssetSelection.groups(ds.name)
         if ds.inbox is not None:
             selection = selection - dg.AssetSelection.assets(*[dg.AssetKey([ds.name, n]) for n in NIGHTLY_ASSETS])
-        jobs.append(dg.define_asset_job(f"{ds.name}__all", selection=selection,
-                                        description=f"Materialise the whole {ds.name} graph (the inbox partitions run nightly)."))
+        jobs.append(
+            dg.define_asset_job(
+                f"{ds.name}__all",
+                selection=selection,
+                description=f"Materialise the whole {ds.name} graph (the inbox partitions run nightly).",
+            )
+        )
         if ds.inbox is not None:
             job = nightly_job(ds)
             jobs.append(job)
@@ -83,5 +102,12 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
     # One process runs a whole job by default: the local LLM server and the embedding model are loaded
     # once per run. Set LABELFLOW_EXECUTOR=multiprocess to run steps (and partitions) in parallel.
     executor = dg.multiprocess_executor if os.environ.get("LABELFLOW_EXECUTOR") == "multiprocess" else dg.in_process_executor
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules, sensors=sensors,
-                          resources=resources(cfg), executor=executor)
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=jobs,
+        schedules=schedules,
+        sensors=sensors,
+        resources=resources(cfg),
+        executor=executor,
+    )

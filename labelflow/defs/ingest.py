@@ -1,7 +1,6 @@
 """Ingestion and embedding assets: seed_labels, text_pool, gold_eval, hidden_pool_labels, label_conflicts,
 user_label_descriptions, lf_definitions (one multi-asset, validated as one), text_embeddings."""
 
-
 import dagster as dg
 import pandas as pd
 
@@ -17,8 +16,9 @@ def ingest_assets(ds: DatasetConfig) -> list:
     owners = ds.owners or OWNERS
 
     def out(name: str, description: str) -> dg.AssetOut:
-        return dg.AssetOut(key=[p, name], description=description, kinds={"duckdb", "pandas"}, owners=owners,
-                           group_name=p, is_required=True)
+        return dg.AssetOut(
+            key=[p, name], description=description, kinds={"duckdb", "pandas"}, owners=owners, group_name=p, is_required=True
+        )
 
     @dg.multi_asset(
         name=f"{p}__ingest",
@@ -26,57 +26,116 @@ def ingest_assets(ds: DatasetConfig) -> list:
             "seed_labels": out("seed_labels", "Gold seed examples (id, text, label): the only labels methods may train on."),
             "text_pool": out("text_pool", "Unlabelled texts to label (id, text)."),
             "gold_eval": out("gold_eval", "Gold test examples (id, text, label), for evaluation only, never for training."),
-            "hidden_pool_labels": out("hidden_pool_labels",
-                                      "Benchmark mode only: the pool's gold labels, hidden from every method and read only for scoring."),
-            "label_conflicts": out("label_conflicts",
-                                   f"Every row changed by the label-conflict policy ({ds.label_conflicts}): texts carrying two "
-                                   "gold labels (file, row, line, id, text, label, action, resolved_label)."),
-            "user_label_descriptions": out("user_label_descriptions", "The user's label descriptions from labels.csv (label, description), validated."),
-            "lf_definitions": out("lf_definitions", "The dataset's lfs.yaml, validated (labels known, RE2 regexes compiled): "
-                                                    "one row per labelling function (name, label, kind, keywords, regex, pattern, case_sensitive)."),
+            "hidden_pool_labels": out(
+                "hidden_pool_labels",
+                "Benchmark mode only: the pool's gold labels, hidden from every method and read only for scoring.",
+            ),
+            "label_conflicts": out(
+                "label_conflicts",
+                f"Every row changed by the label-conflict policy ({ds.label_conflicts}): texts carrying two "
+                "gold labels (file, row, line, id, text, label, action, resolved_label).",
+            ),
+            "user_label_descriptions": out(
+                "user_label_descriptions", "The user's label descriptions from labels.csv (label, description), validated."
+            ),
+            "lf_definitions": out(
+                "lf_definitions",
+                "The dataset's lfs.yaml, validated (labels known, RE2 regexes compiled): "
+                "one row per labelling function (name, label, kind, keywords, regex, pattern, case_sensitive).",
+            ),
         },
         can_subset=False,
         description=f"Read and validate dataset folder {ds.path} (tables, labels.csv, lfs.yaml); nothing is written if any "
-                    f"row is rejected. Label conflicts: {ds.label_conflicts}.",
+        f"row is rejected. Label conflicts: {ds.label_conflicts}.",
     )
     def ingest(context: dg.AssetExecutionContext):
         from labelflow.weak import LF_DEFINITION_COLUMNS
 
-        d = load_dataset(ds.path, name=p, task=ds.task, seed_per_class=ds.seed_per_class, seed=ds.seed,
-                         max_text_chars=ds.max_text_chars, label_conflicts=ds.label_conflicts)
+        d = load_dataset(
+            ds.path,
+            name=p,
+            task=ds.task,
+            seed_per_class=ds.seed_per_class,
+            seed=ds.seed,
+            max_text_chars=ds.max_text_chars,
+            label_conflicts=ds.label_conflicts,
+        )
         context.log.info(f"{p}: {len(d.seeds)} seeds over {len(d.labels)} labels, {len(d.pool)} pool texts, {len(d.gold)} gold")
         if len(d.conflicts):
-            context.log.warning(f"{p}: label_conflicts={ds.label_conflicts}: {d.report['label_conflict_texts']} texts with two "
-                                f"labels, {len(d.conflicts)} rows affected ({d.report['label_conflict_rows_dropped']} dropped); "
-                                f"see the {p}/label_conflicts table")
-        per_label = (d.seeds.assign(label=d.seeds["label"].str.split("|")).explode("label")
-                     .groupby("label").size().rename("seeds").reset_index())
+            context.log.warning(
+                f"{p}: label_conflicts={ds.label_conflicts}: {d.report['label_conflict_texts']} texts with two "
+                f"labels, {len(d.conflicts)} rows affected ({d.report['label_conflict_rows_dropped']} dropped); "
+                f"see the {p}/label_conflicts table"
+            )
+        per_label = (
+            d.seeds.assign(label=d.seeds["label"].str.split("|"))
+            .explode("label")
+            .groupby("label")
+            .size()
+            .rename("seeds")
+            .reset_index()
+        )
         report = dg.MetadataValue.json(d.report)
-        yield dg.Output(d.seeds, "seed_labels", metadata={
-            "dagster/row_count": len(d.seeds), "labels": len(d.labels), "files": str(d.files), "ingest_report": report,
-            "seeds_per_label": md_table(per_label.sort_values("seeds"), 100)})
+        yield dg.Output(
+            d.seeds,
+            "seed_labels",
+            metadata={
+                "dagster/row_count": len(d.seeds),
+                "labels": len(d.labels),
+                "files": str(d.files),
+                "ingest_report": report,
+                "seeds_per_label": md_table(per_label.sort_values("seeds"), 100),
+            },
+        )
         yield dg.Output(d.pool, "text_pool", metadata={"dagster/row_count": len(d.pool)})
         yield dg.Output(d.gold, "gold_eval", metadata={"dagster/row_count": len(d.gold)})
-        yield dg.Output(d.pool_truth, "hidden_pool_labels", metadata={
-            "dagster/row_count": len(d.pool_truth), "benchmark_mode": bool(ds.seed_per_class)})
+        yield dg.Output(
+            d.pool_truth,
+            "hidden_pool_labels",
+            metadata={"dagster/row_count": len(d.pool_truth), "benchmark_mode": bool(ds.seed_per_class)},
+        )
         conflicts = d.conflicts.assign(line=d.conflicts["line"].astype("Int64"))
-        yield dg.Output(conflicts, "label_conflicts", metadata={
-            "dagster/row_count": len(conflicts), "policy": ds.label_conflicts, "texts": d.report["label_conflict_texts"],
-            "rows_dropped": d.report["label_conflict_rows_dropped"], "ingest_report": report,
-            "rows": md_table(conflicts.drop(columns=["text"]), 30)})
+        yield dg.Output(
+            conflicts,
+            "label_conflicts",
+            metadata={
+                "dagster/row_count": len(conflicts),
+                "policy": ds.label_conflicts,
+                "texts": d.report["label_conflict_texts"],
+                "rows_dropped": d.report["label_conflict_rows_dropped"],
+                "ingest_report": report,
+                "rows": md_table(conflicts.drop(columns=["text"]), 30),
+            },
+        )
         yield dg.Output(d.descriptions, "user_label_descriptions", metadata={"dagster/row_count": len(d.descriptions)})
         lf_defs = d.lf_definitions if d.lf_definitions is not None else pd.DataFrame(columns=LF_DEFINITION_COLUMNS)
-        yield dg.Output(lf_defs, "lf_definitions", metadata={
-            "dagster/row_count": len(lf_defs), "file": d.files.get("lfs", "(no lfs.yaml)"),
-            "lfs": md_table(lf_defs.drop(columns=["pattern"]), 100)})
+        yield dg.Output(
+            lf_defs,
+            "lf_definitions",
+            metadata={
+                "dagster/row_count": len(lf_defs),
+                "file": d.files.get("lfs", "(no lfs.yaml)"),
+                "lfs": md_table(lf_defs.drop(columns=["pattern"]), 100),
+            },
+        )
 
     @dg.asset(
-        key=[p, "text_embeddings"], group_name=p, kinds={"lancedb"}, owners=owners, io_manager_key="vectors_io_manager",
+        key=[p, "text_embeddings"],
+        group_name=p,
+        kinds={"lancedb"},
+        owners=owners,
+        io_manager_key="vectors_io_manager",
         description="Unit embeddings of every seed, pool and gold text (an EmbeddingIndex stored in LanceDB as "
-                    "id, split, text_hash, model, vector); texts already embedded with the same model are reused.",
+        "id, split, text_hash, model, vector); texts already embedded with the same model are reused.",
     )
-    def text_embeddings(context: dg.AssetExecutionContext, stores: StoresResource, embedder: EmbedderResource,
-                        seed_labels: pd.DataFrame, text_pool: pd.DataFrame, gold_eval: pd.DataFrame) -> dg.Output:
+    def text_embeddings(
+        context: dg.AssetExecutionContext,
+        stores: StoresResource,
+        embedder: EmbedderResource,
+        seed_labels: pd.DataFrame,
+        text_pool: pd.DataFrame,
+        gold_eval: pd.DataFrame,
+    ) -> dg.Output:
         frames = [seed_labels.assign(split="seed"), text_pool.assign(split="pool"), gold_eval.assign(split="gold")]
         df = pd.concat([f[["id", "text", "split"]] for f in frames], ignore_index=True)
         shared = df["id"].duplicated()
@@ -87,7 +146,11 @@ def ingest_assets(ds: DatasetConfig) -> list:
         # progress: embed()'s default (a bar in `labelflow demo`; done/total, rate, ETA lines in the run's logs)
         index, reused = embed(stores.lancedb_uri, embedder.get(), df["id"], df["text"], df[["split"]])
         context.log.info(f"{len(df)} texts: {reused} embeddings reused, {len(df) - reused} computed")
-        return dg.Output(index, metadata=rounded({"texts": len(df), "reused": reused, "computed": len(df) - reused,
-                                          "ids_in_several_splits": int(shared.sum())}))
+        return dg.Output(
+            index,
+            metadata=rounded(
+                {"texts": len(df), "reused": reused, "computed": len(df) - reused, "ids_in_several_splits": int(shared.sum())}
+            ),
+        )
 
     return [ingest, text_embeddings]

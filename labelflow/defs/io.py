@@ -42,9 +42,11 @@ STAGING_PREFIX = "_labelflow_staging__"
 
 
 def _table_exists(connection, schema: str, table: str) -> bool:
-    return bool(connection.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [schema, table]).fetchone()[0])
+    return bool(
+        connection.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, table]
+        ).fetchone()[0]
+    )
 
 
 class _Client(DuckDbClient):
@@ -112,16 +114,24 @@ class _TypeHandler(DuckDBPandasTypeHandler):
                 if group:
                     self._stage(context, connection, group, schema, table, name)
                 else:
-                    _transaction(connection, [f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}",
-                                              f"CREATE OR REPLACE TABLE {qualified(schema, table)} AS SELECT * FROM {quote(name)}"])
+                    _transaction(
+                        connection,
+                        [
+                            f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}",
+                            f"CREATE OR REPLACE TABLE {qualified(schema, table)} AS SELECT * FROM {quote(name)}",
+                        ],
+                    )
         finally:
             connection.unregister(name)
-        context.add_output_metadata({
-            ("dagster/partition_row_count" if context.has_partition_key else "dagster/row_count"): len(obj),
-            "dagster/storage_kind": "duckdb",
-            "dataframe_columns": dg.MetadataValue.table_schema(dg.TableSchema(
-                columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in obj.dtypes.items()])),
-        })
+        context.add_output_metadata(
+            {
+                ("dagster/partition_row_count" if context.has_partition_key else "dagster/row_count"): len(obj),
+                "dagster/storage_kind": "duckdb",
+                "dataframe_columns": dg.MetadataValue.table_schema(
+                    dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in obj.dtypes.items()])
+                ),
+            }
+        )
 
     @staticmethod
     def _replace_partition(connection, table_slice, name: str) -> None:
@@ -144,8 +154,10 @@ class _TypeHandler(DuckDBPandasTypeHandler):
             return
         statements = []
         for s, t, st in staged.values():
-            statements += [f"CREATE OR REPLACE TABLE {qualified(s, t)} AS SELECT * FROM {qualified(s, st)}",
-                           f"DROP TABLE {qualified(s, st)}"]
+            statements += [
+                f"CREATE OR REPLACE TABLE {qualified(s, t)} AS SELECT * FROM {qualified(s, st)}",
+                f"DROP TABLE {qualified(s, st)}",
+            ]
         _transaction(connection, statements)
         del self._staged[key]
         context.log.info(f"committed {len(staged)} tables together: {', '.join(t for _, t, _ in staged.values())}")
@@ -188,17 +200,26 @@ class WarehouseIOManager(DuckDBPandasIOManager):
     def create_io_manager(self, context) -> DbIOManager:
         handlers = self.type_handlers()
         self._handlers.extend(h for h in handlers if isinstance(h, _TypeHandler))
-        return DbIOManager(db_client=_Client(), database=self.database, schema=self.schema_,
-                           type_handlers=handlers, default_load_type=self.default_load_type(),
-                           io_manager_name="WarehouseIOManager")
+        return DbIOManager(
+            db_client=_Client(),
+            database=self.database,
+            schema=self.schema_,
+            type_handlers=handlers,
+            default_load_type=self.default_load_type(),
+            io_manager_name="WarehouseIOManager",
+        )
 
     def setup_for_execution(self, context) -> None:
         if not self.lock_path:
             return
         run = context.run  # None outside a run (e.g. build_resources): an ad-hoc holder id
-        lock = ProjectLock(self.lock_path, run_id=run.run_id if run is not None else f"adhoc-{uuid.uuid4().hex[:8]}",
-                           resource=self.lock_resource, wait_s=wait_seconds(self.lock_wait_s),
-                           command=f"dagster job {run.job_name}" if run is not None else "dagster")
+        lock = ProjectLock(
+            self.lock_path,
+            run_id=run.run_id if run is not None else f"adhoc-{uuid.uuid4().hex[:8]}",
+            resource=self.lock_resource,
+            wait_s=wait_seconds(self.lock_wait_s),
+            command=f"dagster job {run.job_name}" if run is not None else "dagster",
+        )
         lock.acquire()
         self._lock = lock
 
@@ -255,6 +276,7 @@ class ModelIOManager(dg.ConfigurableIOManager):
             raise ModelIntegrityError(f"{key.to_user_string()} has not been materialised yet")
         meta = event.asset_materialization.metadata
         if "model_path" not in meta or "model_sha256" not in meta:
-            raise ModelIntegrityError(f"the latest {key.to_user_string()} materialisation records no model file and sha256: "
-                                      "materialise it again")
+            raise ModelIntegrityError(
+                f"the latest {key.to_user_string()} materialisation records no model file and sha256: materialise it again"
+            )
         return load_model(meta["model_path"].value, meta["model_sha256"].value)

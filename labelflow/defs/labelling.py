@@ -8,8 +8,14 @@ import pandas as pd
 
 from labelflow.config import DatasetConfig
 from labelflow.data import label_lists
-from labelflow.defs.resources import (ComputeResource, EmbedderResource, ExpertResource, MLflowResource, StoresResource,
-                                      budget_metadata)
+from labelflow.defs.resources import (
+    ComputeResource,
+    EmbedderResource,
+    ExpertResource,
+    MLflowResource,
+    StoresResource,
+    budget_metadata,
+)
 from labelflow.expert import DescribeWithinBudget
 from labelflow.defs.util import OWNERS, md_figure, md_table, usage_metadata, rounded
 from labelflow.defs.vectors import embed
@@ -29,12 +35,21 @@ def labelling_assets(ds: DatasetConfig) -> list:
     key = lambda name: dg.AssetKey([p, name])  # noqa: E731
     items: list = []
 
-    @dg.asset(key=key("label_descriptions"), group_name=p, kinds={"duckdb", "pandas"}, owners=owners,
-              description="One description per label: the user's from labels.csv (source=user) or written by the "
-                          "LLM from the label name, seed examples and its nearest labels (source=llm).")
-    def label_descriptions(context: dg.AssetExecutionContext, expert: ExpertResource,
-                           seed_labels: pd.DataFrame, text_embeddings: EmbeddingIndex,
-                           user_label_descriptions: pd.DataFrame) -> dg.Output:
+    @dg.asset(
+        key=key("label_descriptions"),
+        group_name=p,
+        kinds={"duckdb", "pandas"},
+        owners=owners,
+        description="One description per label: the user's from labels.csv (source=user) or written by the "
+        "LLM from the label name, seed examples and its nearest labels (source=llm).",
+    )
+    def label_descriptions(
+        context: dg.AssetExecutionContext,
+        expert: ExpertResource,
+        seed_labels: pd.DataFrame,
+        text_embeddings: EmbeddingIndex,
+        user_label_descriptions: pd.DataFrame,
+    ) -> dg.Output:
         from labelflow.descriptions import describe_labels
 
         labels = sorted({lab for labs in label_lists(seed_labels["label"], ds.multilabel) for lab in labs})
@@ -44,10 +59,16 @@ def labelling_assets(ds: DatasetConfig) -> list:
         context.log.info(f"{len(user)} user descriptions; writing {missing} with the expert")
         budget = expert.run_budget(context.run.run_id, p, ds.llm_budget_calls)
         exp = DescribeWithinBudget(expert.get(budget=budget)) if missing else None
-        out = describe_labels(labels, seed_labels, user, exp, label_vectors=centroids, multilabel=ds.multilabel) \
-            if missing else user.assign(source="user", model="")
-        meta = {"dagster/row_count": len(out), "by_source": dg.MetadataValue.json(out["source"].value_counts().to_dict()),
-                "descriptions": md_table(out[["label", "source", "description"]], 100)}
+        out = (
+            describe_labels(labels, seed_labels, user, exp, label_vectors=centroids, multilabel=ds.multilabel)
+            if missing
+            else user.assign(source="user", model="")
+        )
+        meta = {
+            "dagster/row_count": len(out),
+            "by_source": dg.MetadataValue.json(out["source"].value_counts().to_dict()),
+            "descriptions": md_table(out[["label", "source", "description"]], 100),
+        }
         if exp is not None:
             meta.update(usage_metadata(exp.usage))
             meta.update(budget_metadata(budget))
@@ -55,70 +76,158 @@ def labelling_assets(ds: DatasetConfig) -> list:
             meta["past_budget"] = dg.MetadataValue.json(exp.past_budget)
         return dg.Output(out, metadata=rounded(meta))
 
-    @dg.asset(key=key("label_embeddings"), group_name=p, kinds={"lancedb"}, owners=owners, io_manager_key="vectors_io_manager",
-              description="Embeddings of 'label: description' per label: an EmbeddingIndex keyed by label, stored in "
-                          "LanceDB (id = label, label, text, text_hash, model, vector).")
-    def label_embeddings(context: dg.AssetExecutionContext, stores: StoresResource, embedder: EmbedderResource,
-                         label_descriptions: pd.DataFrame) -> dg.Output:
+    @dg.asset(
+        key=key("label_embeddings"),
+        group_name=p,
+        kinds={"lancedb"},
+        owners=owners,
+        io_manager_key="vectors_io_manager",
+        description="Embeddings of 'label: description' per label: an EmbeddingIndex keyed by label, stored in "
+        "LanceDB (id = label, label, text, text_hash, model, vector).",
+    )
+    def label_embeddings(
+        context: dg.AssetExecutionContext, stores: StoresResource, embedder: EmbedderResource, label_descriptions: pd.DataFrame
+    ) -> dg.Output:
         labels = label_descriptions["label"].astype(str).tolist()
         texts = [f"{lab.replace('_', ' ')}: {d}" for lab, d in zip(labels, label_descriptions["description"])]
         index, reused = embed(stores.lancedb_uri, embedder.get(), labels, texts, pd.DataFrame({"label": labels, "text": texts}))
         return dg.Output(index, metadata={"labels": len(texts), "reused": reused})
 
-    @dg.asset(key=key("label_space"), group_name=p, kinds={"python"}, owners=owners, io_manager_key="values_io_manager",
-              description="The label space, built once per run: labels, seeds by label, seed centroids, descriptions "
-                          "(the label name where none) and description vectors; RAC, R.E.D., the embedding labelling "
-                          "functions and the pilot read it.")
-    def label_space(seed_labels: pd.DataFrame, text_embeddings: EmbeddingIndex, label_descriptions: pd.DataFrame,
-                    label_embeddings: EmbeddingIndex) -> dg.Output:
+    @dg.asset(
+        key=key("label_space"),
+        group_name=p,
+        kinds={"python"},
+        owners=owners,
+        io_manager_key="values_io_manager",
+        description="The label space, built once per run: labels, seeds by label, seed centroids, descriptions "
+        "(the label name where none) and description vectors; RAC, R.E.D., the embedding labelling "
+        "functions and the pilot read it.",
+    )
+    def label_space(
+        seed_labels: pd.DataFrame,
+        text_embeddings: EmbeddingIndex,
+        label_descriptions: pd.DataFrame,
+        label_embeddings: EmbeddingIndex,
+    ) -> dg.Output:
         space = LabelSpace.build(seed_labels, text_embeddings, ds.multilabel, label_descriptions, label_embeddings)
         seeds = pd.DataFrame({"label": space.labels, "seeds": [len(space.seed_rows[lab]) for lab in space.labels]})
-        return dg.Output(space, metadata={"labels": len(space), "seeds": len(space.seed_ids), "model": space.model,
-                                          "seeds_per_label_min": int(seeds["seeds"].min()) if len(seeds) else 0})
+        return dg.Output(
+            space,
+            metadata={
+                "labels": len(space),
+                "seeds": len(space.seed_ids),
+                "model": space.model,
+                "seeds_per_label_min": int(seeds["seeds"].min()) if len(seeds) else 0,
+            },
+        )
 
-    @dg.asset(key=key("pilot_validation"), group_name=p, kinds={"duckdb", "pandas"}, owners=owners,
-              check_specs=[dg.AssetCheckSpec("pilot_accuracy", asset=key("pilot_validation"),
-                                             description=f"The expert's pilot accuracy is at least {ds.pilot_min_accuracy}.")],
-              description="The pipeline's first gate: the expert answers yes/no on seed examples paired with their "
-                          "true label and a confusable wrong one; accuracy, precision/recall of yes, and the calibrated "
-                          "yes/no threshold used by later stages.")
-    def pilot_validation(context: dg.AssetExecutionContext, expert: ExpertResource,
-                         mlflow: MLflowResource, seed_labels: pd.DataFrame, label_space: LabelSpace):
+    @dg.asset(
+        key=key("pilot_validation"),
+        group_name=p,
+        kinds={"duckdb", "pandas"},
+        owners=owners,
+        check_specs=[
+            dg.AssetCheckSpec(
+                "pilot_accuracy",
+                asset=key("pilot_validation"),
+                description=f"The expert's pilot accuracy is at least {ds.pilot_min_accuracy}.",
+            )
+        ],
+        description="The pipeline's first gate: the expert answers yes/no on seed examples paired with their "
+        "true label and a confusable wrong one; accuracy, precision/recall of yes, and the calibrated "
+        "yes/no threshold used by later stages.",
+    )
+    def pilot_validation(
+        context: dg.AssetExecutionContext,
+        expert: ExpertResource,
+        mlflow: MLflowResource,
+        seed_labels: pd.DataFrame,
+        label_space: LabelSpace,
+    ):
         from labelflow.pilot import pilot_pairs, run_pilot
 
-        questions, truth = pilot_pairs(seed_labels, label_space.centroid_map(), ds.pilot_size, seed=ds.seed,
-                                       multilabel=ds.multilabel, descriptions=label_space.descriptions)
+        questions, truth = pilot_pairs(
+            seed_labels,
+            label_space.centroid_map(),
+            ds.pilot_size,
+            seed=ds.seed,
+            multilabel=ds.multilabel,
+            descriptions=label_space.descriptions,
+        )
         budget = expert.run_budget(context.run.run_id, p, ds.llm_budget_calls)
         exp = expert.get(budget=budget)
         context.log.info(f"pilot: {len(questions)} yes/no questions to {exp.name}")
         r = run_pilot(exp, questions, truth, min_accuracy=ds.pilot_min_accuracy, seed=ds.seed)
-        summary = {k: getattr(r, k) for k in ("expert", "n", "accuracy", "precision_yes", "recall_yes", "threshold_default",
-                                              "threshold", "accuracy_calibrated", "accuracy_calibrated_cv", "gate_accuracy",
-                                              "unparseable", "calls", "seconds", "seconds_per_validation", "passed")}
+        summary = {
+            k: getattr(r, k)
+            for k in (
+                "expert",
+                "n",
+                "accuracy",
+                "precision_yes",
+                "recall_yes",
+                "threshold_default",
+                "threshold",
+                "accuracy_calibrated",
+                "accuracy_calibrated_cv",
+                "gate_accuracy",
+                "unparseable",
+                "calls",
+                "seconds",
+                "seconds_per_validation",
+                "passed",
+            )
+        }
         meta = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in summary.items()}
         meta["confusions"] = md_table(r.confusions, 30)
         meta.update(usage_metadata(exp.usage))
         meta.update(budget_metadata(budget))
         meta["unanswered"] = int(r.unanswered)  # past the run's LLM budget: no answer, not a wrong one
         meta["mlflow_run_id"] = mlflow.tracker().log_asset(
-            p, "pilot_validation", dagster_run_id=context.run.run_id, tags={"expert": exp.name},
-            metrics={**summary, **usage_metadata(exp.usage)}, tables={"pilot_confusions.csv": r.confusions})
+            p,
+            "pilot_validation",
+            dagster_run_id=context.run.run_id,
+            tags={"expert": exp.name},
+            metrics={**summary, **usage_metadata(exp.usage)},
+            tables={"pilot_confusions.csv": r.confusions},
+        )
         # the answers (asked label, truth, outcome, margin) are the evidence that calibrates LLM label confidence
         answers = r.answers[["asked_label", "truth", "outcome", "score"]].to_json(orient="records") if len(r.answers) else "[]"
         yield dg.Output(pd.DataFrame([summary]).assign(answers=answers), metadata=rounded(meta))
-        yield dg.AssetCheckResult(check_name="pilot_accuracy", passed=bool(r.passed),
-                                  severity=dg.AssetCheckSeverity.WARN,
-                                  metadata=rounded({"gate_accuracy": float(r.gate_accuracy), "min_accuracy": ds.pilot_min_accuracy,
-                                            "confusions": md_table(r.confusions, 30)}))
+        yield dg.AssetCheckResult(
+            check_name="pilot_accuracy",
+            passed=bool(r.passed),
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata=rounded(
+                {
+                    "gate_accuracy": float(r.gate_accuracy),
+                    "min_accuracy": ds.pilot_min_accuracy,
+                    "confusions": md_table(r.confusions, 30),
+                }
+            ),
+        )
 
-    @dg.asset(key=key("weak_label_matrix"), group_name=p, kinds={"duckdb", "pandas"}, owners=owners,
-              description="Labelling-function votes on the pool in long format (id, lf, label): the dataset's lfs.yaml "
-                          "(as validated at ingestion) "
-                          "plus built-in embedding LFs (seed centroid, k nearest seeds, label description). The LF "
-                          "analysis (coverage, overlaps, conflicts, accuracy on the seeds) is in the metadata and MLflow.")
-    def weak_label_matrix(context: dg.AssetExecutionContext, mlflow: MLflowResource, compute: ComputeResource,
-                          seed_labels: pd.DataFrame, text_pool: pd.DataFrame, hidden_pool_labels: pd.DataFrame,
-                          label_space: LabelSpace, text_embeddings: EmbeddingIndex, lf_definitions: pd.DataFrame) -> dg.Output:
+    @dg.asset(
+        key=key("weak_label_matrix"),
+        group_name=p,
+        kinds={"duckdb", "pandas"},
+        owners=owners,
+        description="Labelling-function votes on the pool in long format (id, lf, label): the dataset's lfs.yaml "
+        "(as validated at ingestion) "
+        "plus built-in embedding LFs (seed centroid, k nearest seeds, label description). The LF "
+        "analysis (coverage, overlaps, conflicts, accuracy on the seeds) is in the metadata and MLflow.",
+    )
+    def weak_label_matrix(
+        context: dg.AssetExecutionContext,
+        mlflow: MLflowResource,
+        compute: ComputeResource,
+        seed_labels: pd.DataFrame,
+        text_pool: pd.DataFrame,
+        hidden_pool_labels: pd.DataFrame,
+        label_space: LabelSpace,
+        text_embeddings: EmbeddingIndex,
+        lf_definitions: pd.DataFrame,
+    ) -> dg.Output:
         from labelflow import weak
         from labelflow.compute import apply_lfs_sharded
 
@@ -126,42 +235,91 @@ def labelling_assets(ds: DatasetConfig) -> list:
         lfs = weak.standard_lfs(lf_definitions, labels, seed_X, label_space.seed_sets, label_space.description_X)
         pool_X = text_embeddings.lookup(text_pool["id"])
         # compute: ray runs the LFs over shards of the pool on the cluster (same votes as one local call)
-        votes, errors = apply_lfs_sharded(compute.get(), lf_definitions, labels, seed_X, label_space.seed_sets,
-                                          label_space.description_X, text_pool["id"], text_pool["text"], pool_X)
+        votes, errors = apply_lfs_sharded(
+            compute.get(),
+            lf_definitions,
+            labels,
+            seed_X,
+            label_space.seed_sets,
+            label_space.description_X,
+            text_pool["id"],
+            text_pool["text"],
+            pool_X,
+        )
         for _, e in errors.iterrows():
             context.log.warning(f"labelling function {e['lf']} failed on text {e['id']}: {e['error']} (excluded from this run)")
         names = [lf.name for lf in lfs]
         truth = _hidden_truth(hidden_pool_labels)
         seed_votes, _ = weak.apply_lfs(lfs, seed_labels["id"], seed_labels["text"], seed_X, labels=labels)
-        table = weak.lf_report(votes, seed_votes, names, len(text_pool), seed_labels.set_index("id")["label"], truth,
-                               ds.multilabel)
-        run_id = mlflow.tracker().log_asset(p, "weak_label_matrix", dagster_run_id=context.run.run_id, metrics={
-            "lfs": len(names), "votes": len(votes), "lf_errors": len(errors),
-            "pool_coverage": float(votes["id"].nunique() / max(len(text_pool), 1))}, tables={"lf_analysis.csv": table})
-        return dg.Output(votes, metadata={"dagster/row_count": len(votes), "lfs": len(names), "lf_errors": len(errors),
-                                          "lf_analysis": md_table(table, 100), "mlflow_run_id": run_id,
-                                          "note": "seeds_* accuracy of the embedding LFs is optimistic: they are built from the seeds"})
+        table = weak.lf_report(
+            votes, seed_votes, names, len(text_pool), seed_labels.set_index("id")["label"], truth, ds.multilabel
+        )
+        run_id = mlflow.tracker().log_asset(
+            p,
+            "weak_label_matrix",
+            dagster_run_id=context.run.run_id,
+            metrics={
+                "lfs": len(names),
+                "votes": len(votes),
+                "lf_errors": len(errors),
+                "pool_coverage": float(votes["id"].nunique() / max(len(text_pool), 1)),
+            },
+            tables={"lf_analysis.csv": table},
+        )
+        return dg.Output(
+            votes,
+            metadata={
+                "dagster/row_count": len(votes),
+                "lfs": len(names),
+                "lf_errors": len(errors),
+                "lf_analysis": md_table(table, 100),
+                "mlflow_run_id": run_id,
+                "note": "seeds_* accuracy of the embedding LFs is optimistic: they are built from the seeds",
+            },
+        )
 
-    @dg.asset(key=key("weak_labels"), group_name=p, kinds={"duckdb", "pandas"}, owners=owners,
-              description=f"One weak label per pool text from the label model ({ds.label_model}; majority vote "
-                          "reported beside it): label, confidence, number of votes, conflict flag.")
-    def weak_labels(context: dg.AssetExecutionContext, text_pool: pd.DataFrame, weak_label_matrix: pd.DataFrame,
-                    hidden_pool_labels: pd.DataFrame, label_space: LabelSpace) -> dg.Output:
+    @dg.asset(
+        key=key("weak_labels"),
+        group_name=p,
+        kinds={"duckdb", "pandas"},
+        owners=owners,
+        description=f"One weak label per pool text from the label model ({ds.label_model}; majority vote "
+        "reported beside it): label, confidence, number of votes, conflict flag.",
+    )
+    def weak_labels(
+        context: dg.AssetExecutionContext,
+        text_pool: pd.DataFrame,
+        weak_label_matrix: pd.DataFrame,
+        hidden_pool_labels: pd.DataFrame,
+        label_space: LabelSpace,
+    ) -> dg.Output:
         from labelflow.routing import compare_label_models
 
         ids = text_pool["id"].astype(str).tolist()
-        names = ["multilabel_vote"] if ds.multilabel else sorted({"majority_vote", ds.label_model}, key=lambda n: n != "majority_vote")
-        results, compare = compare_label_models(weak_label_matrix, ids, label_space.labels, names, ds.multilabel,
-                                                _hidden_truth(hidden_pool_labels))
+        names = (
+            ["multilabel_vote"]
+            if ds.multilabel
+            else sorted({"majority_vote", ds.label_model}, key=lambda n: n != "majority_vote")
+        )
+        results, compare = compare_label_models(
+            weak_label_matrix, ids, label_space.labels, names, ds.multilabel, _hidden_truth(hidden_pool_labels)
+        )
         chosen = results[names[-1]]
-        return dg.Output(chosen, metadata={"dagster/row_count": len(chosen), "label_model": names[-1],
-                                           "label_models": md_table(compare)})
+        return dg.Output(
+            chosen, metadata={"dagster/row_count": len(chosen), "label_model": names[-1], "label_models": md_table(compare)}
+        )
 
-    @dg.asset(key=key("llm_queue"), group_name=p, kinds={"duckdb", "pandas"}, owners=owners,
-              description="Routing of weak labels: kept (weak_confident), queued for the LLM (ambiguous, disputed, "
-                          "uncovered; ordered by priority and capped by the budget) or left to the model (rest).")
-    def llm_queue(context: dg.AssetExecutionContext, text_pool: pd.DataFrame, weak_labels: pd.DataFrame,
-                  hidden_pool_labels: pd.DataFrame) -> dg.Output:
+    @dg.asset(
+        key=key("llm_queue"),
+        group_name=p,
+        kinds={"duckdb", "pandas"},
+        owners=owners,
+        description="Routing of weak labels: kept (weak_confident), queued for the LLM (ambiguous, disputed, "
+        "uncovered; ordered by priority and capped by the budget) or left to the model (rest).",
+    )
+    def llm_queue(
+        context: dg.AssetExecutionContext, text_pool: pd.DataFrame, weak_labels: pd.DataFrame, hidden_pool_labels: pd.DataFrame
+    ) -> dg.Output:
         from labelflow.routing import bucket_report, route
 
         routed = route(weak_labels, ds.routing, budget=ds.llm_budget_calls)
@@ -170,9 +328,15 @@ def labelling_assets(ds: DatasetConfig) -> list:
         report = bucket_report(routed, routed["id"].map(truth) if truth is not None else None)
         n_queued = int(routed["queued"].sum())
         context.log.info(f"routing: {routed['bucket'].value_counts().to_dict()}; {n_queued} queued for the LLM")
-        return dg.Output(routed, metadata={"dagster/row_count": len(routed), "queued": n_queued,
-                                           "kept_weak_confident": int((routed["bucket"] == "weak_confident").sum()),
-                                           "buckets": md_table(report)})
+        return dg.Output(
+            routed,
+            metadata={
+                "dagster/row_count": len(routed),
+                "queued": n_queued,
+                "kept_weak_confident": int((routed["bucket"] == "weak_confident").sum()),
+                "buckets": md_table(report),
+            },
+        )
 
     items += [label_descriptions, label_embeddings, label_space, pilot_validation, weak_label_matrix, weak_labels, llm_queue]
     items += [_rac_asset(ds, owners)]
@@ -185,14 +349,26 @@ def _rac_asset(ds: DatasetConfig, owners):
     p = ds.name
     key = lambda name: dg.AssetKey([p, name])  # noqa: E731
 
-    @dg.asset(key=key("rac_labels"), group_name=p, kinds={"duckdb", "pandas", "mlflow"}, owners=owners,
-              deps=[key("llm_plan")],  # the plan of what RAC and R.E.D. will cost is written first
-              description=f"RAC over the LLM queue: labels ranked by description/seed similarity, one yes/no question "
-                          f"per candidate in rank order, first accept wins; abstain when none of the top {ds.rac_k} is "
-                          "accepted. Coverage/precision over k in the metadata and MLflow.")
-    def rac_labels(context: dg.AssetExecutionContext, expert: ExpertResource, mlflow: MLflowResource,
-                   llm_queue: pd.DataFrame, pilot_validation: pd.DataFrame, hidden_pool_labels: pd.DataFrame,
-                   label_space: LabelSpace, text_embeddings: EmbeddingIndex) -> dg.Output:
+    @dg.asset(
+        key=key("rac_labels"),
+        group_name=p,
+        kinds={"duckdb", "pandas", "mlflow"},
+        owners=owners,
+        deps=[key("llm_plan")],  # the plan of what RAC and R.E.D. will cost is written first
+        description=f"RAC over the LLM queue: labels ranked by description/seed similarity, one yes/no question "
+        f"per candidate in rank order, first accept wins; abstain when none of the top {ds.rac_k} is "
+        "accepted. Coverage/precision over k in the metadata and MLflow.",
+    )
+    def rac_labels(
+        context: dg.AssetExecutionContext,
+        expert: ExpertResource,
+        mlflow: MLflowResource,
+        llm_queue: pd.DataFrame,
+        pilot_validation: pd.DataFrame,
+        hidden_pool_labels: pd.DataFrame,
+        label_space: LabelSpace,
+        text_embeddings: EmbeddingIndex,
+    ) -> dg.Output:
         from labelflow.rac import coverage_figure, coverage_over_k, label_queue
 
         queue = llm_queue[llm_queue["queued"].astype(bool)].reset_index(drop=True)
@@ -201,20 +377,39 @@ def _rac_asset(ds: DatasetConfig, owners):
         X = text_embeddings.lookup(queue["id"])
         context.log.info(f"RAC: {len(queue)} queued texts, k={ds.rac_k}, expert {exp.name}")
         res, rac = label_queue(exp, queue, X, label_space, ds.rac_k)
-        over_k = coverage_over_k(res, rac.questions_, ds.rac_k or len(label_space), _hidden_truth(hidden_pool_labels),
-                                 label_space.labels, ds.multilabel)
+        over_k = coverage_over_k(
+            res,
+            rac.questions_,
+            ds.rac_k or len(label_space),
+            _hidden_truth(hidden_pool_labels),
+            label_space.labels,
+            ds.multilabel,
+        )
         fig = coverage_figure(over_k)
         last = over_k.iloc[-1].to_dict() if len(over_k) else {}
         run_id = mlflow.tracker().log_asset(
-            p, "rac_labels", dagster_run_id=context.run.run_id, tags={"expert": exp.name},
+            p,
+            "rac_labels",
+            dagster_run_id=context.run.run_id,
+            tags={"expert": exp.name},
             params={"k": ds.rac_k, "queued": len(queue), "expert": exp.name},
-            metrics={**{f"rac_{k}": v for k, v in last.items() if k != "k"},
-                     **{f"llm_{k}": v for k, v in usage_metadata(exp.usage).items()}},
-            tables={"rac_over_k.csv": over_k}, figures={"rac_coverage_precision.png": fig})
-        meta = {"dagster/row_count": len(res), "labelled": int((res["label"] != "").sum()),
-                "coverage": float((res["label"] != "").mean()) if len(res) else 0.0, "expert": exp.name,
-                "over_k": md_table(over_k), "coverage_precision_plot": md_figure(fig), "mlflow_run_id": run_id,
-                "unanswered": int((res["status"] == "unanswered").sum()) if len(res) else 0}
+            metrics={
+                **{f"rac_{k}": v for k, v in last.items() if k != "k"},
+                **{f"llm_{k}": v for k, v in usage_metadata(exp.usage).items()},
+            },
+            tables={"rac_over_k.csv": over_k},
+            figures={"rac_coverage_precision.png": fig},
+        )
+        meta = {
+            "dagster/row_count": len(res),
+            "labelled": int((res["label"] != "").sum()),
+            "coverage": float((res["label"] != "").mean()) if len(res) else 0.0,
+            "expert": exp.name,
+            "over_k": md_table(over_k),
+            "coverage_precision_plot": md_figure(fig),
+            "mlflow_run_id": run_id,
+            "unanswered": int((res["status"] == "unanswered").sum()) if len(res) else 0,
+        }
         meta.update(usage_metadata(exp.usage))
         meta.update(budget_metadata(budget))
         return dg.Output(res, metadata=rounded(meta))
@@ -226,13 +421,26 @@ def _red_asset(ds: DatasetConfig, owners):
     p = ds.name
     key = lambda name: dg.AssetKey([p, name])  # noqa: E731
 
-    @dg.asset(key=key("red_labels"), group_name=p, kinds={"duckdb", "pandas", "mlflow"}, owners=owners,
-              description="R.E.D. over the pool: label subsets of mutually dissimilar labels, a classifier per subset with "
-                          "a noise class, the most uncertain predictions validated by the LLM with dynamic evidence, "
-                          "retrained each round until saturation. Per-round figures in MLflow.")
-    def red_labels(context: dg.AssetExecutionContext, expert: ExpertResource, mlflow: MLflowResource,
-                   text_pool: pd.DataFrame, pilot_validation: pd.DataFrame, rac_labels: pd.DataFrame,
-                   hidden_pool_labels: pd.DataFrame, label_space: LabelSpace, text_embeddings: EmbeddingIndex) -> dg.Output:
+    @dg.asset(
+        key=key("red_labels"),
+        group_name=p,
+        kinds={"duckdb", "pandas", "mlflow"},
+        owners=owners,
+        description="R.E.D. over the pool: label subsets of mutually dissimilar labels, a classifier per subset with "
+        "a noise class, the most uncertain predictions validated by the LLM with dynamic evidence, "
+        "retrained each round until saturation. Per-round figures in MLflow.",
+    )
+    def red_labels(
+        context: dg.AssetExecutionContext,
+        expert: ExpertResource,
+        mlflow: MLflowResource,
+        text_pool: pd.DataFrame,
+        pilot_validation: pd.DataFrame,
+        rac_labels: pd.DataFrame,
+        hidden_pool_labels: pd.DataFrame,
+        label_space: LabelSpace,
+        text_embeddings: EmbeddingIndex,
+    ) -> dg.Output:
         from labelflow.red import REDLabeler, rounds_figure
 
         labels = label_space.labels
@@ -243,24 +451,37 @@ def _red_asset(ds: DatasetConfig, owners):
         budget = expert.run_budget(context.run.run_id, p, ds.llm_budget_calls)
         exp = expert.get(threshold=pilot_threshold(pilot_validation), budget=budget, budget_calls=ds.red_budget_calls)
         red = REDLabeler(exp, top_k_uncertain=ds.red_top_k, max_rounds=ds.red_max_rounds, seed=ds.seed)
-        red.fit(label_space.seed_X, label_space.seed_labels, label_vectors=label_space.centroids,
-                seed_texts=label_space.seed_texts)
+        red.fit(
+            label_space.seed_X, label_space.seed_labels, label_vectors=label_space.centroids, seed_texts=label_space.seed_texts
+        )
         pool_X = text_embeddings.lookup(pool["id"])
         context.log.info(f"R.E.D.: {len(pool)} pool texts, {len(labels)} labels, expert {exp.name}")
         result = red.run(pool["id"].tolist(), pool["text"].tolist(), pool_X, label_space.descriptions)
         out = result.labels.merge(pool[["id", "text"]], on="id", how="left")
         truth = _hidden_truth(hidden_pool_labels)
-        meta = {"dagster/row_count": len(out), "stop_reason": result.stop_reason, "rounds": len(result.rounds),
-                "expert": exp.name, "rounds_table": md_table(result.rounds)}
+        meta = {
+            "dagster/row_count": len(out),
+            "stop_reason": result.stop_reason,
+            "rounds": len(result.rounds),
+            "expert": exp.name,
+            "rounds_table": md_table(result.rounds),
+        }
         if truth is not None and len(out):
             meta["accepted_accuracy"] = float((out["label"] == out["id"].map(truth)).mean())
         fig = rounds_figure(result.rounds) if len(result.rounds) else None
         meta["mlflow_run_id"] = mlflow.tracker().log_asset(
-            p, "red_labels", dagster_run_id=context.run.run_id, tags={"expert": exp.name},
-            params={"stop_reason": result.stop_reason, "expert": exp.name}, metrics=usage_metadata(result.usage),
-            step_metrics=[(r["round"], {k: r[k] for k in ("uncertain", "asked", "accepted", "rejected", "calls")})
-                          for _, r in result.rounds.iterrows()],
-            figures={"red_rounds.png": fig})
+            p,
+            "red_labels",
+            dagster_run_id=context.run.run_id,
+            tags={"expert": exp.name},
+            params={"stop_reason": result.stop_reason, "expert": exp.name},
+            metrics=usage_metadata(result.usage),
+            step_metrics=[
+                (r["round"], {k: r[k] for k in ("uncertain", "asked", "accepted", "rejected", "calls")})
+                for _, r in result.rounds.iterrows()
+            ],
+            figures={"red_rounds.png": fig},
+        )
         if fig is not None:
             meta["rounds_plot"] = md_figure(fig)
         meta.update(usage_metadata(result.usage))

@@ -47,42 +47,73 @@ def nightly_assets(ds: DatasetConfig) -> list:
     key = lambda name: dg.AssetKey([p, name])  # noqa: E731
     part_meta = {"partition_expr": "day"}
 
-    @dg.asset(key=key("inbox_texts"), group_name=p, kinds={"duckdb", "pandas"}, owners=owners, partitions_def=daily,
-              metadata=part_meta,
-              description=f"One day's new texts from the inbox {ds.inbox} (files YYYY-MM-DD*.csv|parquet|jsonl); a late "
-                          "or re-dropped file replaces its day's partition.")
+    @dg.asset(
+        key=key("inbox_texts"),
+        group_name=p,
+        kinds={"duckdb", "pandas"},
+        owners=owners,
+        partitions_def=daily,
+        metadata=part_meta,
+        description=f"One day's new texts from the inbox {ds.inbox} (files YYYY-MM-DD*.csv|parquet|jsonl); a late "
+        "or re-dropped file replaces its day's partition.",
+    )
     def inbox_texts(context: dg.AssetExecutionContext) -> dg.Output:
         day = context.partition_key
         frames = []
         for f in inbox_files(ds.inbox, day):
             frames.append(read_inbox_file(f, ds.max_text_chars).assign(file=f.name))
-        df = (pd.concat(frames, ignore_index=True).drop_duplicates("id") if frames
-              else pd.DataFrame({"id": pd.Series(dtype="string"), "text": pd.Series(dtype="string"), "file": pd.Series(dtype="string")}))
+        df = (
+            pd.concat(frames, ignore_index=True).drop_duplicates("id")
+            if frames
+            else pd.DataFrame(
+                {"id": pd.Series(dtype="string"), "text": pd.Series(dtype="string"), "file": pd.Series(dtype="string")}
+            )
+        )
         df["day"] = pd.Timestamp(day)
         context.log.info(f"{day}: {len(df)} texts from {len(frames)} file(s)")
-        return dg.Output(df, metadata={"dagster/row_count": len(df), "files": dg.MetadataValue.json([f for f in df["file"].unique()])})
+        return dg.Output(
+            df, metadata={"dagster/row_count": len(df), "files": dg.MetadataValue.json([f for f in df["file"].unique()])}
+        )
 
-    @dg.asset(key=key("inbox_embeddings"), group_name=p, kinds={"lancedb"}, owners=owners, partitions_def=daily,
-              io_manager_key="vectors_io_manager", metadata=part_meta,
-              description="Embeddings of one day's inbox texts (an EmbeddingIndex; LanceDB table <dataset>__inbox_embeddings, "
-                          "one partition per day); texts already embedded with the same model are reused.")
-    def inbox_embeddings(context: dg.AssetExecutionContext, stores: StoresResource, embedder: EmbedderResource,
-                         inbox_texts: pd.DataFrame) -> dg.Output:
+    @dg.asset(
+        key=key("inbox_embeddings"),
+        group_name=p,
+        kinds={"lancedb"},
+        owners=owners,
+        partitions_def=daily,
+        io_manager_key="vectors_io_manager",
+        metadata=part_meta,
+        description="Embeddings of one day's inbox texts (an EmbeddingIndex; LanceDB table <dataset>__inbox_embeddings, "
+        "one partition per day); texts already embedded with the same model are reused.",
+    )
+    def inbox_embeddings(
+        context: dg.AssetExecutionContext, stores: StoresResource, embedder: EmbedderResource, inbox_texts: pd.DataFrame
+    ) -> dg.Output:
         index, reused = embed(stores.lancedb_uri, embedder.get(), inbox_texts["id"], inbox_texts["text"])
         return dg.Output(index, metadata={"texts": len(inbox_texts), "reused": reused, "computed": len(inbox_texts) - reused})
 
-    @dg.asset(key=key("inbox_queue"), group_name=p, kinds={"duckdb", "pandas"}, owners=owners, partitions_def=daily,
-              metadata=part_meta,
-              description="One day's weak labels and routing: labelling functions + label model on the new texts; kept, "
-                          "queued for the LLM, or left to the model.")
-    def inbox_queue(context: dg.AssetExecutionContext, inbox_texts: pd.DataFrame, inbox_embeddings: EmbeddingIndex,
-                    label_space: LabelSpace, lf_definitions: pd.DataFrame) -> dg.Output:
+    @dg.asset(
+        key=key("inbox_queue"),
+        group_name=p,
+        kinds={"duckdb", "pandas"},
+        owners=owners,
+        partitions_def=daily,
+        metadata=part_meta,
+        description="One day's weak labels and routing: labelling functions + label model on the new texts; kept, "
+        "queued for the LLM, or left to the model.",
+    )
+    def inbox_queue(
+        context: dg.AssetExecutionContext,
+        inbox_texts: pd.DataFrame,
+        inbox_embeddings: EmbeddingIndex,
+        label_space: LabelSpace,
+        lf_definitions: pd.DataFrame,
+    ) -> dg.Output:
         from labelflow import weak
         from labelflow.routing import aggregate_votes, route
 
         labels = label_space.labels
-        lfs = weak.standard_lfs(lf_definitions, labels, label_space.seed_X, label_space.seed_sets,
-                                label_space.description_X)
+        lfs = weak.standard_lfs(lf_definitions, labels, label_space.seed_X, label_space.seed_sets, label_space.description_X)
         ids = inbox_texts["id"].astype(str).tolist()
         X = inbox_embeddings.lookup(ids) if ids else np.zeros((0, label_space.seed_X.shape[1]), np.float32)
         votes, errors = weak.apply_lfs(lfs, ids, inbox_texts["text"].tolist(), X, labels=labels)
@@ -90,21 +121,39 @@ def nightly_assets(ds: DatasetConfig) -> list:
             context.log.warning(f"labelling function {e['lf']} failed on text {e['id']}: {e['error']} (excluded)")
         routed = route(aggregate_votes(votes, ids, labels, ds.label_model, ds.multilabel), ds.routing, budget=ds.llm_budget_calls)
         routed = routed.merge(inbox_texts[["id", "text", "day"]].astype({"id": str}), on="id", how="left")
-        return dg.Output(routed, metadata={"dagster/row_count": len(routed), "queued": int(routed["queued"].sum()) if len(routed) else 0,
-                                           "buckets": dg.MetadataValue.json(routed["bucket"].value_counts().to_dict() if len(routed) else {})})
+        return dg.Output(
+            routed,
+            metadata={
+                "dagster/row_count": len(routed),
+                "queued": int(routed["queued"].sum()) if len(routed) else 0,
+                "buckets": dg.MetadataValue.json(routed["bucket"].value_counts().to_dict() if len(routed) else {}),
+            },
+        )
 
-    @dg.asset(key=key("inbox_rac_labels"), group_name=p, kinds={"duckdb", "pandas"}, owners=owners, partitions_def=daily,
-              metadata=part_meta,
-              description="RAC over one day's queued texts (only new texts cost LLM calls; answers are cached).")
-    def inbox_rac_labels(context: dg.AssetExecutionContext, expert: ExpertResource, inbox_queue: pd.DataFrame,
-                         pilot_validation: pd.DataFrame, inbox_embeddings: EmbeddingIndex,
-                         label_space: LabelSpace) -> dg.Output:
+    @dg.asset(
+        key=key("inbox_rac_labels"),
+        group_name=p,
+        kinds={"duckdb", "pandas"},
+        owners=owners,
+        partitions_def=daily,
+        metadata=part_meta,
+        description="RAC over one day's queued texts (only new texts cost LLM calls; answers are cached).",
+    )
+    def inbox_rac_labels(
+        context: dg.AssetExecutionContext,
+        expert: ExpertResource,
+        inbox_queue: pd.DataFrame,
+        pilot_validation: pd.DataFrame,
+        inbox_embeddings: EmbeddingIndex,
+        label_space: LabelSpace,
+    ) -> dg.Output:
         from labelflow.rac import label_queue
 
         queue = inbox_queue[inbox_queue["queued"].astype(bool)].reset_index(drop=True) if len(inbox_queue) else inbox_queue
         if not len(queue):
             empty = pd.DataFrame({c: pd.Series(dtype="string") for c in ("id", "label", "text")}).assign(
-                confidence=pd.Series(dtype=float), day=pd.Series(dtype="datetime64[ns]"))
+                confidence=pd.Series(dtype=float), day=pd.Series(dtype="datetime64[ns]")
+            )
             return dg.Output(empty, metadata={"dagster/row_count": 0, "llm_calls": 0})
         budget = expert.run_budget(context.run.run_id, p, ds.llm_budget_calls)  # the nightly run's own budget
         exp = expert.get(threshold=pilot_threshold(pilot_validation), budget=budget)
@@ -120,14 +169,22 @@ def nightly_assets(ds: DatasetConfig) -> list:
 
 def nightly_job(ds: DatasetConfig):
     keys = [dg.AssetKey([ds.name, n]) for n in NIGHTLY_ASSETS + RETRAIN_ASSETS]
-    return dg.define_asset_job(f"{ds.name}__nightly", selection=dg.AssetSelection.assets(*keys),
-                               description="Nightly relabelling: one inbox day's new texts, then retrain and evaluate.")
+    return dg.define_asset_job(
+        f"{ds.name}__nightly",
+        selection=dg.AssetSelection.assets(*keys),
+        description="Nightly relabelling: one inbox day's new texts, then retrain and evaluate.",
+    )
 
 
 def nightly_schedule(ds: DatasetConfig, cfg: ProjectConfig, job) -> dg.ScheduleDefinition:
-    @dg.schedule(name=f"{ds.name}__nightly_schedule", cron_schedule=cfg.nightly_cron, job=job, execution_timezone="UTC",
-                 default_status=dg.DefaultScheduleStatus.RUNNING,
-                 description="Every night (UTC) label yesterday's inbox partition and retrain.")
+    @dg.schedule(
+        name=f"{ds.name}__nightly_schedule",
+        cron_schedule=cfg.nightly_cron,
+        job=job,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Every night (UTC) label yesterday's inbox partition and retrain.",
+    )
     def schedule(context: dg.ScheduleEvaluationContext):
         if context.instance.get_latest_materialization_event(dg.AssetKey([ds.name, "pilot_validation"])) is None:
             return dg.SkipReason(f"{ds.name} is not materialised yet: run the {ds.name}__all job first")
@@ -140,10 +197,14 @@ def nightly_schedule(ds: DatasetConfig, cfg: ProjectConfig, job) -> dg.ScheduleD
 
 
 def inbox_sensor(ds: DatasetConfig, job) -> dg.SensorDefinition:
-    @dg.sensor(name=f"{ds.name}__inbox_sensor", job=job, minimum_interval_seconds=60,
-               default_status=dg.DefaultSensorStatus.RUNNING,
-               description=f"Starts the nightly job for a day when a file for it appears or changes in {ds.inbox} "
-                           "(unless a run, e.g. `labelflow demo`, already relabelled the day from that file).")
+    @dg.sensor(
+        name=f"{ds.name}__inbox_sensor",
+        job=job,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Starts the nightly job for a day when a file for it appears or changes in {ds.inbox} "
+        "(unless a run, e.g. `labelflow demo`, already relabelled the day from that file).",
+    )
     def sensor(context: dg.SensorEvaluationContext):
         # the nightly stages need the dataset's base graph (seeds, descriptions, pilot threshold) first
         for base in ("label_embeddings", "pilot_validation"):
@@ -178,8 +239,8 @@ def relabelled_since(instance: dg.DagsterInstance, dataset: str, day: str, file_
 
     def latest(asset: str):
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey([dataset, asset]), asset_partitions=[day], after_timestamp=mtime),
-            limit=1).records
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey([dataset, asset]), asset_partitions=[day], after_timestamp=mtime), limit=1
+        ).records
         return records[0] if records else None
 
     texts, labels = latest("inbox_texts"), latest("inbox_rac_labels")

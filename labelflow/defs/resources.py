@@ -53,8 +53,12 @@ def _backend(resource):
 def compute_fields(compute_config) -> dict:
     """The ``compute`` / ``ray_*`` fields of the embedder and expert resources from a ComputeConfig."""
     c = compute_config
-    return {"compute": c.backend, "ray_address": c.address, "ray_shard_size": c.shard_size,
-            "ray_llm_requests_per_node": c.llm_requests_per_node}
+    return {
+        "compute": c.backend,
+        "ray_address": c.address,
+        "ray_shard_size": c.shard_size,
+        "ray_llm_requests_per_node": c.llm_requests_per_node,
+    }
 
 
 class EmbedderResource(dg.ConfigurableResource):
@@ -137,8 +141,7 @@ class ExpertResource(dg.ConfigurableResource):
             self._budgets[key] = Budget(calls, name="llm_budget", ledger=ledger)
         return self._budgets[key]
 
-    def get(self, threshold: float | None = None, budget=None, budget_calls: int | None = None,
-            name: str | None = None):
+    def get(self, threshold: float | None = None, budget=None, budget_calls: int | None = None, name: str | None = None):
         """An expert from :func:`labelflow.expert.make_expert` (starting the local server once per run).
         ``budget``: the run's budget (:meth:`run_budget`); ``budget_calls``: a cap for this stage inside
         it (R.E.D.'s ``red_budget_calls``); ``threshold``: the pilot's calibrated one."""
@@ -149,12 +152,19 @@ class ExpertResource(dg.ConfigurableResource):
             from labelflow.llm.local import LocalLLMServer, ensure_model
 
             model_dir = Path(self.local_model_dir)
-            self._server = LocalLLMServer(ensure_model(model_dir), n_ctx=self.local_ctx, threads=self.local_threads,
-                                          log_dir=model_dir, model_dir=model_dir).start()
+            self._server = LocalLLMServer(
+                ensure_model(model_dir), n_ctx=self.local_ctx, threads=self.local_threads, log_dir=model_dir, model_dir=model_dir
+            ).start()
         options = {"budget_calls": budget_calls, "name": name} if budget_calls is not None else {"name": name}
         options["progress"] = Progress("LLM questions", unit="questions")  # a bar in `labelflow demo`; run-log lines
-        exp = make_expert(self.llm_config(), cache_path=self.cache_path, budget=budget,
-                          threshold=self.threshold if threshold is None else threshold, server=self._server, **options)
+        exp = make_expert(
+            self.llm_config(),
+            cache_path=self.cache_path,
+            budget=budget,
+            threshold=self.threshold if threshold is None else threshold,
+            server=self._server,
+            **options,
+        )
         exp = _backend(self).attach_llm(exp, self.llm_config())
         self._experts.append(exp)
         return exp
@@ -173,5 +183,8 @@ def budget_metadata(budget) -> dict:
     if budget is None:
         return {}
     left = budget.calls_left
-    return {"llm_budget_calls": -1 if budget.calls is None else int(budget.calls),
-            "llm_budget_used_in_run": int(budget.used.calls), "llm_budget_left": -1 if left is None else int(left)}
+    return {
+        "llm_budget_calls": -1 if budget.calls is None else int(budget.calls),
+        "llm_budget_used_in_run": int(budget.used.calls),
+        "llm_budget_left": -1 if left is None else int(left),
+    }

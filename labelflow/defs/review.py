@@ -3,7 +3,6 @@
 files dropped into ``data/review/inbox/<dataset>/``), the job that folds new answers into the model, and
 the sensor that starts it when a file appears. The work is done by :mod:`labelflow.review`."""
 
-
 import json
 from pathlib import Path
 
@@ -33,7 +32,9 @@ class ReviewResource(dg.ConfigurableResource):
         folder = self.inbox(dataset)
         if not folder.exists():
             return []
-        return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in REVIEW_SUFFIXES and not f.name.startswith("."))
+        return sorted(
+            f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in REVIEW_SUFFIXES and not f.name.startswith(".")
+        )
 
 
 class ReviewBatchConfig(dg.Config):
@@ -54,12 +55,19 @@ def review_assets(ds: DatasetConfig, graph: list) -> list:
     ins = {n: dg.AssetIn(key=key(n)) for n in readable if key(n) in keys}
     ins["human_labels"] = dg.AssetIn(key=key("human_labels"))
 
-    @dg.asset(key=key("review_batch"), group_name=p, kinds={"json", "csv"}, owners=owners, ins=ins,
-              description="A batch of texts for people to review, written under data/review/<dataset>/ for Label Studio "
-                          "(tasks + labelling config), Argilla (records + settings) or a spreadsheet (CSV); strategy "
-                          "uncertain, disagreement, issues, random or stratified (run config). Texts already reviewed are left out.")
-    def review_batch(context: dg.AssetExecutionContext, config: ReviewBatchConfig, review: ReviewResource,
-                     **tables: pd.DataFrame) -> dg.MaterializeResult:
+    @dg.asset(
+        key=key("review_batch"),
+        group_name=p,
+        kinds={"json", "csv"},
+        owners=owners,
+        ins=ins,
+        description="A batch of texts for people to review, written under data/review/<dataset>/ for Label Studio "
+        "(tasks + labelling config), Argilla (records + settings) or a spreadsheet (CSV); strategy "
+        "uncertain, disagreement, issues, random or stratified (run config). Texts already reviewed are left out.",
+    )
+    def review_batch(
+        context: dg.AssetExecutionContext, config: ReviewBatchConfig, review: ReviewResource, **tables: pd.DataFrame
+    ) -> dg.MaterializeResult:
         from labelflow.review import FORMATS, MissingInput, export_batch
 
         if config.format not in FORMATS:
@@ -70,29 +78,59 @@ def review_assets(ds: DatasetConfig, graph: list) -> list:
         ext = "csv" if config.format == "csv" else "json"
         out = review.out_dir(p) / f"{config.strategy}-{config.format}-{context.run.run_id[:8]}.{ext}"
         try:
-            batch, paths = export_batch(tables, config.strategy, config.n, config.format, out, ds.multilabel,
-                                        model_version=version, seed=config.seed)
+            batch, paths = export_batch(
+                tables, config.strategy, config.n, config.format, out, ds.multilabel, model_version=version, seed=config.seed
+            )
         except (MissingInput, ValueError) as exc:
             raise dg.Failure(description=f"review_batch ({config.strategy}): {exc}") from None
         context.log.info(f"review batch: {len(batch)} texts ({config.strategy}) -> {', '.join(map(str, paths))}")
         spread = batch.groupby("label").size().rename("texts").reset_index().sort_values("texts", ascending=False)
-        return dg.MaterializeResult(metadata=rounded({
-            "path": dg.MetadataValue.path(str(paths[0])), "files": dg.MetadataValue.json([str(x) for x in paths]),
-            "texts": len(batch), "strategy": config.strategy, "format": config.format, "model_version": version,
-            "mean_confidence": float(batch["confidence"].mean()) if batch["confidence"].notna().any() else 0.0,
-            "suggested_labels": md_table(spread, 30),
-            "preview": md_table(batch[["id", "label", "confidence", "source", "text"]], 20)}))
+        return dg.MaterializeResult(
+            metadata=rounded(
+                {
+                    "path": dg.MetadataValue.path(str(paths[0])),
+                    "files": dg.MetadataValue.json([str(x) for x in paths]),
+                    "texts": len(batch),
+                    "strategy": config.strategy,
+                    "format": config.format,
+                    "model_version": version,
+                    "mean_confidence": float(batch["confidence"].mean()) if batch["confidence"].notna().any() else 0.0,
+                    "suggested_labels": md_table(spread, 30),
+                    "preview": md_table(batch[["id", "label", "confidence", "source", "text"]], 20),
+                }
+            )
+        )
 
-    @dg.asset(key=key("human_labels"), group_name=p, kinds={"duckdb"}, owners=owners,
-              description="Labels given by people (append-only: id, text, label, reviewer, reviewed_at, file sha256, and the "
-                          "suggestion they saw). `labelflow review import` appends to it; materialising it imports every "
-                          "new file in data/review/inbox/<dataset>/ (a file imported before is skipped by its sha256).")
-    def human_labels(context: dg.AssetExecutionContext, review: ReviewResource, seed_labels: pd.DataFrame,
-                     text_pool: pd.DataFrame, label_descriptions: pd.DataFrame) -> dg.MaterializeResult:
+    @dg.asset(
+        key=key("human_labels"),
+        group_name=p,
+        kinds={"duckdb"},
+        owners=owners,
+        description="Labels given by people (append-only: id, text, label, reviewer, reviewed_at, file sha256, and the "
+        "suggestion they saw). `labelflow review import` appends to it; materialising it imports every "
+        "new file in data/review/inbox/<dataset>/ (a file imported before is skipped by its sha256).",
+    )
+    def human_labels(
+        context: dg.AssetExecutionContext,
+        review: ReviewResource,
+        seed_labels: pd.DataFrame,
+        text_pool: pd.DataFrame,
+        label_descriptions: pd.DataFrame,
+    ) -> dg.MaterializeResult:
         import duckdb
 
-        from labelflow.review import (ReviewError, append_human_labels, effective_human_labels, ensure_human_table,
-                                      imported_hashes, file_sha256, known_texts, label_set, read_human_labels, read_review_file)
+        from labelflow.review import (
+            ReviewError,
+            append_human_labels,
+            effective_human_labels,
+            ensure_human_table,
+            imported_hashes,
+            file_sha256,
+            known_texts,
+            label_set,
+            read_human_labels,
+            read_review_file,
+        )
 
         tables = {"seed_labels": seed_labels, "text_pool": text_pool, "label_descriptions": label_descriptions}
         con = duckdb.connect(review.warehouse)
@@ -100,8 +138,10 @@ def review_assets(ds: DatasetConfig, graph: list) -> list:
             done = imported_hashes(con, p)
             new = [f for f in review.inbox_files(p) if file_sha256(f) not in done]
             try:  # every new file is validated before anything is written
-                answers = [read_review_file(f, known_texts(tables), label_set(tables, ds.multilabel), ds.multilabel,
-                                            reviewer="inbox") for f in new]
+                answers = [
+                    read_review_file(f, known_texts(tables), label_set(tables, ds.multilabel), ds.multilabel, reviewer="inbox")
+                    for f in new
+                ]
             except ReviewError as exc:
                 raise dg.Failure(description=f"human_labels: {exc} (nothing imported)") from None
             added = append_human_labels(con, p, answers) if answers else {}
@@ -110,15 +150,23 @@ def review_assets(ds: DatasetConfig, graph: list) -> list:
         finally:
             con.close()
         for a in answers:
-            context.log.info(f"imported {added.get(a.sha256, 0)} answers from {a.path.name} ({a.format}); {len(a.skipped)} without an answer")
+            context.log.info(
+                f"imported {added.get(a.sha256, 0)} answers from {a.path.name} ({a.format}); {len(a.skipped)} without an answer"
+            )
         eff = effective_human_labels(table)
         dist = eff.groupby("label").size().rename("texts").reset_index().sort_values("texts", ascending=False)
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": len(table), "texts": len(eff), "files": int(table["file_sha256"].nunique()),
-            "new_files": len(answers), "new_rows": int(sum(added.values())),
-            "skipped_items": int(sum(len(a.skipped) for a in answers)),
-            "reviewers": dg.MetadataValue.json(sorted(table["reviewer"].dropna().astype(str).unique().tolist())),
-            "labels": md_table(dist, 30)})
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": len(table),
+                "texts": len(eff),
+                "files": int(table["file_sha256"].nunique()),
+                "new_files": len(answers),
+                "new_rows": int(sum(added.values())),
+                "skipped_items": int(sum(len(a.skipped) for a in answers)),
+                "reviewers": dg.MetadataValue.json(sorted(table["reviewer"].dropna().astype(str).unique().tolist())),
+                "labels": md_table(dist, 30),
+            }
+        )
 
     return [review_batch, human_labels]
 
@@ -126,18 +174,27 @@ def review_assets(ds: DatasetConfig, graph: list) -> list:
 def review_job(ds: DatasetConfig):
     """Import new review files and retrain: human_labels and everything downstream but review_batch."""
     p = ds.name
-    selection = dg.AssetSelection.assets(dg.AssetKey([p, "human_labels"])).downstream() - dg.AssetSelection.assets(dg.AssetKey([p, "review_batch"]))
-    return dg.define_asset_job(f"{p}__review", selection=selection,
-                               description=f"Import the answered review files of {p} and retrain with the human labels.")
+    selection = dg.AssetSelection.assets(dg.AssetKey([p, "human_labels"])).downstream() - dg.AssetSelection.assets(
+        dg.AssetKey([p, "review_batch"])
+    )
+    return dg.define_asset_job(
+        f"{p}__review",
+        selection=selection,
+        description=f"Import the answered review files of {p} and retrain with the human labels.",
+    )
 
 
 def review_sensor(ds: DatasetConfig, job, review_dir: Path) -> dg.SensorDefinition:
     p = ds.name
     inbox = Path(review_dir) / "inbox" / p
 
-    @dg.sensor(name=f"{p}__review_inbox_sensor", job=job, minimum_interval_seconds=60,
-               default_status=dg.DefaultSensorStatus.RUNNING,
-               description=f"Imports answered review files dropped into {inbox} (Label Studio / Argilla JSON, CSV) and retrains.")
+    @dg.sensor(
+        name=f"{p}__review_inbox_sensor",
+        job=job,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Imports answered review files dropped into {inbox} (Label Studio / Argilla JSON, CSV) and retrains.",
+    )
     def sensor(context: dg.SensorEvaluationContext):
         if context.instance.get_latest_materialization_event(dg.AssetKey([p, "pool_predictions"])) is None:
             yield dg.SkipReason(f"{p}/pool_predictions is not materialised yet: run the {p}__all job first")

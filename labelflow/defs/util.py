@@ -66,8 +66,12 @@ def usage_metadata(usage) -> dict:
     """Expert usage (calls, tokens, cost, time) as asset metadata."""
     d = usage.as_dict()
     return {
-        "llm_calls": int(d["calls"]), "llm_cache_hits": int(d["cache_hits"]),
-        "llm_prompt_tokens": int(d["prompt_tokens"]), "llm_completion_tokens": int(d["completion_tokens"]),
-        "llm_cost_usd": round_figure(d["cost"]), "llm_seconds": round_figure(d["latency_s"]),
-        "llm_failures": int(d["failures"]), "llm_unparseable": int(d["unparseable"]),
+        "llm_calls": int(d["calls"]),
+        "llm_cache_hits": int(d["cache_hits"]),
+        "llm_prompt_tokens": int(d["prompt_tokens"]),
+        "llm_completion_tokens": int(d["completion_tokens"]),
+        "llm_cost_usd": round_figure(d["cost"]),
+        "llm_seconds": round_figure(d["latency_s"]),
+        "llm_failures": int(d["failures"]),
+        "llm_unparseable": int(d["unparseable"]),
     }

@@ -49,13 +49,18 @@ class EmbeddingIOManager(dg.ConfigurableIOManager):
 
         store, name = self._store(), table_name(context.asset_key)
         if isinstance(obj, CaseBase) and not context.has_asset_partitions:
-            store.write(name, obj.to_frame(), metadata={"labelflow_value": "CaseBase",
-                                                        "classes": json.dumps([str(c) for c in obj.classes])})
+            store.write(
+                name,
+                obj.to_frame(),
+                metadata={"labelflow_value": "CaseBase", "classes": json.dumps([str(c) for c in obj.classes])},
+            )
             context.add_output_metadata({"lancedb_table": name, "dagster/storage_kind": "lancedb"})
             return
         if not isinstance(obj, EmbeddingIndex):
-            raise TypeError(f"{context.asset_key.to_user_string()}: the vectors IO manager stores an EmbeddingIndex "
-                            f"(or a RAPT CaseBase), got {type(obj).__name__}")
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: the vectors IO manager stores an EmbeddingIndex "
+                f"(or a RAPT CaseBase), got {type(obj).__name__}"
+            )
         frame = obj.to_frame()
         if context.has_asset_partitions:
             column = context.definition_metadata.get("partition_expr", "partition")
@@ -67,8 +72,9 @@ class EmbeddingIOManager(dg.ConfigurableIOManager):
                 store.append(name, frame.assign(**{column: keys[0]}))
         else:
             store.write(name, frame)
-        context.add_output_metadata({"lancedb_table": name, "vectors": len(obj), "model": obj.model,
-                                     "dim": obj.dim, "dagster/storage_kind": "lancedb"})
+        context.add_output_metadata(
+            {"lancedb_table": name, "vectors": len(obj), "model": obj.model, "dim": obj.dim, "dagster/storage_kind": "lancedb"}
+        )
 
     def load_input(self, context: dg.InputContext) -> EmbeddingIndex:
         store = self._store()
@@ -78,8 +84,9 @@ class EmbeddingIOManager(dg.ConfigurableIOManager):
         if not store.has(name):
             if partitioned:  # e.g. an inbox with no day materialised yet
                 return EmbeddingIndex.empty()
-            raise FileNotFoundError(f"LanceDB table {name!r} not found in {self.lancedb_uri}: "
-                                    f"materialise {key.to_user_string()} first")
+            raise FileNotFoundError(
+                f"LanceDB table {name!r} not found in {self.lancedb_uri}: materialise {key.to_user_string()} first"
+            )
         df = store.read(name)
         meta = store.table_metadata(name)
         if meta.get("labelflow_value") == "CaseBase":
@@ -110,8 +117,14 @@ def all_vectors(inputs: dict) -> EmbeddingIndex:
     return EmbeddingIndex.concat(*(inputs[n] for n in ("text_embeddings", "inbox_embeddings") if n in inputs))
 
 
-def embed(lancedb_uri: str, embedder, ids: Sequence, texts: Sequence[str], columns: pd.DataFrame | None = None,
-          progress: Callable[[int, int], None] | None = None) -> tuple[EmbeddingIndex, int]:
+def embed(
+    lancedb_uri: str,
+    embedder,
+    ids: Sequence,
+    texts: Sequence[str],
+    columns: pd.DataFrame | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[EmbeddingIndex, int]:
     """(EmbeddingIndex of ``texts`` keyed by ``ids``, number reused from the LanceDB embedding cache at
     ``lancedb_uri``). ``embedder`` is an :class:`~labelflow.embedding.Embedder`; ``progress`` defaults to
     a :class:`~labelflow.progress.Progress` (a bar in ``labelflow demo``, log lines in a run's logs)."""

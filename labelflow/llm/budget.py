@@ -82,8 +82,16 @@ class Budget:
     ``name`` prefixes the limits in the :class:`BudgetExceeded` message (``llm_budget`` ->
     ``llm_budget_calls=N``)."""
 
-    def __init__(self, calls: int | None = None, tokens: int | None = None, cost: float | None = None, *,
-                 name: str = "budget", ledger: str | Path | None = None, parent: "Budget | None" = None):
+    def __init__(
+        self,
+        calls: int | None = None,
+        tokens: int | None = None,
+        cost: float | None = None,
+        *,
+        name: str = "budget",
+        ledger: str | Path | None = None,
+        parent: "Budget | None" = None,
+    ):
         for what, v in (("calls", calls), ("tokens", tokens), ("cost", cost)):
             if v is not None and v < 0:
                 raise ValueError(f"budget {what} must be >= 0, got {v}")
@@ -129,8 +137,10 @@ class Budget:
 
     # -- one request ---------------------------------------------------------------------------
     def _refuse(self, why: str) -> BudgetExceeded:
-        return BudgetExceeded(f"LLM budget reached ({why}). Answers obtained so far are cached; re-run with a "
-                              "larger budget to continue where this run stopped.")
+        return BudgetExceeded(
+            f"LLM budget reached ({why}). Answers obtained so far are cached; re-run with a "
+            "larger budget to continue where this run stopped."
+        )
 
     def reserve(self, est_tokens: int = 0) -> None:
         """Reserve one request of about ``est_tokens`` tokens, or raise :class:`BudgetExceeded`."""
@@ -150,8 +160,9 @@ class Budget:
             if self._ledger is None and self.calls is not None and u.calls + self._inflight_calls + 1 > self.calls:
                 raise self._refuse(f"{u.calls + self._inflight_calls} of {self.name}_calls={self.calls} calls used")
             if self.tokens is not None and tokens + est_tokens > self.tokens:
-                raise self._refuse(f"{tokens} of {self.name}_tokens={self.tokens} tokens used and the next request needs "
-                                   f"about {est_tokens}")
+                raise self._refuse(
+                    f"{tokens} of {self.name}_tokens={self.tokens} tokens used and the next request needs about {est_tokens}"
+                )
             if self.cost is not None and u.calls:
                 per_call = u.cost / u.calls
                 if u.cost + per_call * (self._inflight_calls + 1) > self.cost:

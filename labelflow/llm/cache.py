@@ -50,8 +50,13 @@ CREATE TABLE IF NOT EXISTS llm_responses (
 
 
 def cache_key(model: str, messages: list[dict], params: dict[str, Any]) -> str:
-    payload = json.dumps({"model": model, "messages": messages, "params": params},
-                         sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    payload = json.dumps(
+        {"model": model, "messages": messages, "params": params},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+        default=str,
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -83,8 +88,9 @@ class ResponseCache:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         # autocommit mode: every statement is its own short transaction (no lock held in between)
-        self._con = sqlite3.connect(str(self.path) if self.path else ":memory:", timeout=busy_timeout_s,
-                                    check_same_thread=False, isolation_level=None)
+        self._con = sqlite3.connect(
+            str(self.path) if self.path else ":memory:", timeout=busy_timeout_s, check_same_thread=False, isolation_level=None
+        )
         with self._lock:
             if self.path:
                 self._con.execute("PRAGMA journal_mode=WAL")
@@ -140,13 +146,21 @@ class ResponseCache:
         keys = list(keys)
         with self._lock:
             for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
-                chunk = keys[i:i + 500]
+                chunk = keys[i : i + 500]
                 rows = self._con.execute(
                     "SELECT key, text, logprobs, prompt_tokens, completion_tokens, cost, latency_s FROM llm_responses "
-                    f"WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+                    f"WHERE key IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
                 for r in rows:
-                    out[r[0]] = CachedResponse(r[1], json.loads(r[2]) if r[2] else None, int(r[3] or 0),
-                                               int(r[4] or 0), float(r[5] or 0.0), float(r[6] or 0.0))
+                    out[r[0]] = CachedResponse(
+                        r[1],
+                        json.loads(r[2]) if r[2] else None,
+                        int(r[3] or 0),
+                        int(r[4] or 0),
+                        float(r[5] or 0.0),
+                        float(r[6] or 0.0),
+                    )
         return out
 
     def put(self, key: str, model: str, resp: CachedResponse) -> None:
@@ -154,7 +168,8 @@ class ResponseCache:
         with self._lock:
             self._con.execute(
                 f"INSERT OR REPLACE INTO llm_responses ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [key, model, resp.text, lp, resp.prompt_tokens, resp.completion_tokens, resp.cost, resp.latency_s])
+                [key, model, resp.text, lp, resp.prompt_tokens, resp.completion_tokens, resp.cost, resp.latency_s],
+            )
 
     def __len__(self) -> int:
         with self._lock:

@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from labelflow.expert import (ACCEPT, FAILED, REJECT, UNANSWERED, UNPARSEABLE, BudgetExceeded, Usage, ValidationItem,
-                              Verdict)
+from labelflow.expert import ACCEPT, FAILED, REJECT, UNANSWERED, UNPARSEABLE, BudgetExceeded, Usage, ValidationItem, Verdict
 from labelflow.llm import parsing, prompts
 from labelflow.llm.budget import Budget
 from labelflow.llm.cache import CachedResponse, ResponseCache, cache_key
@@ -113,15 +112,26 @@ class LLMExpert:
         on_close: Callable[[], None] | None = None,
     ):
         if not model or model == "local":
-            raise ValueError("model must be a litellm model string (for the bundled local model, start its "
-                             "server and pass its 'openai/<alias>' model and api_base; make_expert does that)")
+            raise ValueError(
+                "model must be a litellm model string (for the bundled local model, start its "
+                "server and pass its 'openai/<alias>' model and api_base; make_expert does that)"
+            )
         if batch_size < 1 or concurrency < 1 or max_retries < 0 or timeout_s <= 0:
             raise ValueError("batch_size and concurrency must be >= 1, max_retries >= 0, timeout_s > 0")
         self.model = model
         self.name = name or model
-        self.transport = Transport(model, api_base=api_base, api_key_env=api_key_env, timeout_s=timeout_s,
-                                   max_retries=max_retries, rpm=rpm, tpm=tpm, backoff_s=backoff_s,
-                                   backoff_max_s=backoff_max_s, name=self.name)
+        self.transport = Transport(
+            model,
+            api_base=api_base,
+            api_key_env=api_key_env,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            rpm=rpm,
+            tpm=tpm,
+            backoff_s=backoff_s,
+            backoff_max_s=backoff_max_s,
+            name=self.name,
+        )
         self.api_base, self.api_key_env = api_base, api_key_env
         self.rpm, self.tpm = rpm, tpm
         self.timeout_s, self.max_retries = float(timeout_s), int(max_retries)
@@ -131,8 +141,9 @@ class LLMExpert:
         self.threshold = float(threshold)
         self.budget_calls, self.budget_tokens, self.budget_cost = budget_calls, budget_tokens, budget_cost
         own = any(v is not None for v in (budget_calls, budget_tokens, budget_cost))
-        self.budget = Budget(budget_calls, budget_tokens, budget_cost, name="budget", parent=budget) if own \
-            else (budget or Budget())
+        self.budget = (
+            Budget(budget_calls, budget_tokens, budget_cost, name="budget", parent=budget) if own else (budget or Budget())
+        )
         self.temperature = float(temperature)
         self.logprobs = bool(logprobs)
         self.top_logprobs = int(top_logprobs)
@@ -144,17 +155,25 @@ class LLMExpert:
         self._usage = Usage()
 
     @classmethod
-    def from_config(cls, llm_cfg, cache_path: str | Path | None, api_base: str | None = None,
-                    model: str | None = None, **overrides) -> "LLMExpert":
+    def from_config(
+        cls, llm_cfg, cache_path: str | Path | None, api_base: str | None = None, model: str | None = None, **overrides
+    ) -> "LLMExpert":
         """Build from :class:`labelflow.config.LLMConfig`. ``model`` / ``api_base`` override the config
         (the local server's ``openai/<alias>`` and its URL); ``overrides`` set any other constructor
         argument. :func:`labelflow.expert.make_expert` is the factory to use (it starts the local model)."""
         model = model or llm_cfg.model
         kwargs = dict(
             api_base=api_base or (None if llm_cfg.model == "local" else llm_cfg.api_base),
-            api_key_env=llm_cfg.api_key_env, cache_path=cache_path, batch_size=llm_cfg.batch_size,
-            concurrency=llm_cfg.concurrency, rpm=llm_cfg.rpm, tpm=llm_cfg.tpm, timeout_s=llm_cfg.timeout_s,
-            max_retries=llm_cfg.max_retries, threshold=llm_cfg.threshold, temperature=llm_cfg.temperature,
+            api_key_env=llm_cfg.api_key_env,
+            cache_path=cache_path,
+            batch_size=llm_cfg.batch_size,
+            concurrency=llm_cfg.concurrency,
+            rpm=llm_cfg.rpm,
+            tpm=llm_cfg.tpm,
+            timeout_s=llm_cfg.timeout_s,
+            max_retries=llm_cfg.max_retries,
+            threshold=llm_cfg.threshold,
+            temperature=llm_cfg.temperature,
         )
         kwargs.update(overrides)
         return cls(model, **kwargs)
@@ -171,8 +190,10 @@ class LLMExpert:
             self._usage += usage
 
     def __repr__(self) -> str:
-        return (f"LLMExpert(model={self.model!r}, api_base={self.api_base!r}, api_key_env={self.api_key_env!r}, "
-                f"batch_size={self.batch_size}, concurrency={self.concurrency}, cache={str(self.cache_path)!r})")
+        return (
+            f"LLMExpert(model={self.model!r}, api_base={self.api_base!r}, api_key_env={self.api_key_env!r}, "
+            f"batch_size={self.batch_size}, concurrency={self.concurrency}, cache={str(self.cache_path)!r})"
+        )
 
     def close(self) -> None:
         """Release the cache file and whatever this expert owns (a local server it started)."""
@@ -188,9 +209,15 @@ class LLMExpert:
         self.close()
 
     # -- one request ---------------------------------------------------------------------------
-    def _request(self, messages: list[dict], params: dict[str, Any], key_extra: dict | None = None,
-                 cache_only: bool = False, known: dict[str, CachedResponse] | None = None,
-                 writer: "_CacheWriter | None" = None) -> Response | None:
+    def _request(
+        self,
+        messages: list[dict],
+        params: dict[str, Any],
+        key_extra: dict | None = None,
+        cache_only: bool = False,
+        known: dict[str, CachedResponse] | None = None,
+        writer: "_CacheWriter | None" = None,
+    ) -> Response | None:
         """Cache, then transport (budget, limits, retries), then cache write and accounting. ``params``
         are sent to litellm and are part of the cache key; ``key_extra`` is only part of the key.
         ``cache_only``: return None on a miss. ``known``: cache entries read beforehand for a batch of
@@ -201,8 +228,7 @@ class LLMExpert:
         if hit is not None:
             usage = Usage(cache_hits=1)
             self._account(usage)
-            return Response(hit.text, [(t, [tuple(x) for x in top]) for t, top in hit.logprobs]
-                            if hit.logprobs else None, usage)
+            return Response(hit.text, [(t, [tuple(x) for x in top]) for t, top in hit.logprobs] if hit.logprobs else None, usage)
         if cache_only:
             return None
         try:
@@ -211,8 +237,7 @@ class LLMExpert:
             self._account(exc.usage)
             raise
         last = resp.usage  # the successful attempt's tokens are what the answer cost to produce
-        entry = CachedResponse(resp.text, resp.tokens, last.prompt_tokens, last.completion_tokens, last.cost,
-                               last.latency_s)
+        entry = CachedResponse(resp.text, resp.tokens, last.prompt_tokens, last.completion_tokens, last.cost, last.latency_s)
         if writer is not None:
             writer.add(key, entry)
         else:
@@ -266,11 +291,15 @@ class LLMExpert:
 
     def _unit_messages(self, items: Sequence[ValidationItem], retry: bool) -> list[dict]:
         first = items[0]
-        return prompts.validation_messages(first.label, first.description, first.examples,
-                                           [it.text for it in items], retry=retry)
+        return prompts.validation_messages(first.label, first.description, first.examples, [it.text for it in items], retry=retry)
 
-    def _ask_unit(self, items: Sequence[ValidationItem], cache_only: bool,
-                  known: dict[str, CachedResponse] | None = None, writer: "_CacheWriter | None" = None) -> _UnitAnswer:
+    def _ask_unit(
+        self,
+        items: Sequence[ValidationItem],
+        cache_only: bool,
+        known: dict[str, CachedResponse] | None = None,
+        writer: "_CacheWriter | None" = None,
+    ) -> _UnitAnswer:
         """One request (one text, or a numbered batch of one label) with one format retry: the retry's
         answers replace the first attempt's entirely. ``cache_only``: unanswered on a cache miss."""
         n = len(items)
@@ -279,15 +308,19 @@ class LLMExpert:
         result: list[tuple[str, float] | None] = [None] * n
         for retry in (False, True):
             try:
-                resp = self._request(self._unit_messages(items, retry), params,
-                                     key_extra={"format_retry": 1} if retry else None, cache_only=cache_only,
-                                     known=known, writer=writer)
+                resp = self._request(
+                    self._unit_messages(items, retry),
+                    params,
+                    key_extra={"format_retry": 1} if retry else None,
+                    cache_only=cache_only,
+                    known=known,
+                    writer=writer,
+                )
             except BudgetExceeded as exc:
                 return _UnitAnswer([(UNANSWERED, 0.0)] * n, usage, budget_error=exc)
             except LLMCallError as exc:
                 log.warning("%s", exc)
-                return _UnitAnswer([(FAILED, 0.0)] * n, usage + exc.usage,
-                                   fatal_error=exc if exc.fatal else None)
+                return _UnitAnswer([(FAILED, 0.0)] * n, usage + exc.usage, fatal_error=exc if exc.fatal else None)
             if resp is None:
                 return _UnitAnswer([(UNANSWERED, 0.0)] * n, usage)
             usage = usage + resp.usage
@@ -310,7 +343,7 @@ class LLMExpert:
         units: list[list[int]] = []
         for gkey in sorted(groups):
             idx = groups[gkey]
-            units += [idx[j:j + self.batch_size] for j in range(0, len(idx), self.batch_size)]
+            units += [idx[j : j + self.batch_size] for j in range(0, len(idx), self.batch_size)]
         return units
 
     def _verdicts(self, unit: list[int], answer: _UnitAnswer) -> list[Verdict]:
@@ -320,8 +353,12 @@ class LLMExpert:
             share.unparseable = int(outcome == UNPARSEABLE)
             share.failures = int(outcome == FAILED)
             verdicts.append(Verdict(outcome, score, share, self.name))
-        self._account(Usage(unparseable=sum(o == UNPARSEABLE for o, _ in answer.outcomes),
-                            failures=sum(o == FAILED for o, _ in answer.outcomes)))
+        self._account(
+            Usage(
+                unparseable=sum(o == UNPARSEABLE for o, _ in answer.outcomes),
+                failures=sum(o == FAILED for o, _ in answer.outcomes),
+            )
+        )
         return verdicts
 
     def validate(self, items: Sequence[ValidationItem], on_budget: str = "raise") -> list[Verdict]:
@@ -341,12 +378,20 @@ class LLMExpert:
             raise ValueError("on_budget must be 'raise' or 'stop'")
         items = list(items)
         units = self._units(items)
-        log.info("%s: validating %d texts in %d requests (batch_size=%d, concurrency=%d)", self.name,
-                 len(items), len(units), self.batch_size, self.concurrency)
+        log.info(
+            "%s: validating %d texts in %d requests (batch_size=%d, concurrency=%d)",
+            self.name,
+            len(items),
+            len(units),
+            self.batch_size,
+            self.concurrency,
+        )
         stop, fatal = threading.Event(), threading.Event()
         # every first attempt's cache entry in one read (the cache opens its file once for them)
-        keys = [cache_key(self.model, self._unit_messages([items[i] for i in u], False),
-                          self._validation_params(len(u))) for u in units]
+        keys = [
+            cache_key(self.model, self._unit_messages([items[i] for i in u], False), self._validation_params(len(u)))
+            for u in units
+        ]
         hits = self._cache.get_many(keys)
         known = {**{k: None for k in keys}, **hits}  # None: a known miss, not looked up again
         writer = _CacheWriter(self._cache, self.model)
@@ -445,6 +490,13 @@ class _ProgressLog:
         if now - self.last >= ex.progress_every_s or self.done_units == self.units:
             self.last = now
             u, b = ex.usage, self.before
-            log.info("%s: %d/%d texts validated (calls %d, cache hits %d, unparseable %d, failures %d)",
-                     ex.name, self.done, self.total, u.calls - b.calls, u.cache_hits - b.cache_hits,
-                     u.unparseable - b.unparseable, u.failures - b.failures)
+            log.info(
+                "%s: %d/%d texts validated (calls %d, cache hits %d, unparseable %d, failures %d)",
+                ex.name,
+                self.done,
+                self.total,
+                u.calls - b.calls,
+                u.cache_hits - b.cache_hits,
+                u.unparseable - b.unparseable,
+                u.failures - b.failures,
+            )

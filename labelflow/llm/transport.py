@@ -66,8 +66,14 @@ class LLMCallError(RuntimeError):
     configuration error (bad key, unknown model...) that every request would hit. ``usage``: what the
     failed attempts cost."""
 
-    def __init__(self, message: str, status_code: int | None = None, retryable: bool = False, fatal: bool = False,
-                 usage: Usage | None = None):
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        retryable: bool = False,
+        fatal: bool = False,
+        usage: Usage | None = None,
+    ):
         super().__init__(message)
         self.status_code = status_code
         self.retryable = retryable
@@ -103,8 +109,9 @@ def _status(exc: BaseException) -> int | None:
 def _classify(exc: BaseException) -> tuple[bool, bool]:
     """(retryable, fatal) for an exception raised by litellm.completion."""
     lm = litellm()
-    if isinstance(exc, (lm.Timeout, lm.APIConnectionError, lm.RateLimitError, lm.InternalServerError,
-                        lm.ServiceUnavailableError)):
+    if isinstance(
+        exc, (lm.Timeout, lm.APIConnectionError, lm.RateLimitError, lm.InternalServerError, lm.ServiceUnavailableError)
+    ):
         return True, False
     if isinstance(exc, (lm.AuthenticationError, lm.PermissionDeniedError, lm.NotFoundError)):
         return False, True
@@ -136,9 +143,20 @@ class Transport:
     """Sends chat requests to one litellm model (see the module docstring). Thread-safe: the limiters
     and the budget are shared by the expert's worker threads."""
 
-    def __init__(self, model: str, *, api_base: str | None = None, api_key_env: str | None = None,
-                 timeout_s: float = 60, max_retries: int = 4, rpm: int | None = None, tpm: int | None = None,
-                 backoff_s: float = 1.0, backoff_max_s: float = 30.0, name: str | None = None):
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_base: str | None = None,
+        api_key_env: str | None = None,
+        timeout_s: float = 60,
+        max_retries: int = 4,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        name: str | None = None,
+    ):
         if max_retries < 0 or timeout_s <= 0:
             raise ValueError("max_retries must be >= 0 and timeout_s > 0")
         self.model = model
@@ -159,8 +177,9 @@ class Transport:
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
             if not key:
-                raise LLMCallError(f"environment variable {self.api_key_env} (the API key for {self.model}) is "
-                                   "not set", fatal=True)
+                raise LLMCallError(
+                    f"environment variable {self.api_key_env} (the API key for {self.model}) is not set", fatal=True
+                )
             return key
         if self.api_base and self.model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
             return "no-key"  # OpenAI-compatible local servers need no key, the client insists on one
@@ -168,8 +187,7 @@ class Transport:
 
     def _attempt(self, messages: list[dict], params: dict[str, Any], secret: str | None):
         """One request: (litellm response, None, seconds) or (None, failure, seconds)."""
-        kwargs = dict(model=self.model, messages=messages, timeout=self.timeout_s, max_retries=0, drop_params=True,
-                      **params)
+        kwargs = dict(model=self.model, messages=messages, timeout=self.timeout_s, max_retries=0, drop_params=True, **params)
         if self.api_base:
             kwargs["api_base"] = self.api_base
         if secret:
@@ -180,13 +198,12 @@ class Transport:
         except Exception as exc:  # noqa: BLE001 - classified and scrubbed; re-raised by the caller
             # (raising here would chain the provider's exception, which may quote the key)
             retryable, fatal = _classify(exc)
-            failure = _Failure(scrub(f"{type(exc).__name__}: {exc}", secret), _status(exc), retryable, fatal,
-                               _retry_after(exc))
+            failure = _Failure(scrub(f"{type(exc).__name__}: {exc}", secret), _status(exc), retryable, fatal, _retry_after(exc))
             del exc
             return None, failure, time.perf_counter() - t0
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        delay = min(self.backoff_max_s, self.backoff_s * 2 ** attempt) * random.uniform(0.75, 1.25)
+        delay = min(self.backoff_max_s, self.backoff_s * 2**attempt) * random.uniform(0.75, 1.25)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.backoff_max_s))
         return delay
@@ -250,11 +267,21 @@ class Transport:
             total += usage
             if failure.retryable and attempt < self.max_retries:
                 delay = self._delay(attempt, failure.retry_after)
-                log.warning("%s: request failed (%s); retry %d/%d in %.2fs", self.name, failure.message[:300],
-                            attempt + 1, self.max_retries, delay)
+                log.warning(
+                    "%s: request failed (%s); retry %d/%d in %.2fs",
+                    self.name,
+                    failure.message[:300],
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
+                )
                 time.sleep(delay)
                 continue
-            raise LLMCallError(f"{self.name}: request failed after {attempt + 1} attempt(s): {failure.message}",
-                               status_code=failure.status, retryable=failure.retryable, fatal=failure.fatal,
-                               usage=total)
+            raise LLMCallError(
+                f"{self.name}: request failed after {attempt + 1} attempt(s): {failure.message}",
+                status_code=failure.status,
+                retryable=failure.retryable,
+                fatal=failure.fatal,
+                usage=total,
+            )
         raise AssertionError("unreachable")
