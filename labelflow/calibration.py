@@ -273,6 +273,42 @@ def llm_answer_calibrator(scores, truth, outcomes=None) -> ScoreCalibrator:
     return ScoreCalibrator(method="auto").fit(s, t)
 
 
+def human_evidence(labelled: pd.DataFrame | None, human: pd.DataFrame | None) -> pd.DataFrame:
+    """Held-out evidence for a source's calibration from people's reviews: ``id, confidence, correct``
+    for the texts the source labelled (non-empty ``label``, its raw ``confidence``) that a person also
+    labelled (``human``: one label per text, e.g. :func:`labelflow.review.effective_human_labels`).
+    Multi-label sets compare as their sorted ``|``-joined strings."""
+    cols = ["id", "confidence", "correct"]
+    if labelled is None or human is None or not len(labelled) or not len(human):
+        return pd.DataFrame(columns=cols)
+    lab = labelled.loc[labelled["label"].astype(str) != "", ["id", "label", "confidence"]].astype({"id": str})
+    joined = lab.merge(human[["id", "label"]].astype({"id": str}), on="id", suffixes=("", "_human"))
+    return pd.DataFrame(
+        {
+            "id": joined["id"],
+            "confidence": joined["confidence"].astype(float),
+            "correct": joined["label"].astype(str) == joined["label_human"].astype(str),
+        }
+    )[cols]
+
+
+def llm_calibrator(pilot_answers: pd.DataFrame | str | None, reviewed: pd.DataFrame | None = None) -> ScoreCalibrator | None:
+    """The LLM labels' calibrator from the pilot answers (``truth``, ``outcome``, ``score``; a frame or
+    its JSON records) and the reviewed evidence (:func:`human_evidence` of the LLM labels: their raw
+    confidence is ``sigmoid(margin)``, each one an accepted answer). None without any evidence."""
+    if reviewed is None or not len(reviewed):
+        return pilot_answer_calibrator(pilot_answers)
+    scores = [margin_of(reviewed["confidence"].to_numpy())]
+    truth = [reviewed["correct"].to_numpy(dtype=bool)]
+    outcomes = [np.array(["accept"] * len(reviewed), dtype=object)]
+    pilot = _answers_frame(pilot_answers)
+    if pilot is not None:
+        scores.insert(0, pilot["score"].astype(float).to_numpy())
+        truth.insert(0, pilot["truth"].astype(bool).to_numpy())
+        outcomes.insert(0, pilot["outcome"].astype(str).to_numpy(dtype=object))
+    return llm_answer_calibrator(np.concatenate(scores), np.concatenate(truth), np.concatenate(outcomes))
+
+
 def weak_seed_evidence(
     seeds: pd.DataFrame, label_seeds: Callable[[np.ndarray, np.ndarray], pd.DataFrame], folds: int = 5, seed: int = 0
 ) -> pd.DataFrame:
@@ -383,11 +419,17 @@ def calibrate_labels(
 def pilot_answer_calibrator(answers: pd.DataFrame | str | None) -> ScoreCalibrator | None:
     """:func:`llm_answer_calibrator` on pilot answers (a frame or its JSON records with ``truth``,
     ``outcome``, ``score``); None when there are none."""
+    df = _answers_frame(answers)
+    if df is None:
+        return None
+    return llm_answer_calibrator(df["score"].astype(float), df["truth"].astype(bool), df["outcome"].astype(str))
+
+
+def _answers_frame(answers: pd.DataFrame | str | None) -> pd.DataFrame | None:
+    """Pilot answers as a frame (from the frame or its JSON records); None when there are none."""
     import io
 
     if answers is None or (isinstance(answers, str) and answers.strip() in ("", "[]")):
         return None
     df = pd.read_json(io.StringIO(answers), orient="records") if isinstance(answers, str) else answers
-    if not len(df):
-        return None
-    return llm_answer_calibrator(df["score"].astype(float), df["truth"].astype(bool), df["outcome"].astype(str))
+    return df if len(df) else None

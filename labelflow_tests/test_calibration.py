@@ -12,7 +12,9 @@ from labelflow.calibration import (
     brier_score,
     calibration_table,
     expected_calibration_error,
+    human_evidence,
     llm_answer_calibrator,
+    llm_calibrator,
     reliability_figure,
     risk_coverage,
     top_class_calibrator,
@@ -67,6 +69,26 @@ def test_llm_margin_platt_and_precision_fallback():
     # unparseable answers are not evidence
     cal = llm_answer_calibrator([1.0, 1.0, 0.0], [True, False, True], ["accept", "accept", "unparseable"])
     assert cal.predict([1.0])[0] == pytest.approx(0.5)
+
+
+def test_reviewed_labels_become_calibration_evidence():
+    # the pilot (+1/-1 answers, no log-probabilities) says the LLM's "yes" is right 3 times in 3
+    pilot = pd.DataFrame({"score": [1.0, 1.0, 1.0], "truth": [True, True, True], "outcome": ["accept"] * 3})
+    before = llm_calibrator(pilot)
+    assert before.predict([1.0])[0] == pytest.approx(0.8)
+    # people reviewed 40 LLM-labelled texts and disagreed with half of them
+    llm_labels = pd.DataFrame(
+        {"id": [f"t{i}" for i in range(40)], "label": ["a"] * 40, "confidence": [1 / (1 + np.exp(-1.0))] * 40}
+    )
+    human = pd.DataFrame({"id": [f"t{i}" for i in range(40)] + ["other"], "label": ["a", "b"] * 20 + ["a"]})
+    ev = human_evidence(llm_labels, human)
+    assert len(ev) == 40 and ev["correct"].sum() == 20  # only texts both labelled; "other" is not evidence
+    after = llm_calibrator(pilot, ev)
+    assert after.predict([1.0])[0] == pytest.approx(beta_precision(23, 43), abs=1e-9)  # (20 + 3 + 1) / (40 + 3 + 2)
+    assert after.predict([1.0])[0] < 0.6 < before.predict([1.0])[0]
+    # abstentions ("" label) and texts nobody reviewed are never evidence
+    assert len(human_evidence(llm_labels.assign(label=""), human)) == 0
+    assert len(human_evidence(llm_labels, human.iloc[:0])) == 0
 
 
 def test_top_class_calibrator_on_oof_probabilities():

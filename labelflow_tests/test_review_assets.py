@@ -223,6 +223,9 @@ def test_review_round_trip(tiny_dataset, tmp_path, monkeypatch, capsys):
         assert ts.at[seed["id"], "source"] == "gold_seed" and ts.at[seed["id"], "label"] == seed["label"]
         assert seed["id"] in meta("training_set")["human_seed_conflicts"].value
         assert meta("human_labels")["new_files"].value == 1
+        # reviewed texts become calibration evidence for the weak labels (and the LLM labels they cover)
+        assert meta("training_set")["weak_reviewed_evidence"].value >= 1
+        assert "llm_reviewed_evidence" in meta("training_set")
 
     import mlflow
 

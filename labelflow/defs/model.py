@@ -99,7 +99,7 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
             dropped = int(drop.sum())
             merged = merged[~drop].reset_index(drop=True)
         llm_cal, weak_cal, cal_meta = source_calibrators(
-            ds, label_space, lf_definitions, upstream["seed_labels"], pilot_validation
+            ds, label_space, lf_definitions, upstream["seed_labels"], pilot_validation, tables=upstream
         )
         merged = calibrate_labels(merged, llm_cal, weak_cal, ds.min_confidence)
         by_source = merged.groupby("source").size().to_dict()

@@ -25,9 +25,27 @@ def source_calibrators(
     lf_definitions: pd.DataFrame | None,
     seed_labels: pd.DataFrame,
     pilot_validation: pd.DataFrame | None,
+    tables: dict | None = None,
 ) -> tuple[object, object, dict]:
-    """(LLM calibrator from the pilot answers, weak-label calibrator from the seed-CV evidence, metadata)."""
-    from labelflow.calibration import ScoreCalibrator, pilot_answer_calibrator, product_weak_labeller, weak_seed_evidence
+    """(LLM calibrator, weak-label calibrator, metadata). LLM labels: the pilot answers plus, once people
+    have reviewed, the LLM labels (``rac_labels``, ``inbox_rac_labels``, ``red_labels``) of reviewed texts;
+    weak labels: the seed-CV evidence plus the weak labels (``llm_queue``, ``inbox_queue``) of reviewed
+    texts. ``tables`` holds those upstream tables and ``human_labels``; reviews make confidence better."""
+    from labelflow.calibration import (
+        ScoreCalibrator,
+        human_evidence,
+        llm_calibrator,
+        product_weak_labeller,
+        weak_seed_evidence,
+    )
+    from labelflow.review import effective_human_labels
+
+    tables = tables or {}
+    human = effective_human_labels(tables.get("human_labels"))
+
+    def reviewed(names) -> pd.DataFrame:
+        parts = [human_evidence(tables.get(n), human) for n in names if tables.get(n) is not None]
+        return pd.concat(parts, ignore_index=True) if parts else human_evidence(None, None)
 
     meta: dict = {}
     answers = (
@@ -35,7 +53,9 @@ def source_calibrators(
         if pilot_validation is not None and len(pilot_validation) and "answers" in pilot_validation
         else None
     )
-    llm = pilot_answer_calibrator(answers)
+    llm_reviewed = reviewed(("rac_labels", "inbox_rac_labels", "red_labels"))
+    meta["llm_reviewed_evidence"] = len(llm_reviewed)
+    llm = llm_calibrator(answers, llm_reviewed)
     meta["llm_calibration"] = llm.describe() if llm is not None else "none (no pilot answers): raw confidence"
     weak = None
     if len(seed_labels) >= 4 and label_space.description_X is not None:
@@ -52,9 +72,18 @@ def source_calibrators(
             ds.multilabel,
         )
         ev = weak_seed_evidence(seeds, labeller, folds=5, seed=ds.seed)
-        if len(ev):
-            weak = ScoreCalibrator().fit(ev["confidence"], ev["correct"])
-    meta["weak_calibration"] = weak.describe() + " (seed cross-validation)" if weak is not None else "none: raw confidence"
+    else:
+        ev = human_evidence(None, None)
+    weak_reviewed = reviewed(("llm_queue", "inbox_queue"))
+    meta["weak_reviewed_evidence"] = len(weak_reviewed)
+    ev = pd.concat(
+        [e for e in (ev[["confidence", "correct"]], weak_reviewed[["confidence", "correct"]]) if len(e)] or [ev],
+        ignore_index=True,
+    )
+    if len(ev):
+        weak = ScoreCalibrator().fit(ev["confidence"].astype(float), ev["correct"].astype(bool))
+    where = "seed cross-validation" + (f" + {len(weak_reviewed)} reviewed texts" if len(weak_reviewed) else "")
+    meta["weak_calibration"] = weak.describe() + f" ({where})" if weak is not None else "none: raw confidence"
     return llm, weak, meta
 
 
