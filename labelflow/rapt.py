@@ -543,6 +543,21 @@ def tune_per_label_thresholds(
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
+def result_row(method: str, Y_true: np.ndarray, Y_pred: np.ndarray, ms_per_text: float) -> dict:
+    """One row of the thresholding comparison: a method's multi-label figures on ``Y_true``."""
+    m = multilabel_metrics(Y_true, Y_pred)
+    return {
+        "method": method,
+        "micro_f1": m["micro_f1"],
+        "macro_f1": m["macro_f1"],
+        "micro_precision": m["micro_precision"],
+        "micro_recall": m["micro_recall"],
+        "hamming_loss": m["hamming_loss"],
+        "mean_labels": m["mean_labels_predicted"],
+        "ms_per_text": ms_per_text,
+    }
+
+
 def evaluate_all(
     scorer: Scorer,
     X_test,
@@ -602,19 +617,7 @@ def evaluate_all(
 
     rows = []
     for name in METHODS:
-        m = multilabel_metrics(Y_test, preds[name])
-        rows.append(
-            {
-                "method": name,
-                "micro_f1": m["micro_f1"],
-                "macro_f1": m["macro_f1"],
-                "micro_precision": m["micro_precision"],
-                "micro_recall": m["micro_recall"],
-                "hamming_loss": m["hamming_loss"],
-                "mean_labels": m["mean_labels_predicted"],
-                "ms_per_text": 1000.0 * (t_score + cost[name]) / max(n, 1),
-            }
-        )
+        rows.append(result_row(name, Y_test, preds[name], 1000.0 * (t_score + cost[name]) / max(n, 1)))
     table = pd.DataFrame(rows)
     if return_predictions:
         return table, {

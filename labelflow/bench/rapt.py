@@ -38,6 +38,7 @@ from labelflow.rapt import (
     evaluate_all,
     evaluation_figure,
     out_of_fold_scores,
+    result_row,
     tune_global_threshold,
     tune_per_label_thresholds,
 )
@@ -255,19 +256,7 @@ def _extras(args, backbone, cb_train, cb, Xva, Yva, Xte, Yte, extra, score_ms: f
     rows = []
 
     def row(name, P, t):
-        m = multilabel_metrics(Yte, P)
-        rows.append(
-            {
-                "method": name,
-                "micro_f1": m["micro_f1"],
-                "macro_f1": m["macro_f1"],
-                "micro_precision": m["micro_precision"],
-                "micro_recall": m["micro_recall"],
-                "hamming_loss": m["hamming_loss"],
-                "mean_labels": m["mean_labels_predicted"],
-                "ms_per_text": score_ms + 1000.0 * t / max(len(Yte), 1),
-            }
-        )
+        rows.append(result_row(name, Yte, P, score_ms + 1000.0 * t / max(len(Yte), 1)))
 
     t_micro = tune_global_threshold(S_va, Yva, objective="micro_f1")
     t = time.perf_counter()
