@@ -14,16 +14,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Every store of a test project under its root (paths relative to the project folder).
+TEMP_STORES = {
+    "warehouse": "data/warehouse.duckdb",
+    "lancedb": "data/lancedb",
+    "mlflow_db": "data/mlflow.db",
+    "mlflow_artifacts": "data/mlartifacts",
+    "models": "data/models",
+}
+
+
 def temp_project(root: Path, datasets: list[dict], llm: dict | None = None) -> ProjectConfig:
     """A ProjectConfig whose stores all live under ``root``."""
     raw = {
-        "stores": {
-            "warehouse": "data/warehouse.duckdb",
-            "lancedb": "data/lancedb",
-            "mlflow_db": "data/mlflow.db",
-            "mlflow_artifacts": "data/mlartifacts",
-            "models": "data/models",
-        },
+        "stores": dict(TEMP_STORES),
         "llm": llm or {"model": "local"},
         "datasets": datasets,
     }

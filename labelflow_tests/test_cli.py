@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from labelflow_tests.conftest import write_csv
+from labelflow_tests.project import TEMP_STORES
 
 REPO = Path(__file__).resolve().parent.parent
 LABELFLOW = str(REPO / ".venv" / "bin" / "labelflow")
@@ -25,13 +26,7 @@ def project(tmp_path: Path, tiny_dataset: Path) -> Path:
     injections below read /etc/passwd or wrote a file through the old `export`)."""
     (tmp_path / "data").mkdir()
     cfg = {
-        "stores": {
-            "warehouse": "data/warehouse.duckdb",
-            "lancedb": "data/lancedb",
-            "mlflow_db": "data/mlflow.db",
-            "mlflow_artifacts": "data/mlartifacts",
-            "models": "data/models",
-        },
+        "stores": dict(TEMP_STORES),
         "datasets": [{"name": "tiny", "path": str(tiny_dataset)}],
     }
     (tmp_path / "labelflow.yaml").write_text(yaml.safe_dump(cfg))

@@ -12,6 +12,7 @@ import pytest
 from labelflow.bench.fake_llm import FakeLLM
 from labelflow.bench.scale import LocalRayCluster, write_synthetic_dataset
 from labelflow.config import ConfigError, config_from_dict
+from labelflow_tests.project import TEMP_STORES
 
 TABLES = {
     "weak_labels": ["id", "label"],
@@ -27,13 +28,7 @@ def _run(root, data, api_base, compute: dict):
     from labelflow.defs.factory import build_definitions
 
     raw = {
-        "stores": {
-            "warehouse": "data/warehouse.duckdb",
-            "lancedb": "data/lancedb",
-            "mlflow_db": "data/mlflow.db",
-            "mlflow_artifacts": "data/mlartifacts",
-            "models": "data/models",
-        },
+        "stores": dict(TEMP_STORES),
         "llm": {"model": "openai/bench", "api_base": api_base, "concurrency": 4},
         "compute": compute,
         "datasets": [

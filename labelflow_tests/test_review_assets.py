@@ -19,6 +19,7 @@ from labelflow.config import load_config
 from labelflow.defs.factory import build_definitions
 from labelflow_tests.fake_openai import FakeOpenAI
 from labelflow_tests.pipeline_llm import keyword_policy
+from labelflow_tests.project import TEMP_STORES
 
 TRUTH = {
     "card still not here after two weeks": "card_arrival",
@@ -42,13 +43,7 @@ def _table(cfg, sql: str) -> pd.DataFrame:
 def test_review_round_trip(tiny_dataset, tmp_path, monkeypatch, capsys):
     with FakeOpenAI(policy=keyword_policy) as srv:
         raw = {
-            "stores": {
-                "warehouse": "data/warehouse.duckdb",
-                "lancedb": "data/lancedb",
-                "mlflow_db": "data/mlflow.db",
-                "mlflow_artifacts": "data/mlartifacts",
-                "models": "data/models",
-            },
+            "stores": dict(TEMP_STORES),
             "llm": {"model": "openai/fake", "api_base": srv.api_base},
             "datasets": [
                 {

@@ -20,7 +20,7 @@ import yaml
 
 from labelflow_tests.conftest import REPO, TINY_POOL, TINY_TEST, TINY_TRAIN, write_csv
 from labelflow_tests.fake_openai import Reply, extract_texts
-from labelflow_tests.project import free_port
+from labelflow_tests.project import TEMP_STORES, free_port
 
 VENV_BIN = REPO / ".venv" / "bin"
 ARTIFACTS = REPO / "test-artifacts"
@@ -121,13 +121,7 @@ def write_project(
     write_csv(folder / "unlabeled.csv", TINY_POOL, ["text"])
     write_csv(folder / "labels.csv", [("refund", "The customer asks for their money back.")], ["label", "description"])
     cfg = {
-        "stores": {
-            "warehouse": "data/warehouse.duckdb",
-            "lancedb": "data/lancedb",
-            "mlflow_db": "data/mlflow.db",
-            "mlflow_artifacts": "data/mlartifacts",
-            "models": "data/models",
-        },
+        "stores": dict(TEMP_STORES),
         "llm": (
             {"model": "openai/fake", "api_base": llm_api_base, "api_key_env": FAKE_KEY_ENV, "timeout_s": 10, "max_retries": 1}
             if llm_api_base
