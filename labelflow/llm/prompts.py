@@ -77,21 +77,35 @@ def label_block(label: str, description: str = "", examples: Sequence[str] = ())
     return "\n".join(lines)
 
 
+def previous_line(context: str | None) -> str:
+    """The line showing a text's previous message in a conversation, before its ``<text>`` block:
+    ``Previous: ...`` on one line with its tags neutralised like a text's (so it can neither start a
+    line of its own nor open or close a block); empty when there is no previous message."""
+    return f"Previous: {inline(context)}\n" if context and str(context).strip() else ""
+
+
 def validation_messages(
-    label: str, description: str, examples: Sequence[str], texts: Sequence[str], retry: bool = False
+    label: str,
+    description: str,
+    examples: Sequence[str],
+    texts: Sequence[str],
+    retry: bool = False,
+    contexts: Sequence[str] | None = None,
 ) -> list[dict]:
     """Chat messages asking whether each of ``texts`` belongs to ``label`` (one text: answer one word;
-    several: one numbered line each). ``retry`` adds a format reminder to the system message."""
+    several: one numbered line each). ``retry`` adds a format reminder to the system message.
+    ``contexts``: each text's previous message, shown as a ``Previous:`` line before its block."""
     block = label_block(label, description, examples)
+    prev = [previous_line(c) for c in contexts] if contexts is not None else [""] * len(texts)
     if len(texts) == 1:
         system = SYSTEM_SINGLE
         user = (
             f"{block}\n\nDoes the following text belong to the label {quoted(label)}? Answer yes or no.\n"
-            f"<text>\n{escape(texts[0])}\n</text>"
+            f"{prev[0]}<text>\n{escape(texts[0])}\n</text>"
         )
     else:
         system = SYSTEM_BATCH.format(n=len(texts))
-        body = "\n".join(f'<text id="{i}">\n{escape(t)}\n</text>' for i, t in enumerate(texts, start=1))
+        body = "\n".join(f'{p}<text id="{i}">\n{escape(t)}\n</text>' for i, (t, p) in enumerate(zip(texts, prev), start=1))
         user = (
             f"{block}\n\nFor each of the following {len(texts)} texts, does it belong to the label "
             f"{quoted(label)}? Answer one line per text.\n{body}"
