@@ -60,6 +60,13 @@ def text_id(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
+def message_id(text: str, context: str = "") -> str:
+    """Stable id of a message with its previous message: :func:`text_id` of the text alone when there is
+    no previous message, else of the previous message and the text joined by a record separator (the
+    same reply after two different messages is two items)."""
+    return text_id(text) if not context else text_id(f"{context}\x1e{text}")
+
+
 def split_labels(value: str) -> list[str]:
     return [p for p in value.split(LABEL_SEP)] if value else []
 
@@ -432,9 +439,122 @@ def _labels(t: _Table, multilabel: bool) -> pd.Series:
     return pd.Series([join_labels(p) if multilabel else p[0] for p in out], dtype=object)
 
 
-def _ids(t: _Table, texts: pd.Series) -> pd.Series:
+CONTEXT_SOURCES = ("context", "dialogue_id+turn")
+
+
+def context_source(columns) -> str | None:
+    """Where a table's previous messages come from: ``"context"`` (a column), ``"dialogue_id+turn"``
+    (the text of the same dialogue's previous turn in the same file) or None (no context)."""
+    cols = set(columns)
+    return "context" if "context" in cols else "dialogue_id+turn" if cols & {"dialogue_id", "turn"} else None
+
+
+def _context_column(t: _Table, max_chars: int) -> pd.Series:
+    """The ``context`` column: a string (the previous message) or empty/null for a first message."""
+    out = []
+    visible, _ = _char_classes()
+    for i, v in enumerate(t.df["context"].tolist()):
+        if _missing(v):
+            out.append("")
+            continue
+        if not isinstance(v, str):
+            t.fail(
+                i, "context", f"context must be a string (the previous message) or empty, got {_json_type(v)} ({str(v)[:40]!r})"
+            )
+        if "\x00" in v:
+            t.fail(i, "context", "context contains a NUL character (\\x00)")
+        if v and not visible.search(v):
+            t.fail(
+                i,
+                "context",
+                "context is whitespace or invisible characters only; leave it empty when there is no previous message",
+            )
+        if len(v) > max_chars:
+            t.fail(i, "context", f"context has {len(v)} characters, over the limit of {max_chars} (max_text_chars)")
+        out.append(v)
+    return pd.Series(out, dtype=object)
+
+
+def _turns(t: _Table) -> tuple[list[str], list[int]]:
+    """Validated ``dialogue_id`` (non-empty string or integer) and ``turn`` (integer >= 0) values."""
+    dialogues, turns = [], []
+    for i, (d, n) in enumerate(zip(t.df["dialogue_id"].tolist(), t.df["turn"].tolist())):
+        if _missing(d):
+            t.fail(i, "dialogue_id", "dialogue_id is missing (null)")
+        ds = d.strip() if isinstance(d, str) else _as_int_string(d)
+        if ds is None:
+            t.fail(i, "dialogue_id", f"dialogue_id must be a string or an integer, got {_json_type(d)} ({str(d)[:40]!r})")
+        if not ds:
+            t.fail(i, "dialogue_id", "dialogue_id is empty")
+        if _missing(n):
+            t.fail(i, "turn", "turn is missing (null)")
+        ns = n.strip() if isinstance(n, str) else _as_int_string(n)
+        if ns is None or not ns.isascii() or not ns.isdigit():
+            t.fail(
+                i, "turn", f"turn must be an integer >= 0 (the message's position in its dialogue, 0 first), got {str(n)[:40]!r}"
+            )
+        dialogues.append(ds)
+        turns.append(int(ns))
+    return dialogues, turns
+
+
+def _dialogue_contexts(t: _Table, texts: pd.Series) -> pd.Series:
+    """The previous message of each row from ``dialogue_id`` + ``turn``: the text of turn - 1 of the same
+    dialogue in the same file (``""`` for turn 0). A repeated (dialogue, turn) or a missing previous
+    turn is an error at its row."""
+    for col in ("dialogue_id", "turn"):
+        if col not in t.df.columns:
+            raise IngestError(
+                t.path,
+                None,
+                col,
+                f"missing column '{col}': the previous message is taken from 'dialogue_id' and 'turn' together; "
+                f"add '{col}' or give a 'context' column instead",
+            )
+    dialogues, turns = _turns(t)
+    keys = pd.MultiIndex.from_arrays([dialogues, turns])
+    dup = keys.duplicated()
+    if (i := _first(dup)) is not None:
+        j = int(np.flatnonzero((keys == keys[i]))[0])
+        t.fail(i, "turn", f"dialogue {dialogues[i]!r} has turn {turns[i]} twice (also at row {j + 1})")
+    pos = pd.Series(np.arange(len(keys)), index=keys)
+    prev = pd.MultiIndex.from_arrays([dialogues, [n - 1 for n in turns]])
+    where = pos.reindex(prev).to_numpy()
+    starts = np.asarray(turns) == 0
+    lost = np.isnan(where) & ~starts
+    if (i := _first(lost)) is not None:
+        t.fail(
+            i,
+            "turn",
+            f"dialogue {dialogues[i]!r} turn {turns[i]}: its previous message (turn {turns[i] - 1}) is not in this file; "
+            "give every turn of a dialogue from 0, or a 'context' column instead",
+        )
+    values = texts.to_numpy()
+    out = [values[int(w)] if not s else "" for w, s in zip(where, starts)]
+    return pd.Series(out, dtype=object)
+
+
+def _contexts(t: _Table, texts: pd.Series, max_chars: int) -> pd.Series | None:
+    """Each row's previous message (``""`` for none) or None when the table has no context columns."""
+    source = context_source(t.df.columns)
+    if source is None:
+        return None
+    if source == "context" and {"dialogue_id", "turn"} & set(t.df.columns):
+        both = sorted({"dialogue_id", "turn"} & set(t.df.columns))
+        raise IngestError(
+            t.path,
+            None,
+            "context",
+            f"give either a 'context' column or 'dialogue_id' + 'turn', not both (the file also has {both})",
+        )
+    return _context_column(t, max_chars) if source == "context" else _dialogue_contexts(t, texts)
+
+
+def _ids(t: _Table, texts: pd.Series, contexts: pd.Series | None = None) -> pd.Series:
     if "id" not in t.df.columns:
-        return texts.map(text_id)
+        if contexts is None:
+            return texts.map(text_id)
+        return pd.Series([message_id(x, c) for x, c in zip(texts, contexts)], dtype=object)
     values = t.df["id"]
     ids = []
     for i, v in enumerate(values.tolist()):
@@ -452,36 +572,53 @@ def _ids(t: _Table, texts: pd.Series) -> pd.Series:
     return pd.Series(ids, dtype=object)
 
 
-def _frame(t: _Table, ids: pd.Series, texts: pd.Series, labels: pd.Series | None) -> pd.DataFrame:
+def _frame(
+    t: _Table, ids: pd.Series, texts: pd.Series, labels: pd.Series | None, contexts: pd.Series | None = None
+) -> pd.DataFrame:
     n = len(t.df)
     out = pd.DataFrame({"id": ids.to_numpy(), "text": texts.to_numpy()})
+    if contexts is not None:
+        out["context"] = contexts.to_numpy()
     if labels is not None:
         out["label"] = labels.to_numpy()
     out["file"] = t.path.name
     out["path"] = str(t.path)
     out["row"] = np.arange(1, n + 1)
     out["line"] = t.lines if t.lines is not None else pd.array([pd.NA] * n, dtype="Int64")
+    out.attrs["context_source"] = context_source(t.df.columns)
     return out
 
 
 def read_labelled(path: Path, multilabel: bool, max_chars: int = 5000) -> pd.DataFrame:
-    """One validated labelled table: id, text, label, file, path, row, line (duplicates not yet removed)."""
+    """One validated labelled table: id, text, [context,] label, file, path, row, line (duplicates not yet
+    removed). ``context`` (the previous message, ``""`` for none) is there when the file has a ``context``
+    column or ``dialogue_id`` + ``turn`` (see :func:`_contexts`)."""
     t = _read(path)
     texts = _texts(t, max_chars)
     labels = _labels(t, multilabel)
-    return _frame(t, _ids(t, texts), texts, labels)
+    contexts = _contexts(t, texts, max_chars)
+    return _frame(t, _ids(t, texts, contexts), texts, labels, contexts)
 
 
 def read_unlabelled(path: Path, max_chars: int = 5000) -> pd.DataFrame:
-    """One validated unlabelled table: id, text, file, path, row, line (duplicates not yet removed)."""
+    """One validated unlabelled table: id, text, [context,] file, path, row, line (duplicates not yet removed)."""
     t = _read(path)
     texts = _texts(t, max_chars)
-    return _frame(t, _ids(t, texts), texts, None)
+    contexts = _contexts(t, texts, max_chars)
+    return _frame(t, _ids(t, texts, contexts), texts, None, contexts)
 
 
 def _where(r) -> str:
     line = r["line"]
     return f"{r['file']} row {int(r['row'])}" + ("" if pd.isna(line) else f" (line {int(line)})")
+
+
+def message_keys(df: pd.DataFrame) -> pd.Series:
+    """What makes two rows the same message: the text, and its previous message when there is a context."""
+    if "context" not in df.columns:
+        return df["text"]
+    ctx = df["context"].fillna("").astype(str)
+    return (ctx + "\x1e").where(ctx != "", "") + df["text"]
 
 
 def check_ids(frames: list[pd.DataFrame]) -> None:
@@ -490,21 +627,25 @@ def check_ids(frames: list[pd.DataFrame]) -> None:
     frames = [f for f in frames if f is not None and len(f)]
     if not frames:
         return
-    both = pd.concat([f[["id", "text", "file", "path", "row", "line"]] for f in frames], ignore_index=True)
-    n_texts = both.groupby("id", sort=False)["text"].transform("nunique")
+    both = pd.concat(
+        [f.reindex(columns=["id", "text", "file", "path", "row", "line", "context"]) for f in frames], ignore_index=True
+    )
+    both["_key"] = message_keys(both)
+    n_texts = both.groupby("id", sort=False)["_key"].transform("nunique")
     bad = both[n_texts > 1]
     if len(bad):
         first_id = bad["id"].iat[0]
         grp = bad[bad["id"] == first_id]
         a = grp.iloc[0]
-        b = grp[grp["text"] != a["text"]].iloc[0]
+        b = grp[grp["_key"] != a["_key"]].iloc[0]
         line = None if pd.isna(b["line"]) else int(b["line"])
+        what = "text" if b["text"] != a["text"] else "previous message (context)"
         raise IngestError(
             b["path"],
             int(b["row"]),
             "id",
-            f"the same id {first_id!r} has another text here ({b['text'][:50]!r}) than at {_where(a)} "
-            f"({a['text'][:50]!r}); an id must name one text ({len(bad['id'].unique())} such id(s) in all)",
+            f"the same id {first_id!r} has another {what} here ({b['_key'][-50:]!r}) than at {_where(a)} "
+            f"({a['_key'][-50:]!r}); an id must name one text ({len(bad['id'].unique())} such id(s) in all)",
             line=line,
         )
 
@@ -526,11 +667,12 @@ def resolve_label_conflicts(rows: pd.DataFrame, policy: str, multilabel: bool) -
     empty = pd.DataFrame(columns=CONFLICT_COLUMNS)
     if not len(rows):
         return rows, empty
-    n_labels = rows.groupby("text", sort=False)["label"].transform("nunique")
+    key = message_keys(rows)
+    n_labels = rows["label"].groupby(key, sort=False).transform("nunique")
     is_bad = (n_labels > 1).to_numpy()
     if not is_bad.any():
         return rows, empty
-    bad = rows[is_bad]
+    bad = rows[is_bad].assign(text=key[is_bad])  # grouped by message (text, and its previous message if any)
     n_texts = bad["text"].nunique()
     if policy == "error":
         listed = []
@@ -567,6 +709,7 @@ def resolve_label_conflicts(rows: pd.DataFrame, policy: str, multilabel: bool) -
         union = bad.groupby("text", sort=False)["label"].agg(lambda s: join_labels(lab for v in s for lab in split_labels(v)))
         action = pd.Series("merged", index=bad.index)
         resolved = bad["text"].map(union)
+    bad = bad.assign(text=rows.loc[bad.index, "text"])
     conflicts = bad.assign(action=action, resolved_label=resolved)[CONFLICT_COLUMNS].reset_index(drop=True)
     out = rows.copy()
     out.loc[resolved.index, "label"] = resolved
@@ -585,7 +728,8 @@ def _dedupe(df: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, dict[st
 @dataclass
 class Dataset:
     """A validated dataset. Frames: ``seeds``/``gold``/``pool_truth`` (id, text, label), ``pool``
-    (id, text), ``descriptions`` (label, description) as given by the user, ``lf_definitions`` (the
+    (id, text), all with ``context`` (the previous message, ``""`` for none) after ``text`` when the
+    dataset has previous messages (:attr:`has_context`), ``descriptions`` (label, description) as given by the user, ``lf_definitions`` (the
     validated ``lfs.yaml``, see :func:`labelflow.weak.parse_lf_file`), ``conflicts`` (every row a
     label-conflict policy changed, ``CONFLICT_COLUMNS``). ``report`` counts what ingestion removed
     (identical duplicates, pool texts that are already seeds) and the conflicts."""
@@ -602,6 +746,11 @@ class Dataset:
     conflicts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CONFLICT_COLUMNS))
     lf_definitions: pd.DataFrame | None = None
     report: dict = field(default_factory=dict)
+
+    @property
+    def has_context(self) -> bool:
+        """Whether the messages come with their previous message (a ``context`` column in every frame)."""
+        return "context" in self.seeds.columns
 
 
 def label_lists(series: pd.Series, multilabel: bool) -> list[list[str]]:
@@ -642,6 +791,96 @@ def benchmark_split(train: pd.DataFrame, k: int, seed: int, multilabel: bool) ->
     return shuffled[mask].reset_index(drop=True), shuffled[~mask].reset_index(drop=True)
 
 
+def _check_policy(label_conflicts: str, multilabel: bool) -> None:
+    if label_conflicts not in LABEL_CONFLICT_POLICIES:
+        raise ValueError(f"label_conflicts must be one of {list(LABEL_CONFLICT_POLICIES)}, got {label_conflicts!r}")
+    if label_conflicts == "merge" and not multilabel:
+        raise ValueError("label_conflicts='merge' (label union) needs a multi-label dataset (task: multilabel)")
+
+
+def _with_context(frames: list[pd.DataFrame | None]) -> bool:
+    """Whether any table carries previous messages; if so every table gets a ``context`` column
+    (``""`` where its file has none: a message without a previous one)."""
+    has = any(f is not None and "context" in f.columns for f in frames)
+    if has:
+        for f in frames:
+            if f is not None and "context" not in f.columns:
+                f.insert(2, "context", "")
+    return has
+
+
+def _check_gold_labels(gold: pd.DataFrame, seed_labels: list[str], multilabel: bool, test_path: Path, train_name: str) -> None:
+    known = set(seed_labels)
+    unknown = [any(lab not in known for lab in labs) for labs in label_lists(gold["label"], multilabel)]
+    if (i := _first(unknown)) is not None:
+        r = gold.iloc[i]
+        lab = next(lab for lab in label_lists(pd.Series([r["label"]]), multilabel)[0] if lab not in known)
+        raise IngestError(
+            test_path,
+            int(r["row"]),
+            "labels" if multilabel else "label",
+            f"label {lab!r} has no seed example in {train_name}",
+            line=None if pd.isna(r["line"]) else int(r["line"]),
+        )
+
+
+def _pool(
+    pool_truth: pd.DataFrame, unl: pd.DataFrame | None, seeds: pd.DataFrame, cols: list[str]
+) -> tuple[pd.DataFrame, int, int]:
+    """(pool, unlabelled texts also in the benchmark pool, pool texts already seeds): the hidden-label
+    benchmark pool and the unlabelled file, one row per id, seeds left out."""
+    parts = [pool_truth[cols]] if len(pool_truth) else []
+    if unl is not None:
+        parts.append(unl[cols])
+    pool = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    n_dup = int(pool.duplicated("id").sum())
+    pool = pool.drop_duplicates("id").reset_index(drop=True)
+    in_seeds = pool["id"].isin(set(seeds["id"]))
+    return pool[~in_seeds].reset_index(drop=True), n_dup, int(in_seeds.sum())
+
+
+def _lf_definitions(folder: Path, seed_labels: list[str], has_context: bool) -> pd.DataFrame | None:
+    lf_path = folder / "lfs.yaml"
+    near = _case_variants(folder, "lfs", (".yaml",))
+    if not lf_path.exists() and near:
+        raise IngestError(
+            lf_path,
+            None,
+            None,
+            f"not found, but the folder has {near}: the labelling-function file must be named exactly 'lfs.yaml'; rename it",
+        )
+    if not lf_path.exists():
+        return None
+    from labelflow.weak import parse_lf_file
+
+    return parse_lf_file(lf_path, seed_labels, has_context=has_context)
+
+
+def _conflict_report(policy: str, conflicts: pd.DataFrame) -> dict:
+    return {
+        "label_conflicts_policy": policy,
+        "label_conflict_texts": int(conflicts["text"].nunique()) if len(conflicts) else 0,
+        "label_conflict_rows": len(conflicts),
+        "label_conflict_rows_dropped": int((conflicts["action"] == "dropped").sum()) if len(conflicts) else 0,
+    }
+
+
+def _read_files(folder: Path, multilabel: bool, max_text_chars: int):
+    """(paths, validated frames, context source per file) of train, test and unlabeled (None when absent)."""
+    if not folder.is_dir():
+        raise IngestError(folder, None, None, "dataset folder not found")
+    train_path = find_table(folder, "train")
+    if train_path is None:
+        raise IngestError(folder / "train.csv", None, None, f"file not found (need train{'/'.join(SUFFIXES)})")
+    test_path, unl_path = find_table(folder, "test"), find_table(folder, "unlabeled")
+    train = read_labelled(train_path, multilabel, max_text_chars)
+    gold = read_labelled(test_path, multilabel, max_text_chars) if test_path is not None else None
+    unl = read_unlabelled(unl_path, max_text_chars) if unl_path is not None else None
+    paths, frames = (train_path, test_path, unl_path), (train, gold, unl)
+    sources = {p.name: f.attrs.get("context_source") or "none" for p, f in zip(paths, frames) if f is not None}
+    return paths, frames, sources
+
+
 def load_dataset(
     folder: str | Path,
     name: str | None = None,
@@ -654,114 +893,64 @@ def load_dataset(
 ) -> Dataset:
     """Read and validate a dataset folder. Raises :class:`IngestError` on the first problem found
     (with ``label_conflicts="error"``, on all label conflicts at once); see
-    :func:`resolve_label_conflicts` for the other policies."""
+    :func:`resolve_label_conflicts` for the other policies. When any table has previous messages
+    (a ``context`` column, or ``dialogue_id`` + ``turn``) every frame carries ``context``."""
     folder = Path(folder)
     multilabel = task == "multilabel"
-    if label_conflicts not in LABEL_CONFLICT_POLICIES:
-        raise ValueError(f"label_conflicts must be one of {list(LABEL_CONFLICT_POLICIES)}, got {label_conflicts!r}")
-    if label_conflicts == "merge" and not multilabel:
-        raise ValueError("label_conflicts='merge' (label union) needs a multi-label dataset (task: multilabel)")
-    if not folder.is_dir():
-        raise IngestError(folder, None, None, "dataset folder not found")
-    train_path = find_table(folder, "train")
-    if train_path is None:
-        raise IngestError(folder / "train.csv", None, None, f"file not found (need train{'/'.join(SUFFIXES)})")
-    test_path = find_table(folder, "test")
-    unl_path = find_table(folder, "unlabeled")
-    train = read_labelled(train_path, multilabel, max_text_chars)
-    gold = read_labelled(test_path, multilabel, max_text_chars) if test_path is not None else None
-    unl = read_unlabelled(unl_path, max_text_chars) if unl_path is not None else None
+    _check_policy(label_conflicts, multilabel)
+    (train_path, test_path, unl_path), (train, gold, unl), sources = _read_files(folder, multilabel, max_text_chars)
+    has_context = _with_context([train, gold, unl])
+    cols = ["id", "text", "context"] if has_context else ["id", "text"]
     check_ids([train, gold, unl])
 
     labelled = pd.concat([train, gold], ignore_index=True) if gold is not None else train
     labelled, conflicts = resolve_label_conflicts(labelled, label_conflicts, multilabel)
-    labelled, duplicates = _dedupe(labelled, ["id", "text", "label"])
+    labelled, duplicates = _dedupe(labelled, [*cols, "label"])
     train = labelled[labelled["file"] == train_path.name].reset_index(drop=True)
     files = {"train": str(train_path)}
-    report: dict = {
-        "label_conflicts_policy": label_conflicts,
-        "label_conflict_texts": int(conflicts["text"].nunique()) if len(conflicts) else 0,
-        "label_conflict_rows": len(conflicts),
-        "label_conflict_rows_dropped": int((conflicts["action"] == "dropped").sum()) if len(conflicts) else 0,
-    }
+    report = _conflict_report(label_conflicts, conflicts)
 
-    pool_truth = pd.DataFrame(columns=["id", "text", "label"])
+    pool_truth = pd.DataFrame(columns=[*cols, "label"])
+    seeds = train
     if seed_per_class:
         seeds, pool_truth = benchmark_split(train, seed_per_class, seed, multilabel)
         if max_pool is not None and len(pool_truth) > max_pool:
             pool_truth = pool_truth.sample(n=max_pool, random_state=seed).reset_index(drop=True)
-    else:
-        seeds = train
     seed_labels = sorted({lab for s in label_lists(seeds["label"], multilabel) for lab in s})
 
     if gold is not None:
         gold = labelled[labelled["file"] == test_path.name].reset_index(drop=True)
-        known = set(seed_labels)
-        unknown = [any(lab not in known for lab in labs) for labs in label_lists(gold["label"], multilabel)]
-        if (i := _first(unknown)) is not None:
-            r = gold.iloc[i]
-            lab = next(lab for lab in label_lists(pd.Series([r["label"]]), multilabel)[0] if lab not in known)
-            raise IngestError(
-                test_path,
-                int(r["row"]),
-                "labels" if multilabel else "label",
-                f"label {lab!r} has no seed example in {train_path.name}",
-                line=None if pd.isna(r["line"]) else int(r["line"]),
-            )
+        _check_gold_labels(gold, seed_labels, multilabel, test_path, train_path.name)
         files["test"] = str(test_path)
     else:
-        gold = pd.DataFrame(columns=["id", "text", "label"])
-
-    pool_parts = [pool_truth[["id", "text"]]] if len(pool_truth) else []
+        gold = pd.DataFrame(columns=[*cols, "label"])
     if unl is not None:
-        unl, dup_unl = _dedupe(unl, ["id", "text"])
+        unl, dup_unl = _dedupe(unl, cols)
         duplicates.update(dup_unl)
-        pool_parts.append(unl[["id", "text"]])
         files["unlabeled"] = str(unl_path)
-    pool = pd.concat(pool_parts, ignore_index=True) if pool_parts else pd.DataFrame(columns=["id", "text"])
-    n_pool_dup = int(pool.duplicated("id").sum())
-    pool = pool.drop_duplicates("id").reset_index(drop=True)
-    in_seeds = pool["id"].isin(set(seeds["id"]))
-    pool = pool[~in_seeds].reset_index(drop=True)
-    report.update(
-        {
-            "duplicate_rows_removed": {
-                f: duplicates.get(f, 0) for f in [Path(p).name for p in (train_path, test_path, unl_path) if p is not None]
-            },
-            "unlabeled_texts_also_in_benchmark_pool": n_pool_dup,
-            "pool_texts_already_seeds": int(in_seeds.sum()),
-        }
-    )
+    pool, n_pool_dup, n_in_seeds = _pool(pool_truth, unl, seeds, cols)
+    names = [Path(p).name for p in (train_path, test_path, unl_path) if p is not None]
+    report["duplicate_rows_removed"] = {f: duplicates.get(f, 0) for f in names}
+    report["unlabeled_texts_also_in_benchmark_pool"] = n_pool_dup
+    report["pool_texts_already_seeds"] = n_in_seeds
+    report["context"] = sources if has_context else None
 
     descriptions = read_label_descriptions(folder, seed_labels, train_path.name)
     if len(descriptions) or (folder / "labels.csv").exists():
         files["labels"] = str(folder / "labels.csv")
-    lf_definitions = None
-    lf_path = folder / "lfs.yaml"
-    near = _case_variants(folder, "lfs", (".yaml",))
-    if not lf_path.exists() and near:
-        raise IngestError(
-            lf_path,
-            None,
-            None,
-            f"not found, but the folder has {near}: the labelling-function file must be named exactly 'lfs.yaml'; rename it",
-        )
-    if lf_path.exists():
-        from labelflow.weak import parse_lf_file
-
-        lf_definitions = parse_lf_file(lf_path, seed_labels)
-        files["lfs"] = str(lf_path)
-
-    cols = ["id", "text", "label"]
+    lf_definitions = _lf_definitions(folder, seed_labels, has_context)
+    if lf_definitions is not None:
+        files["lfs"] = str(folder / "lfs.yaml")
+    lcols = [*cols, "label"]
     return Dataset(
         name=name or folder.name,
         multilabel=multilabel,
         labels=seed_labels,
-        seeds=seeds[cols].reset_index(drop=True),
-        pool=pool[["id", "text"]],
-        gold=gold[cols].reset_index(drop=True),
+        seeds=seeds[lcols].reset_index(drop=True),
+        pool=pool[cols],
+        gold=gold[lcols].reset_index(drop=True),
         descriptions=descriptions,
-        pool_truth=pool_truth[cols].reset_index(drop=True),
+        pool_truth=pool_truth[lcols].reset_index(drop=True),
         files=files,
         conflicts=conflicts,
         lf_definitions=lf_definitions,
@@ -770,11 +959,13 @@ def load_dataset(
 
 
 def read_inbox_file(path: Path, max_text_chars: int = 5000) -> pd.DataFrame:
-    """An inbox file (new unlabelled texts): id, text. Validated like ``unlabeled``: an id with two
-    different texts is an error; identical repeated rows are kept once."""
+    """An inbox file (new unlabelled texts): id, text (and context when the file gives previous
+    messages). Validated like ``unlabeled``: an id with two different texts is an error; identical
+    repeated rows are kept once."""
     df = read_unlabelled(Path(path), max_text_chars)
     check_ids([df])
-    return df.drop_duplicates("id")[["id", "text"]].reset_index(drop=True)
+    cols = ["id", "text", "context"] if "context" in df.columns else ["id", "text"]
+    return df.drop_duplicates("id")[cols].reset_index(drop=True)
 
 
 def read_label_descriptions(folder: str | Path, seed_labels, train_name: str = "train") -> pd.DataFrame:

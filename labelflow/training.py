@@ -12,6 +12,8 @@ Both follow scikit-learn conventions (hyper-parameters in ``__init__``, learned 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
@@ -144,11 +146,29 @@ class MultiLabelSVM(BaseEstimator, ClassifierMixin):
 
     def predict(self, X, threshold: float = 0.5) -> np.ndarray:
         """Binary (n, n_labels) indicator matrix at a global threshold, at least one label per text."""
-        p = self.predict_proba(X)
-        Y = (p >= threshold).astype(int)
-        empty = Y.sum(axis=1) == 0
-        Y[empty, p[empty].argmax(axis=1)] = 1
-        return Y
+        return label_sets_at(self.predict_proba(X), threshold)
+
+
+def label_sets_at(P: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Binary (n, n_labels) indicator matrix of the per-label scores ``P`` at ``threshold``, at least one
+    label per row (the highest-scoring one when none reaches it)."""
+    Y = (P >= threshold).astype(int)
+    empty = Y.sum(axis=1) == 0
+    Y[empty, P[empty].argmax(axis=1)] = 1
+    return Y
+
+
+def context_features(X, context_X, has_context=None) -> np.ndarray:
+    """Features of messages in a conversation: ``[X, context_X]`` per row, the text's embedding next to
+    its previous message's, with zeros in the second half where a message has no previous one
+    (``has_context`` False; default: the rows whose ``context_X`` is not all zeros)."""
+    X = np.asarray(X, dtype=np.float32)
+    C = np.asarray(context_X, dtype=np.float32)
+    if C.shape != X.shape:
+        raise ValueError(f"context_X has shape {C.shape}, X has {X.shape}: one previous-message vector per text")
+    if has_context is not None:
+        C = np.where(np.asarray(has_context, dtype=bool)[:, None], C, 0.0).astype(np.float32)
+    return np.hstack([X, C])
 
 
 def fit_classifier(
@@ -166,20 +186,24 @@ def fit_classifier(
     )
 
 
-def predict_labels(model, X, multilabel: bool, threshold: float = 0.5):
-    """(labels, confidence) for each row: the arg-max label and its probability (multi-class) or the
-    '|'-joined set of labels scoring >= threshold, at least one, with the mean score of the set."""
-    import numpy as np
-
-    P = model.predict_proba(X)
-    classes = np.asarray(model.classes_)
+def labels_from_proba(P: np.ndarray, classes, multilabel: bool, threshold: float = 0.5) -> tuple[list, list]:
+    """(labels, confidence) for each row of class scores ``P`` (in ``classes`` order): the arg-max label
+    and its probability (multi-class) or the '|'-joined set of labels scoring >= threshold, at least
+    one, with the mean score of the set (multi-label)."""
+    P = np.asarray(P)
+    classes = np.asarray(classes)
     if not multilabel:
         idx = P.argmax(axis=1)
         return classes[idx].tolist(), P[np.arange(len(idx)), idx].tolist()
-    Y = model.predict(X, threshold=threshold)
+    Y = label_sets_at(P, threshold)
     labels = ["|".join(sorted(classes[row.astype(bool)])) for row in Y]
     conf = [float(P[i, Y[i].astype(bool)].mean()) for i in range(len(Y))]
     return labels, conf
+
+
+def predict_labels(model, X, multilabel: bool, threshold: float = 0.5):
+    """(labels, confidence) for each row of ``X``: :func:`labels_from_proba` of the model's scores."""
+    return labels_from_proba(model.predict_proba(X), model.classes_, multilabel, threshold)
 
 
 def predict_with_confidence(model, X, multilabel: bool, threshold: float = 0.5):
@@ -191,3 +215,74 @@ def predict_with_confidence(model, X, multilabel: bool, threshold: float = 0.5):
         return list(labels), [float(v) for v in cal], [float(v) for v in raw]
     labels, conf = predict_labels(model, X, multilabel, threshold)
     return labels, conf, conf
+
+
+@dataclass
+class ScoreMatrix:
+    """Texts scored once by the product's classifier (the ``svm_scores`` value): ``proba`` (n, n_classes)
+    in ``classes`` order for the texts ``ids``; for a multi-class model with a confidence calibrator,
+    ``confidence`` is the calibrated P(top label right) per row (:meth:`EmbeddingSVM.predict_confidence`);
+    ``seconds`` is the wall time the scoring took (pro-rated to the rows :meth:`take` keeps). The label methods give what :func:`predict_labels` and
+    :func:`predict_with_confidence` give on the model, without the model."""
+
+    ids: np.ndarray
+    classes: np.ndarray
+    proba: np.ndarray
+    multilabel: bool
+    confidence: np.ndarray | None = None
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, ids) -> "ScoreMatrix":
+        """The rows of ``ids``, in that order; a missing id is an error naming it."""
+        where = {str(i): n for n, i in enumerate(self.ids)}
+        missing = [i for i in ids if str(i) not in where]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} id(s) were not scored by the model, e.g. {missing[0]!r}: materialise svm_scores again"
+            )
+        rows = np.fromiter((where[str(i)] for i in ids), dtype=np.int64, count=len(ids))
+        share = len(rows) / max(len(self.ids), 1)
+        return ScoreMatrix(
+            ids=self.ids[rows],
+            classes=self.classes,
+            proba=self.proba[rows],
+            multilabel=self.multilabel,
+            confidence=None if self.confidence is None else self.confidence[rows],
+            seconds=self.seconds * share,
+        )
+
+    def labels(self, threshold: float = 0.5) -> tuple[list, list]:
+        """(labels, confidence) per row, as :func:`predict_labels`."""
+        return labels_from_proba(self.proba, self.classes, self.multilabel, threshold)
+
+    def labels_with_confidence(self, threshold: float = 0.5) -> tuple[list, list, list]:
+        """(labels, calibrated confidence, raw confidence) per row, as :func:`predict_with_confidence`."""
+        labels, conf = self.labels(threshold)
+        if self.multilabel:
+            return labels, conf, conf
+        cal = conf if self.confidence is None else [float(v) for v in self.confidence]
+        return labels, cal, [float(v) for v in conf]
+
+
+def score_texts(model, ids, X, multilabel: bool) -> ScoreMatrix:
+    """Score the texts ``ids`` (embeddings ``X``) with a fitted product classifier, once: class scores
+    and, for a multi-class model, the calibrated top-class confidence."""
+    import time
+
+    classes = np.asarray(model.classes_)
+    ids = np.asarray([str(i) for i in ids], dtype=object)
+    if not len(ids):
+        return ScoreMatrix(ids, classes, np.zeros((0, len(classes))), multilabel, None if multilabel else np.zeros(0))
+    t0 = time.perf_counter()
+    if not multilabel and hasattr(model, "predict_confidence"):
+        P = model.predict_proba(X)
+        idx = P.argmax(axis=1)
+        raw = P[np.arange(len(idx)), idx]
+        calibrator = getattr(model, "confidence_calibrator_", None)
+        confidence = np.asarray(calibrator.predict(raw) if calibrator is not None else raw, dtype=np.float64)
+    else:
+        P, confidence = model.predict_proba(X), None
+    return ScoreMatrix(ids, classes, np.asarray(P), multilabel, confidence, time.perf_counter() - t0)

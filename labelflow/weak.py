@@ -57,6 +57,8 @@ class LabelingFunction:
     ``kind="batch"``: ``fn(texts, X) -> (rows, labels)``, arrays of text positions and the labels voted
     for them (vectorised LFs; ``X`` is the ``(n, d)`` unit-vector matrix or ``None``).
     ``needs_vectors`` says the LF needs ``X``; ``label`` names the single label a declarative LF votes for.
+    ``needs_context``: the LF also reads each text's previous message (``""`` when it has none):
+    ``fn(text, context)`` or ``fn(texts, X, contexts)``.
     """
 
     name: str
@@ -64,6 +66,7 @@ class LabelingFunction:
     kind: str = "text"
     needs_vectors: bool = False
     label: str | None = None
+    needs_context: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip():
@@ -71,24 +74,28 @@ class LabelingFunction:
         if self.kind not in ("text", "batch"):
             raise ValueError(f"LF {self.name!r}: kind must be 'text' or 'batch', got {self.kind!r}")
 
-    def __call__(self, text: str):
+    def __call__(self, text: str, context: str = ""):
         if self.kind == "text":
-            return self.fn(text)
-        rows, labels = self.fn([text], None)
+            return self.fn(text, context) if self.needs_context else self.fn(text)
+        rows, labels = self.fn([text], None, [context]) if self.needs_context else self.fn([text], None)
         return list(labels) or None
 
-    def apply(self, texts: Sequence[str], X: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, labels) voted on ``texts``. Per-text LFs raise :class:`LFError` naming the failing row."""
+    def apply(
+        self, texts: Sequence[str], X: np.ndarray | None = None, contexts: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, labels) voted on ``texts`` (``contexts``: each text's previous message, for LFs that
+        read it; None = no text has one). Per-text LFs raise :class:`LFError` naming the failing row."""
         if self.needs_vectors and X is None:
             raise ValueError(f"LF {self.name!r} needs text vectors (X) and none were given")
+        ctx = list(contexts) if contexts is not None else [""] * len(texts)
         if self.kind == "batch":
-            rows, labels = self.fn(texts, X)
+            rows, labels = self.fn(texts, X, ctx) if self.needs_context else self.fn(texts, X)
             return np.asarray(rows, dtype=np.int64), np.asarray(labels, dtype=object)
         rows: list[int] = []
         labels: list[str] = []
         for i, t in enumerate(texts):
             try:
-                out = self.fn(t)
+                out = self.fn(t, ctx[i]) if self.needs_context else self.fn(t)
             except Exception as exc:
                 raise LFError(i, f"{type(exc).__name__}: {exc}") from exc
             if out is None:
@@ -111,18 +118,19 @@ class LabelingFunction:
         return np.asarray(rows, dtype=np.int64), np.asarray(labels, dtype=object)
 
 
-def labeling_function(name: str | None = None) -> Callable[[Callable], LabelingFunction]:
-    """Decorator: ``@labeling_function(name="x")`` over ``fn(text) -> label | list[label] | None``."""
+def labeling_function(name: str | None = None, context: bool = False) -> Callable[[Callable], LabelingFunction]:
+    """Decorator: ``@labeling_function(name="x")`` over ``fn(text) -> label | list[label] | None``;
+    with ``context=True`` over ``fn(text, context)``, ``context`` being the previous message (``""`` if none)."""
 
     def wrap(fn: Callable) -> LabelingFunction:
-        return LabelingFunction(name or fn.__name__, fn, kind="text")
+        return LabelingFunction(name or fn.__name__, fn, kind="text", needs_context=context)
 
     return wrap
 
 
 # --- declarative LFs -----------------------------------------------------------------------------------
 
-_LF_KEYS = {"name", "label", "keywords", "regex", "case_sensitive"}
+_LF_KEYS = {"name", "label", "keywords", "regex", "case_sensitive", "context_keywords", "context_regex"}
 
 
 # User regexes and keyword phrases run on RE2 (google-re2): matching is linear in the text's length, so a
@@ -181,33 +189,53 @@ def keyword_pattern(keywords: Sequence[str]) -> str:
     return "|".join(parts)
 
 
-def pattern_lf(name: str, label: str, pattern: str, case_sensitive: bool = False) -> LabelingFunction:
-    """An LF voting ``label`` on every text where the RE2 regex ``pattern`` is found (linear time per text)."""
-    regex = compile_pattern(pattern, case_sensitive)
+def pattern_lf(
+    name: str, label: str, pattern: str | None, case_sensitive: bool = False, context_pattern: str | None = None
+) -> LabelingFunction:
+    """An LF voting ``label`` on every text where the RE2 regex ``pattern`` is found (linear time per
+    text) and, with ``context_pattern``, where that regex is also found in the text's previous message
+    (a text without one never matches it). ``pattern=None`` with a ``context_pattern``: the previous
+    message alone decides."""
+    if pattern is None and context_pattern is None:
+        raise ValueError(f"LF {name!r}: give a pattern, a context_pattern or both")
+    regex = compile_pattern(pattern, case_sensitive) if pattern is not None else None
+    cregex = compile_pattern(context_pattern, case_sensitive) if context_pattern is not None else None
 
-    def fn(texts, X=None):
-        hits = np.fromiter((regex.search(t) is not None for t in texts), dtype=bool, count=len(texts))
-        rows = np.flatnonzero(hits)
+    def hits(rx, values):  # None (no previous message) never matches
+        return np.fromiter((t is not None and rx.search(t) is not None for t in values), dtype=bool, count=len(values))
+
+    def fn(texts, X=None, contexts=None):
+        ok = hits(regex, texts) if regex is not None else np.ones(len(texts), dtype=bool)
+        if cregex is not None:
+            ctx = [""] * len(texts) if contexts is None else contexts
+            ok[ok] = hits(cregex, [ctx[i] or None for i in np.flatnonzero(ok)])
+        rows = np.flatnonzero(ok)
         return rows, np.full(len(rows), label, dtype=object)
 
-    return LabelingFunction(name, fn, kind="batch", label=label)
+    return LabelingFunction(name, fn, kind="batch", label=label, needs_context=cregex is not None)
 
 
 def keyword_lf(name: str, label: str, keywords: Sequence[str], case_sensitive: bool = False) -> LabelingFunction:
     return pattern_lf(name, label, keyword_pattern(keywords), case_sensitive)
 
 
-LF_DEFINITION_COLUMNS = ["index", "name", "label", "kind", "keywords", "regex", "pattern", "case_sensitive"]
+LF_DEFINITION_COLUMNS = [
+    "index",
+    "name",
+    "label",
+    "kind",
+    "keywords",
+    "regex",
+    "pattern",
+    "case_sensitive",
+    "context_keywords",
+    "context_regex",
+    "context_pattern",
+]
 
 
-def parse_lf_file(path: str | Path, labels: Sequence[str]) -> pd.DataFrame:
-    """Read and validate an ``lfs.yaml`` (format: a top-level ``lfs:`` list; each item has ``name``,
-    ``label``, exactly one of ``keywords`` (list of phrases) or ``regex`` (RE2 syntax), optional
-    ``case_sensitive``). Returns the validated definitions, one row per LF (``LF_DEFINITION_COLUMNS``;
-    ``pattern`` is the RE2 regex that runs, ``keywords`` the phrases as JSON). Raises
-    :class:`LFFileError` naming the file, the LF index and name and the field."""
-    path = Path(path)
-    known = set(labels)
+def _read_lf_yaml(path: Path) -> list:
+    """The ``lfs:`` list of an ``lfs.yaml`` (file, YAML and top-level shape checked)."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -226,73 +254,103 @@ def parse_lf_file(path: str | Path, labels: Sequence[str]) -> pd.DataFrame:
     items = raw["lfs"]
     if not isinstance(items, list) or not items:
         raise LFFileError(path, None, "lfs", "'lfs' must be a non-empty list")
-    rows: list[dict] = []
-    seen: dict[str, int] = {}
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise LFFileError(path, i, None, f"each LF must be a mapping, got {type(item).__name__}")
-        name = item.get("name")
-        shown = name if isinstance(name, str) else None
-        unknown = set(map(str, item)) - _LF_KEYS
-        if unknown:
-            raise LFFileError(
-                path, i, sorted(unknown)[0], f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_LF_KEYS)}", shown
-            )
-        if not isinstance(name, str) or not name.strip():
-            raise LFFileError(path, i, "name", "missing or empty name", None)
-        if name in seen:
-            raise LFFileError(path, i, "name", f"duplicate name (also lfs[{seen[name]}])", name)
-        seen[name] = i
-        label = item.get("label")
-        if isinstance(label, int) and not isinstance(label, bool):
-            label = str(label)
-        if not isinstance(label, str) or not label:
-            raise LFFileError(path, i, "label", "missing or empty label", name)
-        if label not in known:
-            raise LFFileError(path, i, "label", f"unknown label {label!r} (not among the dataset's {len(known)} labels)", name)
-        case = item.get("case_sensitive", False)
-        if not isinstance(case, bool):
-            raise LFFileError(path, i, "case_sensitive", f"must be true or false, got {case!r}", name)
-        has_kw, has_re = "keywords" in item, "regex" in item
-        if has_kw == has_re:
-            raise LFFileError(
-                path,
-                i,
-                "keywords" if has_kw else "keywords/regex",
-                "an LF needs exactly one of 'keywords' or 'regex'" + (" (both given)" if has_kw else " (neither given)"),
-                name,
-            )
-        kws, rx = None, None
-        if has_kw:
-            kws = item["keywords"]
-            if isinstance(kws, str) or not isinstance(kws, list) or not kws:
-                raise LFFileError(path, i, "keywords", "must be a non-empty list of phrases", name)
-            for n, kw in enumerate(kws):
-                if not isinstance(kw, str) or not kw.strip():
-                    raise LFFileError(path, i, "keywords", f"keyword {n} is empty or not a string: {kw!r}", name)
-            kws = [k.strip() for k in kws]
-            pattern = keyword_pattern(kws)
-        else:
-            rx = item["regex"]
-            if not isinstance(rx, str) or not rx:
-                raise LFFileError(path, i, "regex", "must be a non-empty string", name)
-            pattern = rx
-        try:
-            compile_pattern(pattern, case)
-        except ValueError as exc:
-            raise LFFileError(path, i, "regex" if has_re else "keywords", str(exc), name) from None
-        rows.append(
-            {
-                "index": i,
-                "name": name,
-                "label": label,
-                "kind": "keywords" if has_kw else "regex",
-                "keywords": json.dumps(kws, ensure_ascii=False) if kws else "",
-                "regex": rx or "",
-                "pattern": pattern,
-                "case_sensitive": case,
-            }
+    return items
+
+
+def _condition(path: Path, i: int, name: str, item: dict, kw_key: str, rx_key: str, case: bool):
+    """(keywords or None, regex or None, RE2 pattern or None) of one condition of an LF: on the text
+    (``keywords``/``regex``) or on the previous message (``context_keywords``/``context_regex``)."""
+    has_kw, has_re = kw_key in item, rx_key in item
+    if has_kw and has_re:
+        raise LFFileError(path, i, kw_key, f"an LF needs at most one of '{kw_key}' or '{rx_key}' (both given)", name)
+    kws, rx = None, None
+    if has_kw:
+        kws = item[kw_key]
+        if isinstance(kws, str) or not isinstance(kws, list) or not kws:
+            raise LFFileError(path, i, kw_key, "must be a non-empty list of phrases", name)
+        for n, kw in enumerate(kws):
+            if not isinstance(kw, str) or not kw.strip():
+                raise LFFileError(path, i, kw_key, f"keyword {n} is empty or not a string: {kw!r}", name)
+        kws = [k.strip() for k in kws]
+        pattern = keyword_pattern(kws)
+    elif has_re:
+        rx = item[rx_key]
+        if not isinstance(rx, str) or not rx:
+            raise LFFileError(path, i, rx_key, "must be a non-empty string", name)
+        pattern = rx
+    else:
+        return None, None, None
+    try:
+        compile_pattern(pattern, case)
+    except ValueError as exc:
+        raise LFFileError(path, i, rx_key if has_re else kw_key, str(exc), name) from None
+    return kws, rx, pattern
+
+
+def _parse_lf_item(path: Path, i: int, item, known: set, seen: dict, has_context: bool | None) -> dict:
+    if not isinstance(item, dict):
+        raise LFFileError(path, i, None, f"each LF must be a mapping, got {type(item).__name__}")
+    name = item.get("name")
+    shown = name if isinstance(name, str) else None
+    unknown = set(map(str, item)) - _LF_KEYS
+    if unknown:
+        raise LFFileError(path, i, sorted(unknown)[0], f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_LF_KEYS)}", shown)
+    if not isinstance(name, str) or not name.strip():
+        raise LFFileError(path, i, "name", "missing or empty name", None)
+    if name in seen:
+        raise LFFileError(path, i, "name", f"duplicate name (also lfs[{seen[name]}])", name)
+    seen[name] = i
+    label = item.get("label")
+    if isinstance(label, int) and not isinstance(label, bool):
+        label = str(label)
+    if not isinstance(label, str) or not label:
+        raise LFFileError(path, i, "label", "missing or empty label", name)
+    if label not in known:
+        raise LFFileError(path, i, "label", f"unknown label {label!r} (not among the dataset's {len(known)} labels)", name)
+    case = item.get("case_sensitive", False)
+    if not isinstance(case, bool):
+        raise LFFileError(path, i, "case_sensitive", f"must be true or false, got {case!r}", name)
+    kws, rx, pattern = _condition(path, i, name, item, "keywords", "regex", case)
+    ckws, crx, cpattern = _condition(path, i, name, item, "context_keywords", "context_regex", case)
+    if pattern is None and cpattern is None:
+        raise LFFileError(
+            path, i, "keywords/regex", "an LF needs 'keywords' or 'regex' and/or 'context_keywords' or 'context_regex' (neither given)", name
         )
+    if cpattern is not None and has_context is False:
+        raise LFFileError(
+            path,
+            i,
+            "context_keywords" if ckws else "context_regex",
+            "this LF reads the previous message, but the dataset has none (give a 'context' column or 'dialogue_id' + 'turn')",
+            name,
+        )
+    return {
+        "index": i,
+        "name": name,
+        "label": label,
+        "kind": "keywords" if kws else "regex" if rx else "context",
+        "keywords": json.dumps(kws, ensure_ascii=False) if kws else "",
+        "regex": rx or "",
+        "pattern": pattern or "",
+        "case_sensitive": case,
+        "context_keywords": json.dumps(ckws, ensure_ascii=False) if ckws else "",
+        "context_regex": crx or "",
+        "context_pattern": cpattern or "",
+    }
+
+
+def parse_lf_file(path: str | Path, labels: Sequence[str], has_context: bool | None = None) -> pd.DataFrame:
+    """Read and validate an ``lfs.yaml`` (format: a top-level ``lfs:`` list; each item has ``name``,
+    ``label``, at most one of ``keywords`` (list of phrases) or ``regex`` (RE2 syntax) matched on the
+    text, at most one of ``context_keywords`` or ``context_regex`` matched on the previous message, at
+    least one of the four (with both, the LF votes where both match), optional ``case_sensitive``).
+    ``has_context=False`` (a dataset without previous messages) rejects the context conditions.
+    Returns the validated definitions, one row per LF (``LF_DEFINITION_COLUMNS``; ``pattern`` and
+    ``context_pattern`` are the RE2 regexes that run, empty when absent; ``keywords`` the phrases as
+    JSON). Raises :class:`LFFileError` naming the file, the LF index and name and the field."""
+    path = Path(path)
+    known, seen = set(labels), {}
+    rows = [_parse_lf_item(path, i, item, known, seen, has_context) for i, item in enumerate(_read_lf_yaml(path))]
     return pd.DataFrame(rows, columns=LF_DEFINITION_COLUMNS)
 
 
@@ -301,7 +359,7 @@ def lfs_from_definitions(definitions: pd.DataFrame | None) -> list[LabelingFunct
     if definitions is None or not len(definitions):
         return []
     return [
-        pattern_lf(r["name"], r["label"], r["pattern"], bool(r["case_sensitive"]))
+        pattern_lf(r["name"], r["label"], r["pattern"] or None, bool(r["case_sensitive"]), r.get("context_pattern") or None)
         for _, r in definitions.sort_values("index").iterrows()
     ]
 
@@ -404,8 +462,10 @@ def apply_lfs(
     texts: Sequence[str],
     X: np.ndarray | None = None,
     labels: Sequence[str] | None = None,
+    contexts: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run every LF over the texts. Returns ``(votes, errors)``: votes ``(id, lf, label)``, one row per
+    """Run every LF over the texts (``contexts``: each text's previous message, ``""`` for none, read by
+    the LFs that use it; None: no text has one). Returns ``(votes, errors)``: votes ``(id, lf, label)``, one row per
     vote, and errors ``(lf, id, error)``. An LF that raises is reported with the failing text's id (None
     when a batch LF fails as a whole) and its votes from this run are dropped; the others still run.
     With ``labels`` given, a vote for a label outside it is an error of that LF too."""
@@ -417,6 +477,10 @@ def apply_lfs(
     texts = list(texts)
     if len(ids) != len(texts):
         raise ValueError("ids and texts must have the same length")
+    if contexts is not None:
+        contexts = ["" if c is None or (isinstance(c, float) and np.isnan(c)) else str(c) for c in contexts]
+        if len(contexts) != len(texts):
+            raise ValueError(f"contexts has {len(contexts)} rows for {len(texts)} texts")
     if X is not None and len(X) != len(texts):
         raise ValueError(f"X has {len(X)} rows for {len(texts)} texts")
     need = [lf.name for lf in lfs if lf.needs_vectors]
@@ -426,7 +490,7 @@ def apply_lfs(
     frames, errors = [], []
     for lf in lfs:
         try:
-            rows, labs = lf.apply(texts, X)
+            rows, labs = lf.apply(texts, X, contexts)
             if len(rows) and (rows.min() < 0 or rows.max() >= len(texts)):
                 raise LFError(None, "returned a row outside the batch")
             if known is not None and len(labs):
