@@ -1,5 +1,6 @@
 """Ingestion and embedding assets: seed_labels, text_pool, gold_eval, hidden_pool_labels, label_conflicts,
-user_label_descriptions, lf_definitions (one multi-asset, validated as one), text_embeddings."""
+user_label_descriptions, lf_definitions (one multi-asset, validated as one), text_embeddings. One
+module-level builder per asset, composed by :func:`ingest_assets`."""
 
 import dagster as dg
 import pandas as pd
@@ -11,46 +12,86 @@ from labelflow.defs.util import OWNERS, md_table, rounded
 from labelflow.defs.vectors import embed
 
 
-def ingest_assets(ds: DatasetConfig) -> list:
-    p = ds.name
+def _ingest_outs(ds: DatasetConfig) -> dict[str, dg.AssetOut]:
+    """The ingestion multi-asset's outputs, each with its description."""
+    descriptions = {
+        "seed_labels": "Gold seed examples (id, text, label): the only labels methods may train on.",
+        "text_pool": "Unlabelled texts to label (id, text; with context, the previous message, in conversations).",
+        "gold_eval": "Gold test examples (id, text, label), for evaluation only, never for training.",
+        "hidden_pool_labels": "Benchmark mode only: the pool's gold labels, hidden from every method and read only for scoring.",
+        "label_conflicts": f"Every row changed by the label-conflict policy ({ds.label_conflicts}): texts carrying two "
+        "gold labels (file, row, line, id, text, label, action, resolved_label).",
+        "user_label_descriptions": "The user's label descriptions from labels.csv (label, description), validated.",
+        "lf_definitions": "The dataset's lfs.yaml, validated (labels known, RE2 regexes compiled): "
+        "one row per labelling function (name, label, kind, keywords, regex, pattern, case_sensitive).",
+    }
     owners = ds.owners or OWNERS
-
-    def out(name: str, description: str) -> dg.AssetOut:
-        return dg.AssetOut(
-            key=[p, name], description=description, kinds={"duckdb", "pandas"}, owners=owners, group_name=p, is_required=True
+    return {
+        name: dg.AssetOut(
+            key=[ds.name, name], description=text, kinds={"duckdb", "pandas"}, owners=owners, group_name=ds.name, is_required=True
         )
+        for name, text in descriptions.items()
+    }
+
+
+def _ingest_outputs(ds: DatasetConfig, d) -> list[dg.Output]:
+    """The seven tables of a loaded dataset (:func:`labelflow.data.load_dataset`) with their metadata."""
+    from labelflow.weak import LF_DEFINITION_COLUMNS
+
+    per_label = (
+        d.seeds.assign(label=d.seeds["label"].str.split("|"))
+        .explode("label")
+        .groupby("label")
+        .size()
+        .rename("seeds")
+        .reset_index()
+    )
+    report = dg.MetadataValue.json(d.report)
+    seeds_meta = {"dagster/row_count": len(d.seeds), "labels": len(d.labels), "files": str(d.files), "ingest_report": report}
+    seeds_meta["context"] = str(d.report.get("context") or "none")  # per file: context | dialogue_id+turn | none
+    conflicts = d.conflicts.assign(line=d.conflicts["line"].astype("Int64"))
+    conflicts_meta = {
+        "dagster/row_count": len(conflicts),
+        "policy": ds.label_conflicts,
+        "texts": d.report["label_conflict_texts"],
+        "rows_dropped": d.report["label_conflict_rows_dropped"],
+        "ingest_report": report,
+        "rows": md_table(conflicts.drop(columns=["text"]), 30),
+    }
+    lf_defs = d.lf_definitions if d.lf_definitions is not None else pd.DataFrame(columns=LF_DEFINITION_COLUMNS)
+    lf_meta = {
+        "dagster/row_count": len(lf_defs),
+        "file": d.files.get("lfs", "(no lfs.yaml)"),
+        "lfs": md_table(lf_defs.drop(columns=["pattern"]), 100),
+    }
+    return [
+        dg.Output(
+            d.seeds, "seed_labels", metadata={**seeds_meta, "seeds_per_label": md_table(per_label.sort_values("seeds"), 100)}
+        ),
+        dg.Output(d.pool, "text_pool", metadata={"dagster/row_count": len(d.pool)}),
+        dg.Output(d.gold, "gold_eval", metadata={"dagster/row_count": len(d.gold)}),
+        dg.Output(
+            d.pool_truth,
+            "hidden_pool_labels",
+            metadata={"dagster/row_count": len(d.pool_truth), "benchmark_mode": bool(ds.seed_per_class)},
+        ),
+        dg.Output(conflicts, "label_conflicts", metadata=conflicts_meta),
+        dg.Output(d.descriptions, "user_label_descriptions", metadata={"dagster/row_count": len(d.descriptions)}),
+        dg.Output(lf_defs, "lf_definitions", metadata=lf_meta),
+    ]
+
+
+def ingest_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    p = ds.name
 
     @dg.multi_asset(
         name=f"{p}__ingest",
-        outs={
-            "seed_labels": out("seed_labels", "Gold seed examples (id, text, label): the only labels methods may train on."),
-            "text_pool": out("text_pool", "Unlabelled texts to label (id, text)."),
-            "gold_eval": out("gold_eval", "Gold test examples (id, text, label), for evaluation only, never for training."),
-            "hidden_pool_labels": out(
-                "hidden_pool_labels",
-                "Benchmark mode only: the pool's gold labels, hidden from every method and read only for scoring.",
-            ),
-            "label_conflicts": out(
-                "label_conflicts",
-                f"Every row changed by the label-conflict policy ({ds.label_conflicts}): texts carrying two "
-                "gold labels (file, row, line, id, text, label, action, resolved_label).",
-            ),
-            "user_label_descriptions": out(
-                "user_label_descriptions", "The user's label descriptions from labels.csv (label, description), validated."
-            ),
-            "lf_definitions": out(
-                "lf_definitions",
-                "The dataset's lfs.yaml, validated (labels known, RE2 regexes compiled): "
-                "one row per labelling function (name, label, kind, keywords, regex, pattern, case_sensitive).",
-            ),
-        },
+        outs=_ingest_outs(ds),
         can_subset=False,
         description=f"Read and validate dataset folder {ds.path} (tables, labels.csv, lfs.yaml); nothing is written if any "
         f"row is rejected. Label conflicts: {ds.label_conflicts}.",
     )
     def ingest(context: dg.AssetExecutionContext):
-        from labelflow.weak import LF_DEFINITION_COLUMNS
-
         d = load_dataset(
             ds.path,
             name=p,
@@ -67,63 +108,17 @@ def ingest_assets(ds: DatasetConfig) -> list:
                 f"labels, {len(d.conflicts)} rows affected ({d.report['label_conflict_rows_dropped']} dropped); "
                 f"see the {p}/label_conflicts table"
             )
-        per_label = (
-            d.seeds.assign(label=d.seeds["label"].str.split("|"))
-            .explode("label")
-            .groupby("label")
-            .size()
-            .rename("seeds")
-            .reset_index()
-        )
-        report = dg.MetadataValue.json(d.report)
-        yield dg.Output(
-            d.seeds,
-            "seed_labels",
-            metadata={
-                "dagster/row_count": len(d.seeds),
-                "labels": len(d.labels),
-                "files": str(d.files),
-                "ingest_report": report,
-                "seeds_per_label": md_table(per_label.sort_values("seeds"), 100),
-            },
-        )
-        yield dg.Output(d.pool, "text_pool", metadata={"dagster/row_count": len(d.pool)})
-        yield dg.Output(d.gold, "gold_eval", metadata={"dagster/row_count": len(d.gold)})
-        yield dg.Output(
-            d.pool_truth,
-            "hidden_pool_labels",
-            metadata={"dagster/row_count": len(d.pool_truth), "benchmark_mode": bool(ds.seed_per_class)},
-        )
-        conflicts = d.conflicts.assign(line=d.conflicts["line"].astype("Int64"))
-        yield dg.Output(
-            conflicts,
-            "label_conflicts",
-            metadata={
-                "dagster/row_count": len(conflicts),
-                "policy": ds.label_conflicts,
-                "texts": d.report["label_conflict_texts"],
-                "rows_dropped": d.report["label_conflict_rows_dropped"],
-                "ingest_report": report,
-                "rows": md_table(conflicts.drop(columns=["text"]), 30),
-            },
-        )
-        yield dg.Output(d.descriptions, "user_label_descriptions", metadata={"dagster/row_count": len(d.descriptions)})
-        lf_defs = d.lf_definitions if d.lf_definitions is not None else pd.DataFrame(columns=LF_DEFINITION_COLUMNS)
-        yield dg.Output(
-            lf_defs,
-            "lf_definitions",
-            metadata={
-                "dagster/row_count": len(lf_defs),
-                "file": d.files.get("lfs", "(no lfs.yaml)"),
-                "lfs": md_table(lf_defs.drop(columns=["pattern"]), 100),
-            },
-        )
+        yield from _ingest_outputs(ds, d)
 
+    return ingest
+
+
+def text_embeddings_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
     @dg.asset(
-        key=[p, "text_embeddings"],
-        group_name=p,
+        key=[ds.name, "text_embeddings"],
+        group_name=ds.name,
         kinds={"lancedb"},
-        owners=owners,
+        owners=ds.owners or OWNERS,
         io_manager_key="vectors_io_manager",
         description="Unit embeddings of every seed, pool and gold text (an EmbeddingIndex stored in LanceDB as "
         "id, split, text_hash, model, vector); texts already embedded with the same model are reused.",
@@ -153,4 +148,9 @@ def ingest_assets(ds: DatasetConfig) -> list:
             ),
         )
 
-    return [ingest, text_embeddings]
+    return text_embeddings
+
+
+def ingest_assets(ds: DatasetConfig) -> list:
+    """The ingestion multi-asset and text_embeddings of one dataset."""
+    return [ingest_asset(ds), text_embeddings_asset(ds)]
