@@ -19,7 +19,7 @@ to record what went unanswered.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 
 @dataclass
@@ -52,13 +52,27 @@ class Usage:
 
 @dataclass
 class ValidationItem:
-    """One yes/no question: does ``text`` belong to ``label``?"""
+    """One yes/no question: does ``text`` belong to ``label``? ``examples``: seed texts of the label
+    (the ones nearest to the text where the caller has vectors); ``contrast``: the name of the label
+    most easily confused with ``label`` (its nearest by seed centroid), shown as "not <contrast>"."""
 
     text: str
     label: str
     description: str = ""
     examples: Sequence[str] = ()
     text_id: str | None = None
+    contrast: str = ""
+
+
+def contrast_labels(label_vectors: Mapping[str, Any]) -> dict[str, str]:
+    """For each label, its nearest other label by cosine similarity of ``label_vectors`` (e.g. the seed
+    centroids): the contrast a yes/no question names. Empty with fewer than two labels."""
+    from labelflow.embedding import nearest_labels
+
+    vecs = {lab: v for lab, v in label_vectors.items() if v is not None and len(v)}
+    if len(vecs) < 2:
+        return {}
+    return {lab: near[0] for lab, near in nearest_labels(vecs, k=1).items() if near}
 
 
 ACCEPT, REJECT, UNPARSEABLE = "accept", "reject", "unparseable"

@@ -43,43 +43,15 @@ def pilot_threshold(pilot: pd.DataFrame) -> float | None:
     return None
 
 
-def pilot_pairs(
-    seeds_df: pd.DataFrame,
-    label_vectors: Mapping[str, np.ndarray] | None,
-    n: int,
-    seed: int = 0,
-    multilabel: bool = False,
-    descriptions: Mapping[str, str] | None = None,
-    n_examples: int = 3,
-) -> tuple[list[ValidationItem], np.ndarray]:
-    """``n`` yes/no questions (``ceil(n/2)`` sampled seed texts, each asked about its true label and its
-    most confusable wrong label; the last text loses its "no" question when ``n`` is odd) and the truth
-    array (``True`` = the right answer is yes), aligned with the items.
-
-    Stratified: labels are visited in a seeded random order, one random unused seed of each, round after
-    round, until enough texts are drawn. Multi-label: the asked true label is the visited label, the
-    wrong label is the nearest label not in the text's label set. The wrong label is the nearest by
-    ``label_vectors`` (cosine); without vectors, a seeded random other label. ``descriptions`` (label ->
-    text) fill ``ValidationItem.description``. Items are ordered by asked label (a local server reuses
-    the shared prompt prefix), texts within a label by sampling order.
-    """
-    if n <= 0:
-        return [], np.zeros(0, dtype=bool)
-    rng = np.random.default_rng(seed)
-    df = seeds_df.reset_index(drop=True)
-    ids = df["id"].astype(str).tolist() if "id" in df.columns else [text_id(t) for t in df["text"]]
-    sets = [set(split_labels(v)) if multilabel else {v} for v in df["label"]]
-    all_labels = sorted({lab for s in sets for lab in s})
-    if len(all_labels) < 2:
-        raise ValueError("a pilot needs at least two labels (it asks about a wrong label too)")
+def _stratified_texts(sets: list[set], all_labels: list[str], n_texts: int, rng) -> list[tuple[int, str]]:
+    """(row, visited label) pairs: labels in a seeded random order, one random unused seed of each,
+    round after round, until ``n_texts`` rows are drawn or none is left."""
     by_label: dict[str, list[int]] = {lab: [] for lab in all_labels}
     for i, s in enumerate(sets):
         for lab in s:
             by_label[lab].append(i)
     pools = {lab: list(rng.permutation(idx)) for lab, idx in by_label.items()}
     order = [all_labels[j] for j in rng.permutation(len(all_labels))]
-    n_texts = (n + 1) // 2
-    n_texts = min(n_texts, len(df))
     chosen: list[tuple[int, str]] = []
     used: set[int] = set()
     while len(chosen) < n_texts:
@@ -98,15 +70,75 @@ def pilot_pairs(
                 break
         if not progressed:
             break
+    return chosen
 
+
+def _evidence(
+    df: pd.DataFrame, ids: list[str], sets: list[set], seed_vectors: np.ndarray | None, multilabel: bool, n_examples: int
+):
+    """``examples(row, label)``: ``n_examples`` other seeds of ``label`` (never the row itself), the
+    nearest to the row's vector when ``seed_vectors`` is given, else :func:`seed_examples`'s choice."""
+    if seed_vectors is None:
+        return lambda i, lab: seed_examples(df, lab, n_examples, multilabel, exclude=[ids[i]])
+    from labelflow.embedding import unit_rows
+
+    U = unit_rows(np.asarray(seed_vectors, dtype=np.float32))
+    if len(U) != len(df):
+        raise ValueError(f"seed_vectors has {len(U)} rows but the seeds have {len(df)}")
+    texts = df["text"].astype(str).tolist()
+
+    def nearest(i: int, lab: str) -> list[str]:
+        rows = [j for j, s in enumerate(sets) if lab in s and j != i and texts[j] != texts[i]]
+        sims = U[rows] @ U[i] if rows else np.zeros(0)
+        return [texts[rows[j]] for j in np.argsort(-sims, kind="stable")[:n_examples]]
+
+    return nearest
+
+
+def pilot_pairs(
+    seeds_df: pd.DataFrame,
+    label_vectors: Mapping[str, np.ndarray] | None,
+    n: int,
+    seed: int = 0,
+    multilabel: bool = False,
+    descriptions: Mapping[str, str] | None = None,
+    n_examples: int = 3,
+    seed_vectors: np.ndarray | None = None,
+    contrast: bool = True,
+) -> tuple[list[ValidationItem], np.ndarray]:
+    """``n`` yes/no questions (``ceil(n/2)`` sampled seed texts, each asked about its true label and its
+    most confusable wrong label; the last text loses its "no" question when ``n`` is odd) and the truth
+    array (``True`` = the right answer is yes), aligned with the items.
+
+    Stratified: labels are visited in a seeded random order, one random unused seed of each, round after
+    round, until enough texts are drawn. Multi-label: the asked true label is the visited label, the
+    wrong label is the nearest label not in the text's label set. The wrong label is the nearest by
+    ``label_vectors`` (cosine); without vectors, a seeded random other label. ``descriptions`` (label ->
+    text) fill ``ValidationItem.description``. ``seed_vectors`` (one row per seed, aligned with
+    ``seeds_df``): the examples shown are the asked label's seeds nearest to the text, as RAC shows
+    them (else a fixed choice per label). ``contrast``: each question names the asked label's nearest
+    other label by ``label_vectors`` (the same for every text, as in RAC). Items are ordered by asked
+    label (a local server reuses the shared prompt prefix), texts within a label by sampling order.
+    """
+    if n <= 0:
+        return [], np.zeros(0, dtype=bool)
+    rng = np.random.default_rng(seed)
+    df = seeds_df.reset_index(drop=True)
+    ids = df["id"].astype(str).tolist() if "id" in df.columns else [text_id(t) for t in df["text"]]
+    sets = [set(split_labels(v)) if multilabel else {v} for v in df["label"]]
+    all_labels = sorted({lab for s in sets for lab in s})
+    if len(all_labels) < 2:
+        raise ValueError("a pilot needs at least two labels (it asks about a wrong label too)")
+    chosen = _stratified_texts(sets, all_labels, min((n + 1) // 2, len(df)), rng)
     ranked: dict[str, list[str]] = {}
     if label_vectors:
         vecs = {lab: label_vectors[lab] for lab in all_labels if lab in label_vectors}
         ranked = nearest_labels(vecs, k=len(vecs) - 1) if len(vecs) > 1 else {}
+    contrasts = {lab: near[0] for lab, near in ranked.items() if near} if contrast else {}
+    examples_of = _evidence(df, ids, sets, seed_vectors, multilabel, n_examples)
     descriptions = descriptions or {}
     questions: list[tuple[str, int, ValidationItem, bool]] = []
     for rank, (i, lab) in enumerate(chosen):
-        text = str(df.at[i, "text"])
         gold = sets[i]
         wrong = next((w for w in ranked.get(lab, []) if w not in gold), None)
         if wrong is None:
@@ -117,9 +149,13 @@ def pilot_pairs(
         for asked, truth in ((lab, True), (wrong, False)):
             if len(questions) >= n:
                 break
-            examples = seed_examples(df, asked, n_examples, multilabel, exclude=[ids[i]])
             item = ValidationItem(
-                text=text, label=asked, description=descriptions.get(asked, ""), examples=tuple(examples), text_id=ids[i]
+                text=str(df.at[i, "text"]),
+                label=asked,
+                description=descriptions.get(asked, ""),
+                examples=tuple(examples_of(i, asked)),
+                text_id=ids[i],
+                contrast=contrasts.get(asked, ""),
             )
             questions.append((asked, rank, item, truth))
     questions.sort(key=lambda q: (q[0], q[1]))
@@ -133,7 +169,9 @@ class PilotResult:
     failed or unanswered) counts as wrong and never as a yes.
     ``threshold`` is the score threshold maximising accuracy on the pilot (``accuracy_calibrated`` is
     that in-sample accuracy, ``accuracy_calibrated_cv`` its 5-fold cross-validated estimate: the figure
-    a later stage using ``threshold`` can expect). ``passed`` = ``gate_accuracy >= min_accuracy`` where
+    a later stage using ``threshold`` can expect). ``label_thresholds`` are the per-label thresholds of
+    :func:`calibrate_label_thresholds` (labels with enough answers only; ``accuracy_label_calibrated_cv``
+    their cross-validated accuracy on the same folds). ``passed`` = ``gate_accuracy >= min_accuracy`` where
     ``gate_accuracy`` is the better of ``accuracy`` and ``accuracy_calibrated_cv``."""
 
     expert: str
@@ -161,10 +199,13 @@ class PilotResult:
     confusions: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
     answers: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
     unanswered: int = 0  # questions not asked because the LLM budget ran out (part of no_answer)
+    label_thresholds: dict = field(default_factory=dict)  # label -> threshold, where evidence allows
+    accuracy_label_calibrated_cv: float = 0.0  # cross-validated, per-label thresholds (else the dataset's)
 
     def as_dict(self) -> dict:
         """The scalar figures (for asset metadata / MLflow / a table row)."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("confusions", "answers")}
+        skip = ("confusions", "answers", "label_thresholds")
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in skip}
 
 
 def _accuracy_at(scores: np.ndarray, parsed: np.ndarray, truth: np.ndarray, t: float) -> float:
@@ -220,6 +261,96 @@ def cross_validated_accuracy(
     return correct / n
 
 
+def calibrate_label_thresholds(
+    scores: Sequence[float],
+    truth: Sequence[bool],
+    labels: Sequence[str],
+    parsed: Sequence[bool] | None = None,
+    default: float = 0.0,
+    prior_answers: float = 8.0,
+    min_answers: int = 4,
+) -> tuple[float, dict[str, float]]:
+    """The dataset threshold (:func:`calibrate_threshold` over every answer) and a threshold per asked
+    label where its evidence allows: a label with at least ``min_answers`` answers gets its own
+    accuracy-maximising threshold (ties nearest the dataset threshold) shrunk towards the dataset
+    threshold with weight ``n / (n + prior_answers)``, so a label with few answers stays near the
+    dataset's and only a label with many answers moves far. Labels with fewer answers are left out
+    (they use the dataset threshold). Answers that are not a yes/no count as wrong, as in
+    :func:`calibrate_threshold`."""
+    scores = np.asarray(scores, dtype=float)
+    truth = np.asarray(truth, dtype=bool)
+    labels = np.asarray([str(v) for v in labels], dtype=object)
+    parsed = np.ones(len(scores), dtype=bool) if parsed is None else np.asarray(parsed, dtype=bool)
+    if not (len(scores) == len(truth) == len(labels) == len(parsed)):
+        raise ValueError("scores, truth, labels and parsed must have the same length")
+    t_data, _ = calibrate_threshold(scores, truth, parsed, default)
+    per_label: dict[str, float] = {}
+    for lab in sorted(set(labels)):
+        m = (labels == lab) & parsed
+        n_lab = int(m.sum())
+        if n_lab < max(1, min_answers):
+            continue
+        t_own, _ = calibrate_threshold(scores[m], truth[m], None, t_data)
+        w = n_lab / (n_lab + prior_answers)
+        per_label[lab] = float(t_data + w * (t_own - t_data))
+    return float(t_data), per_label
+
+
+def cross_validated_label_accuracy(
+    scores: Sequence[float],
+    truth: Sequence[bool],
+    labels: Sequence[str],
+    parsed: Sequence[bool] | None = None,
+    default: float = 0.0,
+    folds: int = 5,
+    seed: int = 0,
+    **calibration,
+) -> float:
+    """Accuracy of :func:`calibrate_label_thresholds` (per-label thresholds where calibrated, else the
+    dataset's) when the thresholds are chosen on the other folds; same folds as
+    :func:`cross_validated_accuracy`, so the two figures compare."""
+    scores = np.asarray(scores, dtype=float)
+    truth = np.asarray(truth, dtype=bool)
+    labels = np.asarray([str(v) for v in labels], dtype=object)
+    parsed = np.ones(len(scores), dtype=bool) if parsed is None else np.asarray(parsed, dtype=bool)
+    n = len(scores)
+    if n < 2:
+        return _accuracy_at(scores, parsed, truth, default) if n else 0.0
+    folds = min(folds, n)
+    fold_of = np.random.default_rng(seed).permutation(n) % folds
+    correct = 0
+    for f in range(folds):
+        test = fold_of == f
+        t, per = calibrate_label_thresholds(scores[~test], truth[~test], labels[~test], parsed[~test], default, **calibration)
+        thr = np.array([per.get(lab, t) for lab in labels[test]])
+        pred = (scores[test] >= thr) & parsed[test]
+        correct += int(((pred == truth[test]) & parsed[test]).sum())
+    return correct / n
+
+
+def _answer_tables(items, truth, outcomes, scores, correct) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per question, the wrong ones with their error kind) for :class:`PilotResult`."""
+    answers = pd.DataFrame(
+        {
+            "text_id": [it.text_id for it in items],
+            "text": [it.text for it in items],
+            "asked_label": [it.label for it in items],
+            "truth": truth,
+            "outcome": outcomes,
+            "score": scores,
+            "correct": correct,
+        }
+    )
+    true_of = answers[answers["truth"]].groupby("text_id")["asked_label"].agg(lambda v: "|".join(sorted(set(v))))
+    answers["true_label"] = answers["text_id"].map(true_of).fillna("")
+    wrong = answers[~answers["correct"]].copy()
+    wrong["error"] = np.where(
+        wrong["outcome"].isin([ACCEPT, REJECT]), np.where(wrong["truth"], "false_no", "false_yes"), wrong["outcome"]
+    )
+    confusions = wrong[["error", "asked_label", "true_label", "text_id", "text", "outcome", "score"]].reset_index(drop=True)
+    return answers, confusions
+
+
 def run_pilot(
     expert: Expert, items: Sequence[ValidationItem], truth: Sequence[bool], min_accuracy: float = 0.8, seed: int = 0
 ) -> PilotResult:
@@ -250,27 +381,13 @@ def run_pilot(
     default = float(getattr(expert, "threshold", 0.0) or 0.0)
     t, acc_cal = calibrate_threshold(scores, truth, parsed, default)
     acc_cv = cross_validated_accuracy(scores, truth, parsed, default, seed=seed)
+    asked = [it.label for it in items]
+    _, per_label = calibrate_label_thresholds(scores, truth, asked, parsed, default)
+    acc_label_cv = cross_validated_label_accuracy(scores, truth, asked, parsed, default, seed=seed)
     accuracy = float(correct.mean()) if n else 0.0
     gate = max(accuracy, acc_cv)
 
-    answers = pd.DataFrame(
-        {
-            "text_id": [it.text_id for it in items],
-            "text": [it.text for it in items],
-            "asked_label": [it.label for it in items],
-            "truth": truth,
-            "outcome": outcomes,
-            "score": scores,
-            "correct": correct,
-        }
-    )
-    true_of = answers[answers["truth"]].groupby("text_id")["asked_label"].agg(lambda v: "|".join(sorted(set(v))))
-    answers["true_label"] = answers["text_id"].map(true_of).fillna("")
-    wrong = answers[~answers["correct"]].copy()
-    wrong["error"] = np.where(
-        wrong["outcome"].isin([ACCEPT, REJECT]), np.where(wrong["truth"], "false_no", "false_yes"), wrong["outcome"]
-    )
-    confusions = wrong[["error", "asked_label", "true_label", "text_id", "text", "outcome", "score"]].reset_index(drop=True)
+    answers, confusions = _answer_tables(items, truth, outcomes, scores, correct)
     name = getattr(expert, "name", type(expert).__name__)
     return PilotResult(
         expert=name,
@@ -298,4 +415,15 @@ def run_pilot(
         seconds_per_validation=seconds / n if n else 0.0,
         confusions=confusions,
         answers=answers,
+        label_thresholds=per_label,
+        accuracy_label_calibrated_cv=float(acc_label_cv),
     )
+
+
+def apply_calibration(expert: Expert, result: PilotResult) -> None:
+    """Give ``expert`` the thresholds ``result`` calibrated: the dataset threshold and, where the pilot
+    had enough answers for a label, that label's (an expert without thresholds is left alone)."""
+    if hasattr(expert, "threshold"):
+        expert.threshold = float(result.threshold)
+    if hasattr(expert, "label_thresholds"):
+        expert.label_thresholds = dict(result.label_thresholds)

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from labelflow.expert import ACCEPT, FAILED, REJECT, UNANSWERED, UNPARSEABLE, BudgetExceeded, Usage, ValidationItem, Verdict
 from labelflow.llm import parsing, prompts
@@ -74,6 +74,8 @@ class LLMExpert:
     local servers need none). ``batch_size``: texts per request (1 = one text per request).
     ``threshold``: accept iff the yes-no log-probability margin >= threshold (when the provider returns
     log-probabilities; answers decided from the text are accepted iff they say yes).
+    ``label_thresholds``: per-label thresholds (label -> threshold) that replace ``threshold`` for
+    their labels (:func:`labelflow.pilot.calibrate_label_thresholds` computes them from a pilot).
 
     ``budget``: a shared :class:`~labelflow.llm.budget.Budget` (e.g. the run's); ``budget_calls`` /
     ``budget_tokens`` / ``budget_cost``: this expert's own limits, counted from its creation and, with
@@ -97,6 +99,7 @@ class LLMExpert:
         timeout_s: float = 60,
         max_retries: int = 4,
         threshold: float = 0.0,
+        label_thresholds: Mapping[str, float] | None = None,
         budget: Budget | None = None,
         budget_calls: int | None = None,
         budget_tokens: int | None = None,
@@ -139,6 +142,7 @@ class LLMExpert:
         self.batch_size = int(batch_size)
         self.concurrency = int(concurrency)
         self.threshold = float(threshold)
+        self.label_thresholds = {str(k): float(v) for k, v in (label_thresholds or {}).items()}
         self.budget_calls, self.budget_tokens, self.budget_cost = budget_calls, budget_tokens, budget_cost
         own = any(v is not None for v in (budget_calls, budget_tokens, budget_cost))
         self.budget = (
@@ -267,31 +271,38 @@ class LLMExpert:
             params.update(logprobs=True, top_logprobs=self.top_logprobs)
         return params
 
-    def _decide(self, answer: str, margin: float | None) -> tuple[str, float]:
+    def threshold_for(self, label: str) -> float:
+        """The margin threshold that decides ``label``'s questions: its own where calibrated, else the
+        expert's ``threshold``."""
+        return self.label_thresholds.get(label, self.threshold)
+
+    def _decide(self, answer: str, margin: float | None, label: str = "") -> tuple[str, float]:
         if margin is not None:
-            return (ACCEPT if margin >= self.threshold else REJECT), float(margin)
+            return (ACCEPT if margin >= self.threshold_for(label) else REJECT), float(margin)
         return (ACCEPT, 1.0) if answer == parsing.YES else (REJECT, -1.0)
 
-    def _parse_single(self, resp: Response) -> tuple[str, float] | None:
+    def _parse_single(self, resp: Response, label: str = "") -> tuple[str, float] | None:
         answer = parsing.parse_single(resp.text)
         if answer is None:
             return None
         span = parsing.first_word_span(resp.text)
-        return self._decide(answer, parsing.answer_scores(resp.text, resp.tokens, [span])[0])
+        return self._decide(answer, parsing.answer_scores(resp.text, resp.tokens, [span])[0], label)
 
-    def _parse_batch(self, resp: Response, n: int) -> tuple[list[tuple[str, float] | None], bool, list[str]]:
+    def _parse_batch(self, resp: Response, n: int, label: str = "") -> tuple[list[tuple[str, float] | None], bool, list[str]]:
         """(one decision or None per text, whether the whole answer was well-formed, problems)."""
         bp = parsing.parse_batch(resp.text, n)
         nums = sorted(bp.answers)
         margins = parsing.answer_scores(resp.text, resp.tokens, [bp.spans[k] for k in nums])
         result: list[tuple[str, float] | None] = [None] * n
         for k, margin in zip(nums, margins):
-            result[k - 1] = self._decide(bp.answers[k], margin)
+            result[k - 1] = self._decide(bp.answers[k], margin, label)
         return result, bp.ok, bp.problems
 
     def _unit_messages(self, items: Sequence[ValidationItem], retry: bool) -> list[dict]:
         first = items[0]
-        return prompts.validation_messages(first.label, first.description, first.examples, [it.text for it in items], retry=retry)
+        return prompts.validation_messages(
+            first.label, first.description, first.examples, [it.text for it in items], retry=retry, contrast=first.contrast
+        )
 
     def _ask_unit(
         self,
@@ -325,21 +336,22 @@ class LLMExpert:
                 return _UnitAnswer([(UNANSWERED, 0.0)] * n, usage)
             usage = usage + resp.usage
             if n == 1:
-                result = [self._parse_single(resp)]
+                result = [self._parse_single(resp, items[0].label)]
                 ok, problems = result[0] is not None, [f"unparseable answer {resp.text[:80]!r}"]
             else:
-                result, ok, problems = self._parse_batch(resp, n)
+                result, ok, problems = self._parse_batch(resp, n, items[0].label)
             if ok:
                 break
             log.debug("%s: %s%s", self.name, "; ".join(problems[:5]), "" if retry else "; retrying")
         return _UnitAnswer([r if r is not None else (UNPARSEABLE, 0.0) for r in result], usage)
 
     def _units(self, items: Sequence[ValidationItem]) -> list[list[int]]:
-        """Item indices grouped by (label, description, examples), sorted by label (shared prompt
-        prefixes), cut into ``batch_size`` requests."""
+        """Item indices grouped by (label, description, contrast, examples), sorted by label (shared
+        prompt prefixes), cut into ``batch_size`` requests."""
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(items):
-            groups.setdefault((it.label, it.description or "", tuple(it.examples or ())), []).append(i)
+            key = (it.label, it.description or "", it.contrast or "", tuple(it.examples or ()))
+            groups.setdefault(key, []).append(i)
         units: list[list[int]] = []
         for gkey in sorted(groups):
             idx = groups[gkey]
@@ -365,7 +377,7 @@ class LLMExpert:
         """One :class:`Verdict` per item, in input order: ``accept`` / ``reject`` (score = log-probability
         margin, or +-1 from the text), ``unparseable`` (not a clear yes/no after one retry), ``failed``
         (the request failed after retries; not cached, a re-run asks again) or ``unanswered`` (the
-        budget ran out first). Work is grouped by (label, description, examples) and sorted by label, so
+        budget ran out first). Work is grouped by (label, description, contrast, examples) and sorted by label, so
         requests for one label share their prompt prefix; ``batch_size`` texts of one label go in one
         request.
 
