@@ -314,6 +314,22 @@ def select_retriever(
     return best, {**common, **choices[best]}, table
 
 
+def space_retriever(space, k: int = 5, folds: int = 3, seed: int = 0) -> tuple[LabelRetriever, str, pd.DataFrame]:
+    """RAC's retriever on a :class:`~labelflow.labelspace.LabelSpace`: the signals :func:`select_retriever`
+    chooses by ``folds``-fold cross-validation on its seeds (recall@``k``; the defaults are those of
+    ``labelflow bench rac``), fitted on all its seeds. Returns (retriever, chosen name, the CV table).
+    With fewer seeds than folds there is nothing to cross-validate: descriptions + seeds (score
+    fusion) and an empty table."""
+    if len(space.seed_X) >= folds:
+        name, kw, table = select_retriever(
+            space.labels, space.description_X, space.seed_X, space.seed_labels, k=k, folds=folds, seed=seed
+        )
+    else:
+        name, table = "descriptions + seeds (score fusion)", pd.DataFrame(columns=["retriever", f"cv recall@{k}"])
+        kw = RETRIEVER_CHOICES[name]
+    return LabelRetriever(**kw).fit(space.labels, space.description_X, space.seed_X, space.seed_labels), name, table
+
+
 def _ranks(S: np.ndarray) -> np.ndarray:
     """1-based rank of each column within its row (highest value = 1; NaN ranked last; ties by
     column order)."""
@@ -568,12 +584,14 @@ def truncate(
     return out[RESULT_COLUMNS].reset_index(drop=True)
 
 
-def label_queue(expert, queue: pd.DataFrame, X: np.ndarray, space, k: int | None = 5) -> tuple[pd.DataFrame, "RAC"]:
+def label_queue(
+    expert, queue: pd.DataFrame, X: np.ndarray, space, k: int | None = 5, retriever: LabelRetriever | None = None
+) -> tuple[pd.DataFrame, "RAC"]:
     """RAC over a queue of texts (id, text) with vectors ``X``, given the
     :class:`~labelflow.labelspace.LabelSpace` (labels, description vectors, seeds by label,
-    descriptions): builds the retriever, runs :class:`RAC`, and returns (result with the text, the RAC
-    object with ``questions_``/``usage_``)."""
-    retriever = LabelRetriever().fit(space.labels, space.description_X, space.seed_X, space.seed_labels)
+    descriptions): runs :class:`RAC` with ``retriever`` (None: the one :func:`space_retriever` chooses),
+    and returns (result with the text, the RAC object with ``questions_``/``usage_``)."""
+    retriever = retriever if retriever is not None else space_retriever(space)[0]
     rac = RAC(expert, k=k, multilabel=space.multilabel)
     res = rac.label(
         queue["id"].astype(str).tolist(),

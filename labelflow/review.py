@@ -759,6 +759,25 @@ def read_human_labels(con, schema: str) -> pd.DataFrame:
     return con.execute(f"SELECT * FROM {_q(schema)}.human_labels").df()
 
 
+def import_review_files(
+    con, schema: str, files: Iterable[Path], tables: Mapping[str, pd.DataFrame], multilabel: bool, reviewer: str = "inbox"
+) -> tuple[list[ReviewAnswers], dict[str, int], pd.DataFrame]:
+    """Import answered review files into ``<schema>.human_labels``: a file imported before (same
+    sha256) is left out; every other file is read and validated (:func:`read_review_file`, against the
+    texts and labels of ``tables``) before anything is written, then all are appended in one
+    transaction. Returns (the new files' answers, rows appended per sha256, the human_labels table
+    afterwards). A bad file raises :class:`ReviewError` and nothing is imported."""
+    done = imported_hashes(con, schema)
+    new = [Path(f) for f in files if file_sha256(f) not in done]
+    answers = []
+    if new:
+        known, labels = known_texts(tables), label_set(tables, multilabel)
+        answers = [read_review_file(f, known, labels, multilabel, reviewer=reviewer) for f in new]
+    added = append_human_labels(con, schema, answers) if answers else {}
+    ensure_human_table(con, schema)
+    return answers, added, read_human_labels(con, schema)
+
+
 # --------------------------------------------------------------------------------------------------
 # humans in the training set, and the sources measured against them
 

@@ -303,3 +303,34 @@ def test_select_retriever_chooses_on_the_seeds_and_drops_useless_descriptions():
     # good descriptions (the label centres) are kept in the choice
     name2, _, _ = select_retriever(labels, centres, Xs, seed_y, k=1, folds=3)
     assert name2.startswith("descriptions")
+
+
+def test_rac_labels_asset_uses_the_retriever_chosen_on_the_seeds(tiny_dataset, tmp_path):
+    """The product's rac_labels asset chooses its retriever as `labelflow bench rac` does
+    (select_retriever's cross-validation on the seeds) and records the choice and its CV recall."""
+    import dagster as dg
+
+    from labelflow.defs.factory import build_definitions
+    from labelflow.rac import select_retriever
+    from labelflow_tests.fake_openai import FakeOpenAI
+    from labelflow_tests.pipeline_llm import keyword_policy
+    from labelflow_tests.project import temp_project
+
+    with FakeOpenAI(policy=keyword_policy) as srv:
+        ds = {"name": "tiny", "path": str(tiny_dataset), "pilot_size": 6, "routing": {"max_queue": 6, "ambiguous_below": 1.01}}
+        defs = build_definitions(temp_project(tmp_path, [ds], llm={"model": "openai/fake", "api_base": srv.api_base}))
+        rac_key = dg.AssetKey(["tiny", "rac_labels"])
+        upstream = dg.AssetSelection.assets(rac_key).upstream().required_multi_asset_neighbors()
+        keys = upstream.resolve(defs.resolve_asset_graph())
+        instance = dg.DagsterInstance.ephemeral()
+        job = defs.resolve_implicit_global_asset_job_def()
+        assert job.execute_in_process(asset_selection=list(keys), instance=instance).success
+    meta = instance.get_latest_materialization_event(rac_key).asset_materialization.metadata
+    with defs.get_asset_value_loader(instance) as loader:
+        space = loader.load_asset_value(dg.AssetKey(["tiny", "label_space"]))
+    name, _, table = select_retriever(space.labels, space.description_X, space.seed_X, space.seed_labels)
+    assert meta["retriever"].value == name
+    recall = table.set_index("retriever").loc[name, "cv recall@5"]
+    assert meta["retriever_cv_recall"].value == pytest.approx(recall, abs=1e-3)
+    assert meta["retriever_cv_k"].value == 5
+    assert name in meta["retriever_cv"].value  # the CV table of every choice

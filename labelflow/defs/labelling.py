@@ -1,6 +1,8 @@
-"""Labelling assets: label_descriptions, label_embeddings, pilot_validation, weak_label_matrix,
-weak_labels, llm_queue, rac_labels, red_labels. Each loads its inputs, calls the library, writes the
-result and attaches metadata; every asset that spends LLM calls records calls, tokens, cost and time."""
+"""Labelling assets: label_descriptions, label_embeddings, label_space, pilot_validation,
+weak_label_matrix, weak_labels, llm_queue, rac_labels, red_labels. One module-level builder per asset
+(taking the dataset's :class:`~labelflow.config.DatasetConfig`), composed by :func:`labelling_assets`.
+Each asset loads its inputs, calls the library, writes the result and attaches metadata; every asset
+that spends LLM calls records calls, tokens, cost and time."""
 
 import dagster as dg
 import numpy as np
@@ -23,24 +25,49 @@ from labelflow.embedding import EmbeddingIndex
 from labelflow.labelspace import LabelSpace
 from labelflow.pilot import pilot_threshold
 
+# the pilot's figures in its table row, metadata and MLflow metrics
+PILOT_SUMMARY = (
+    "expert",
+    "n",
+    "accuracy",
+    "precision_yes",
+    "recall_yes",
+    "threshold_default",
+    "threshold",
+    "accuracy_calibrated",
+    "accuracy_calibrated_cv",
+    "gate_accuracy",
+    "unparseable",
+    "calls",
+    "seconds",
+    "seconds_per_validation",
+    "passed",
+)
+
 
 def _hidden_truth(hidden_pool_labels: pd.DataFrame) -> pd.Series | None:
     """Benchmark mode only: the pool's hidden gold labels (id -> label) for scoring, else None."""
     return hidden_pool_labels.set_index("id")["label"] if len(hidden_pool_labels) else None
 
 
-def labelling_assets(ds: DatasetConfig) -> list:
-    p = ds.name
-    owners = ds.owners or OWNERS
-    key = lambda name: dg.AssetKey([p, name])  # noqa: E731
-    items: list = []
+def _asset(ds: DatasetConfig, name: str, kinds: set, description: str, **options):
+    """``dg.asset`` with the dataset's key prefix, group and owners."""
+    return dg.asset(
+        key=dg.AssetKey([ds.name, name]),
+        group_name=ds.name,
+        kinds=kinds,
+        owners=ds.owners or OWNERS,
+        description=description,
+        **options,
+    )
 
-    @dg.asset(
-        key=key("label_descriptions"),
-        group_name=p,
-        kinds={"duckdb", "pandas"},
-        owners=owners,
-        description="One description per label: the user's from labels.csv (source=user) or written by the "
+
+def label_descriptions_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    @_asset(
+        ds,
+        "label_descriptions",
+        {"duckdb", "pandas"},
+        "One description per label: the user's from labels.csv (source=user) or written by the "
         "LLM from the label name, seed examples and its nearest labels (source=llm).",
     )
     def label_descriptions(
@@ -57,7 +84,7 @@ def labelling_assets(ds: DatasetConfig) -> list:
         centroids = LabelSpace.build(seed_labels, text_embeddings, ds.multilabel).centroid_map()
         missing = len(set(labels) - set(user["label"]))
         context.log.info(f"{len(user)} user descriptions; writing {missing} with the expert")
-        budget = expert.run_budget(context.run.run_id, p, ds.llm_budget_calls)
+        budget = expert.run_budget(context.run.run_id, ds.name, ds.llm_budget_calls)
         exp = DescribeWithinBudget(expert.get(budget=budget)) if missing else None
         out = (
             describe_labels(labels, seed_labels, user, exp, label_vectors=centroids, multilabel=ds.multilabel)
@@ -76,14 +103,17 @@ def labelling_assets(ds: DatasetConfig) -> list:
             meta["past_budget"] = dg.MetadataValue.json(exp.past_budget)
         return dg.Output(out, metadata=rounded(meta))
 
-    @dg.asset(
-        key=key("label_embeddings"),
-        group_name=p,
-        kinds={"lancedb"},
-        owners=owners,
-        io_manager_key="vectors_io_manager",
-        description="Embeddings of 'label: description' per label: an EmbeddingIndex keyed by label, stored in "
+    return label_descriptions
+
+
+def label_embeddings_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    @_asset(
+        ds,
+        "label_embeddings",
+        {"lancedb"},
+        "Embeddings of 'label: description' per label: an EmbeddingIndex keyed by label, stored in "
         "LanceDB (id = label, label, text, text_hash, model, vector).",
+        io_manager_key="vectors_io_manager",
     )
     def label_embeddings(
         context: dg.AssetExecutionContext, stores: StoresResource, embedder: EmbedderResource, label_descriptions: pd.DataFrame
@@ -93,15 +123,18 @@ def labelling_assets(ds: DatasetConfig) -> list:
         index, reused = embed(stores.lancedb_uri, embedder.get(), labels, texts, pd.DataFrame({"label": labels, "text": texts}))
         return dg.Output(index, metadata={"labels": len(texts), "reused": reused})
 
-    @dg.asset(
-        key=key("label_space"),
-        group_name=p,
-        kinds={"python"},
-        owners=owners,
-        io_manager_key="values_io_manager",
-        description="The label space, built once per run: labels, seeds by label, seed centroids, descriptions "
+    return label_embeddings
+
+
+def label_space_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    @_asset(
+        ds,
+        "label_space",
+        {"python"},
+        "The label space, built once per run: labels, seeds by label, seed centroids, descriptions "
         "(the label name where none) and description vectors; RAC, R.E.D., the embedding labelling "
         "functions and the pilot read it.",
+        io_manager_key="values_io_manager",
     )
     def label_space(
         seed_labels: pd.DataFrame,
@@ -121,21 +154,23 @@ def labelling_assets(ds: DatasetConfig) -> list:
             },
         )
 
-    @dg.asset(
-        key=key("pilot_validation"),
-        group_name=p,
-        kinds={"duckdb", "pandas"},
-        owners=owners,
-        check_specs=[
-            dg.AssetCheckSpec(
-                "pilot_accuracy",
-                asset=key("pilot_validation"),
-                description=f"The expert's pilot accuracy is at least {ds.pilot_min_accuracy}.",
-            )
-        ],
-        description="The pipeline's first gate: the expert answers yes/no on seed examples paired with their "
+    return label_space
+
+
+def pilot_validation_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    key = dg.AssetKey([ds.name, "pilot_validation"])
+    check = dg.AssetCheckSpec(
+        "pilot_accuracy", asset=key, description=f"The expert's pilot accuracy is at least {ds.pilot_min_accuracy}."
+    )
+
+    @_asset(
+        ds,
+        "pilot_validation",
+        {"duckdb", "pandas"},
+        "The pipeline's first gate: the expert answers yes/no on seed examples paired with their "
         "true label and a confusable wrong one; accuracy, precision/recall of yes, and the calibrated "
         "yes/no threshold used by later stages.",
+        check_specs=[check],
     )
     def pilot_validation(
         context: dg.AssetExecutionContext,
@@ -146,45 +181,27 @@ def labelling_assets(ds: DatasetConfig) -> list:
     ):
         from labelflow.pilot import pilot_pairs, run_pilot
 
+        space = label_space
         questions, truth = pilot_pairs(
             seed_labels,
-            label_space.centroid_map(),
+            space.centroid_map(),
             ds.pilot_size,
             seed=ds.seed,
             multilabel=ds.multilabel,
-            descriptions=label_space.descriptions,
+            descriptions=space.descriptions,
         )
-        budget = expert.run_budget(context.run.run_id, p, ds.llm_budget_calls)
+        budget = expert.run_budget(context.run.run_id, ds.name, ds.llm_budget_calls)
         exp = expert.get(budget=budget)
         context.log.info(f"pilot: {len(questions)} yes/no questions to {exp.name}")
         r = run_pilot(exp, questions, truth, min_accuracy=ds.pilot_min_accuracy, seed=ds.seed)
-        summary = {
-            k: getattr(r, k)
-            for k in (
-                "expert",
-                "n",
-                "accuracy",
-                "precision_yes",
-                "recall_yes",
-                "threshold_default",
-                "threshold",
-                "accuracy_calibrated",
-                "accuracy_calibrated_cv",
-                "gate_accuracy",
-                "unparseable",
-                "calls",
-                "seconds",
-                "seconds_per_validation",
-                "passed",
-            )
-        }
+        summary = {k: getattr(r, k) for k in PILOT_SUMMARY}
         meta = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in summary.items()}
         meta["confusions"] = md_table(r.confusions, 30)
         meta.update(usage_metadata(exp.usage))
         meta.update(budget_metadata(budget))
         meta["unanswered"] = int(r.unanswered)  # past the run's LLM budget: no answer, not a wrong one
         meta["mlflow_run_id"] = mlflow.tracker().log_asset(
-            p,
+            ds.name,
             "pilot_validation",
             dagster_run_id=context.run.run_id,
             tags={"expert": exp.name},
@@ -194,25 +211,23 @@ def labelling_assets(ds: DatasetConfig) -> list:
         # the answers (asked label, truth, outcome, margin) are the evidence that calibrates LLM label confidence
         answers = r.answers[["asked_label", "truth", "outcome", "score"]].to_json(orient="records") if len(r.answers) else "[]"
         yield dg.Output(pd.DataFrame([summary]).assign(answers=answers), metadata=rounded(meta))
+        check_meta = {"gate_accuracy": float(r.gate_accuracy), "min_accuracy": ds.pilot_min_accuracy}
         yield dg.AssetCheckResult(
             check_name="pilot_accuracy",
             passed=bool(r.passed),
             severity=dg.AssetCheckSeverity.WARN,
-            metadata=rounded(
-                {
-                    "gate_accuracy": float(r.gate_accuracy),
-                    "min_accuracy": ds.pilot_min_accuracy,
-                    "confusions": md_table(r.confusions, 30),
-                }
-            ),
+            metadata=rounded({**check_meta, "confusions": md_table(r.confusions, 30)}),
         )
 
-    @dg.asset(
-        key=key("weak_label_matrix"),
-        group_name=p,
-        kinds={"duckdb", "pandas"},
-        owners=owners,
-        description="Labelling-function votes on the pool in long format (id, lf, label): the dataset's lfs.yaml "
+    return pilot_validation
+
+
+def weak_label_matrix_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    @_asset(
+        ds,
+        "weak_label_matrix",
+        {"duckdb", "pandas"},
+        "Labelling-function votes on the pool in long format (id, lf, label): the dataset's lfs.yaml "
         "(as validated at ingestion) "
         "plus built-in embedding LFs (seed centroid, k nearest seeds, label description). The LF "
         "analysis (coverage, overlaps, conflicts, accuracy on the seeds) is in the metadata and MLflow.",
@@ -231,59 +246,42 @@ def labelling_assets(ds: DatasetConfig) -> list:
         from labelflow import weak
         from labelflow.compute import apply_lfs_sharded
 
-        labels, seed_X = label_space.labels, label_space.seed_X
-        lfs = weak.standard_lfs(lf_definitions, labels, seed_X, label_space.seed_sets, label_space.description_X)
-        pool_X = text_embeddings.lookup(text_pool["id"])
+        space = label_space
+        lf_inputs = (lf_definitions, space.labels, space.seed_X, space.seed_sets, space.description_X)
+        lfs = weak.standard_lfs(*lf_inputs)
+        names = [lf.name for lf in lfs]
         # compute: ray runs the LFs over shards of the pool on the cluster (same votes as one local call)
-        votes, errors = apply_lfs_sharded(
-            compute.get(),
-            lf_definitions,
-            labels,
-            seed_X,
-            label_space.seed_sets,
-            label_space.description_X,
-            text_pool["id"],
-            text_pool["text"],
-            pool_X,
-        )
+        pool_X = text_embeddings.lookup(text_pool["id"])
+        votes, errors = apply_lfs_sharded(compute.get(), *lf_inputs, text_pool["id"], text_pool["text"], pool_X)
         for _, e in errors.iterrows():
             context.log.warning(f"labelling function {e['lf']} failed on text {e['id']}: {e['error']} (excluded from this run)")
-        names = [lf.name for lf in lfs]
+        seed_votes, _ = weak.apply_lfs(lfs, seed_labels["id"], seed_labels["text"], space.seed_X, labels=space.labels)
         truth = _hidden_truth(hidden_pool_labels)
-        seed_votes, _ = weak.apply_lfs(lfs, seed_labels["id"], seed_labels["text"], seed_X, labels=labels)
         table = weak.lf_report(
             votes, seed_votes, names, len(text_pool), seed_labels.set_index("id")["label"], truth, ds.multilabel
         )
+        coverage = float(votes["id"].nunique() / max(len(text_pool), 1))
         run_id = mlflow.tracker().log_asset(
-            p,
+            ds.name,
             "weak_label_matrix",
             dagster_run_id=context.run.run_id,
-            metrics={
-                "lfs": len(names),
-                "votes": len(votes),
-                "lf_errors": len(errors),
-                "pool_coverage": float(votes["id"].nunique() / max(len(text_pool), 1)),
-            },
+            metrics={"lfs": len(names), "votes": len(votes), "lf_errors": len(errors), "pool_coverage": coverage},
             tables={"lf_analysis.csv": table},
         )
-        return dg.Output(
-            votes,
-            metadata={
-                "dagster/row_count": len(votes),
-                "lfs": len(names),
-                "lf_errors": len(errors),
-                "lf_analysis": md_table(table, 100),
-                "mlflow_run_id": run_id,
-                "note": "seeds_* accuracy of the embedding LFs is optimistic: they are built from the seeds",
-            },
-        )
+        meta = {"dagster/row_count": len(votes), "lfs": len(names), "lf_errors": len(errors)}
+        meta.update(lf_analysis=md_table(table, 100), mlflow_run_id=run_id)
+        meta["note"] = "seeds_* accuracy of the embedding LFs is optimistic: they are built from the seeds"
+        return dg.Output(votes, metadata=meta)
 
-    @dg.asset(
-        key=key("weak_labels"),
-        group_name=p,
-        kinds={"duckdb", "pandas"},
-        owners=owners,
-        description=f"One weak label per pool text from the label model ({ds.label_model}; majority vote "
+    return weak_label_matrix
+
+
+def weak_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    @_asset(
+        ds,
+        "weak_labels",
+        {"duckdb", "pandas"},
+        f"One weak label per pool text from the label model ({ds.label_model}; majority vote "
         "reported beside it): label, confidence, number of votes, conflict flag.",
     )
     def weak_labels(
@@ -309,12 +307,15 @@ def labelling_assets(ds: DatasetConfig) -> list:
             chosen, metadata={"dagster/row_count": len(chosen), "label_model": names[-1], "label_models": md_table(compare)}
         )
 
-    @dg.asset(
-        key=key("llm_queue"),
-        group_name=p,
-        kinds={"duckdb", "pandas"},
-        owners=owners,
-        description="Routing of weak labels: kept (weak_confident), queued for the LLM (ambiguous, disputed, "
+    return weak_labels
+
+
+def llm_queue_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    @_asset(
+        ds,
+        "llm_queue",
+        {"duckdb", "pandas"},
+        "Routing of weak labels: kept (weak_confident), queued for the LLM (ambiguous, disputed, "
         "uncovered; ordered by priority and capped by the budget) or left to the model (rest).",
     )
     def llm_queue(
@@ -338,26 +339,31 @@ def labelling_assets(ds: DatasetConfig) -> list:
             },
         )
 
-    items += [label_descriptions, label_embeddings, label_space, pilot_validation, weak_label_matrix, weak_labels, llm_queue]
-    items += [_rac_asset(ds, owners)]
-    if not ds.multilabel:
-        items += [_red_asset(ds, owners)]
-    return items
+    return llm_queue
 
 
-def _rac_asset(ds: DatasetConfig, owners):
-    p = ds.name
-    key = lambda name: dg.AssetKey([p, name])  # noqa: E731
+def _retriever_metadata(choice: str, cv: pd.DataFrame) -> dict:
+    """The retriever RAC used (chosen by cross-validation on the seeds) as asset metadata."""
+    col = [c for c in cv.columns if c.startswith("cv recall@")]
+    chosen = cv.loc[cv["retriever"] == choice, col[0]] if col and len(cv) else pd.Series(dtype=float)
+    return {
+        "retriever": choice,
+        # -1: the seeds were too few for the cross-validation (the default retriever was used)
+        "retriever_cv_recall": float(chosen.iloc[0]) if len(chosen) else -1.0,
+        "retriever_cv_k": int(col[0].removeprefix("cv recall@")) if col else -1,
+        "retriever_cv": md_table(cv),
+    }
 
-    @dg.asset(
-        key=key("rac_labels"),
-        group_name=p,
-        kinds={"duckdb", "pandas", "mlflow"},
-        owners=owners,
-        deps=[key("llm_plan")],  # the plan of what RAC and R.E.D. will cost is written first
-        description=f"RAC over the LLM queue: labels ranked by description/seed similarity, one yes/no question "
+
+def rac_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    @_asset(
+        ds,
+        "rac_labels",
+        {"duckdb", "pandas", "mlflow"},
+        f"RAC over the LLM queue: labels ranked by description/seed similarity, one yes/no question "
         f"per candidate in rank order, first accept wins; abstain when none of the top {ds.rac_k} is "
         "accepted. Coverage/precision over k in the metadata and MLflow.",
+        deps=[dg.AssetKey([ds.name, "llm_plan"])],  # the plan of what RAC and R.E.D. will cost is written first
     )
     def rac_labels(
         context: dg.AssetExecutionContext,
@@ -369,35 +375,32 @@ def _rac_asset(ds: DatasetConfig, owners):
         label_space: LabelSpace,
         text_embeddings: EmbeddingIndex,
     ) -> dg.Output:
-        from labelflow.rac import coverage_figure, coverage_over_k, label_queue
+        from labelflow.rac import coverage_figure, coverage_over_k, label_queue, space_retriever
 
         queue = llm_queue[llm_queue["queued"].astype(bool)].reset_index(drop=True)
-        budget = expert.run_budget(context.run.run_id, p, ds.llm_budget_calls)
+        budget = expert.run_budget(context.run.run_id, ds.name, ds.llm_budget_calls)
         exp = expert.get(threshold=pilot_threshold(pilot_validation), budget=budget)
-        X = text_embeddings.lookup(queue["id"])
-        context.log.info(f"RAC: {len(queue)} queued texts, k={ds.rac_k}, expert {exp.name}")
-        res, rac = label_queue(exp, queue, X, label_space, ds.rac_k)
-        over_k = coverage_over_k(
-            res,
-            rac.questions_,
-            ds.rac_k or len(label_space),
-            _hidden_truth(hidden_pool_labels),
-            label_space.labels,
-            ds.multilabel,
-        )
+        # the retriever's signals are chosen on the seeds as `labelflow bench rac` chooses them
+        retriever, choice, cv = space_retriever(label_space)
+        retr = _retriever_metadata(choice, cv)
+        context.log.info(f"RAC: {len(queue)} queued texts, k={ds.rac_k}, expert {exp.name}, retriever {choice}")
+        res, rac = label_queue(exp, queue, text_embeddings.lookup(queue["id"]), label_space, ds.rac_k, retriever=retriever)
+        truth = _hidden_truth(hidden_pool_labels)
+        over_k = coverage_over_k(res, rac.questions_, ds.rac_k or len(label_space), truth, label_space.labels, ds.multilabel)
         fig = coverage_figure(over_k)
         last = over_k.iloc[-1].to_dict() if len(over_k) else {}
         run_id = mlflow.tracker().log_asset(
-            p,
+            ds.name,
             "rac_labels",
             dagster_run_id=context.run.run_id,
             tags={"expert": exp.name},
-            params={"k": ds.rac_k, "queued": len(queue), "expert": exp.name},
+            params={"k": ds.rac_k, "queued": len(queue), "expert": exp.name, "retriever": choice},
             metrics={
                 **{f"rac_{k}": v for k, v in last.items() if k != "k"},
                 **{f"llm_{k}": v for k, v in usage_metadata(exp.usage).items()},
+                "retriever_cv_recall": retr["retriever_cv_recall"],
             },
-            tables={"rac_over_k.csv": over_k},
+            tables={"rac_over_k.csv": over_k, "rac_retriever_cv.csv": cv},
             figures={"rac_coverage_precision.png": fig},
         )
         meta = {
@@ -405,28 +408,23 @@ def _rac_asset(ds: DatasetConfig, owners):
             "labelled": int((res["label"] != "").sum()),
             "coverage": float((res["label"] != "").mean()) if len(res) else 0.0,
             "expert": exp.name,
+            **retr,
             "over_k": md_table(over_k),
             "coverage_precision_plot": md_figure(fig),
             "mlflow_run_id": run_id,
             "unanswered": int((res["status"] == "unanswered").sum()) if len(res) else 0,
         }
-        meta.update(usage_metadata(exp.usage))
-        meta.update(budget_metadata(budget))
-        return dg.Output(res, metadata=rounded(meta))
+        return dg.Output(res, metadata=rounded({**meta, **usage_metadata(exp.usage), **budget_metadata(budget)}))
 
     return rac_labels
 
 
-def _red_asset(ds: DatasetConfig, owners):
-    p = ds.name
-    key = lambda name: dg.AssetKey([p, name])  # noqa: E731
-
-    @dg.asset(
-        key=key("red_labels"),
-        group_name=p,
-        kinds={"duckdb", "pandas", "mlflow"},
-        owners=owners,
-        description="R.E.D. over the pool: label subsets of mutually dissimilar labels, a classifier per subset with "
+def red_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    @_asset(
+        ds,
+        "red_labels",
+        {"duckdb", "pandas", "mlflow"},
+        "R.E.D. over the pool: label subsets of mutually dissimilar labels, a classifier per subset with "
         "a noise class, the most uncertain predictions validated by the LLM with dynamic evidence, "
         "retrained each round until saturation. Per-round figures in MLflow.",
     )
@@ -443,20 +441,17 @@ def _red_asset(ds: DatasetConfig, owners):
     ) -> dg.Output:
         from labelflow.red import REDLabeler, rounds_figure
 
-        labels = label_space.labels
+        space = label_space
         # texts RAC already labelled are not asked again
         done = set(rac_labels.loc[rac_labels["label"] != "", "id"])
         pool = text_pool[~text_pool["id"].isin(done)].reset_index(drop=True)
         # the run's one LLM budget; red_budget_calls is a cap for this stage inside it
-        budget = expert.run_budget(context.run.run_id, p, ds.llm_budget_calls)
+        budget = expert.run_budget(context.run.run_id, ds.name, ds.llm_budget_calls)
         exp = expert.get(threshold=pilot_threshold(pilot_validation), budget=budget, budget_calls=ds.red_budget_calls)
         red = REDLabeler(exp, top_k_uncertain=ds.red_top_k, max_rounds=ds.red_max_rounds, seed=ds.seed)
-        red.fit(
-            label_space.seed_X, label_space.seed_labels, label_vectors=label_space.centroids, seed_texts=label_space.seed_texts
-        )
-        pool_X = text_embeddings.lookup(pool["id"])
-        context.log.info(f"R.E.D.: {len(pool)} pool texts, {len(labels)} labels, expert {exp.name}")
-        result = red.run(pool["id"].tolist(), pool["text"].tolist(), pool_X, label_space.descriptions)
+        red.fit(space.seed_X, space.seed_labels, label_vectors=space.centroids, seed_texts=space.seed_texts)
+        context.log.info(f"R.E.D.: {len(pool)} pool texts, {len(space.labels)} labels, expert {exp.name}")
+        result = red.run(pool["id"].tolist(), pool["text"].tolist(), text_embeddings.lookup(pool["id"]), space.descriptions)
         out = result.labels.merge(pool[["id", "text"]], on="id", how="left")
         truth = _hidden_truth(hidden_pool_labels)
         meta = {
@@ -470,7 +465,7 @@ def _red_asset(ds: DatasetConfig, owners):
             meta["accepted_accuracy"] = float((out["label"] == out["id"].map(truth)).mean())
         fig = rounds_figure(result.rounds) if len(result.rounds) else None
         meta["mlflow_run_id"] = mlflow.tracker().log_asset(
-            p,
+            ds.name,
             "red_labels",
             dagster_run_id=context.run.run_id,
             tags={"expert": exp.name},
@@ -489,3 +484,22 @@ def _red_asset(ds: DatasetConfig, owners):
         return dg.Output(out, metadata=rounded(meta))
 
     return red_labels
+
+
+# the dataset's labelling assets in graph order (red_labels only for multi-class datasets)
+LABELLING_ASSETS = (
+    label_descriptions_asset,
+    label_embeddings_asset,
+    label_space_asset,
+    pilot_validation_asset,
+    weak_label_matrix_asset,
+    weak_labels_asset,
+    llm_queue_asset,
+    rac_labels_asset,
+)
+
+
+def labelling_assets(ds: DatasetConfig) -> list:
+    """Every labelling asset of one dataset."""
+    builders = list(LABELLING_ASSETS) + ([] if ds.multilabel else [red_labels_asset])
+    return [build(ds) for build in builders]

@@ -44,23 +44,27 @@ class ReviewBatchConfig(dg.Config):
     seed: int = 0
 
 
-def review_assets(ds: DatasetConfig, graph: list) -> list:
-    """``review_batch`` and ``human_labels`` for one dataset. ``graph``: the dataset's other assets (the
-    ``issues`` strategy reads ``label_issues`` when the graph has it)."""
-    p = ds.name
-    owners = ds.owners or OWNERS
-    key = lambda name: dg.AssetKey([p, name])  # noqa: E731
+def _review_inputs(ds: DatasetConfig, graph: list) -> dict[str, dg.AssetIn]:
+    """The tables review_batch reads: those of ``graph`` among the readable ones, and human_labels."""
+    key = lambda name: dg.AssetKey([ds.name, name])  # noqa: E731
     keys = {k for item in graph if isinstance(item, dg.AssetsDefinition) for k in item.keys}
     readable = ["pool_predictions", "label_descriptions", "llm_queue", "rac_labels", "red_labels", "label_issues"]
     ins = {n: dg.AssetIn(key=key(n)) for n in readable if key(n) in keys}
     ins["human_labels"] = dg.AssetIn(key=key("human_labels"))
+    return ins
+
+
+def review_batch_asset(ds: DatasetConfig, graph: list) -> dg.AssetsDefinition:
+    """``review_batch``; ``graph``: the dataset's other assets (the ``issues`` strategy reads
+    ``label_issues`` when the graph has it)."""
+    p = ds.name
 
     @dg.asset(
-        key=key("review_batch"),
+        key=dg.AssetKey([p, "review_batch"]),
         group_name=p,
         kinds={"json", "csv"},
-        owners=owners,
-        ins=ins,
+        owners=ds.owners or OWNERS,
+        ins=_review_inputs(ds, graph),
         description="A batch of texts for people to review, written under data/review/<dataset>/ for Label Studio "
         "(tasks + labelling config), Argilla (records + settings) or a spreadsheet (CSV); strategy "
         "uncertain, disagreement, issues, random or stratified (run config). Texts already reviewed are left out.",
@@ -72,7 +76,7 @@ def review_assets(ds: DatasetConfig, graph: list) -> list:
 
         if config.format not in FORMATS:
             raise dg.Failure(description=f"review_batch: format must be one of {', '.join(FORMATS)}, got {config.format!r}")
-        event = context.instance.get_latest_materialization_event(key("svm_model"))
+        event = context.instance.get_latest_materialization_event(dg.AssetKey([p, "svm_model"]))
         run = event.asset_materialization.metadata.get("mlflow_run_id") if event is not None else None
         version = f"labelflow/{p} svm_model run {run.value}" if run is not None else f"labelflow/{p}"
         ext = "csv" if config.format == "csv" else "json"
@@ -101,11 +105,17 @@ def review_assets(ds: DatasetConfig, graph: list) -> list:
             )
         )
 
+    return review_batch
+
+
+def human_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    p = ds.name
+
     @dg.asset(
-        key=key("human_labels"),
+        key=dg.AssetKey([p, "human_labels"]),
         group_name=p,
         kinds={"duckdb"},
-        owners=owners,
+        owners=ds.owners or OWNERS,
         description="Labels given by people (append-only: id, text, label, reviewer, reviewed_at, file sha256, and the "
         "suggestion they saw). `labelflow review import` appends to it; materialising it imports every "
         "new file in data/review/inbox/<dataset>/ (a file imported before is skipped by its sha256).",
@@ -119,34 +129,14 @@ def review_assets(ds: DatasetConfig, graph: list) -> list:
     ) -> dg.MaterializeResult:
         import duckdb
 
-        from labelflow.review import (
-            ReviewError,
-            append_human_labels,
-            effective_human_labels,
-            ensure_human_table,
-            imported_hashes,
-            file_sha256,
-            known_texts,
-            label_set,
-            read_human_labels,
-            read_review_file,
-        )
+        from labelflow.review import ReviewError, effective_human_labels, import_review_files
 
         tables = {"seed_labels": seed_labels, "text_pool": text_pool, "label_descriptions": label_descriptions}
         con = duckdb.connect(review.warehouse)
-        try:
-            done = imported_hashes(con, p)
-            new = [f for f in review.inbox_files(p) if file_sha256(f) not in done]
-            try:  # every new file is validated before anything is written
-                answers = [
-                    read_review_file(f, known_texts(tables), label_set(tables, ds.multilabel), ds.multilabel, reviewer="inbox")
-                    for f in new
-                ]
-            except ReviewError as exc:
-                raise dg.Failure(description=f"human_labels: {exc} (nothing imported)") from None
-            added = append_human_labels(con, p, answers) if answers else {}
-            ensure_human_table(con, p)
-            table = read_human_labels(con, p)
+        try:  # every new file is validated before anything is written
+            answers, added, table = import_review_files(con, p, review.inbox_files(p), tables, ds.multilabel, reviewer="inbox")
+        except ReviewError as exc:
+            raise dg.Failure(description=f"human_labels: {exc} (nothing imported)") from None
         finally:
             con.close()
         for a in answers:
@@ -168,7 +158,13 @@ def review_assets(ds: DatasetConfig, graph: list) -> list:
             }
         )
 
-    return [review_batch, human_labels]
+    return human_labels
+
+
+def review_assets(ds: DatasetConfig, graph: list) -> list:
+    """``review_batch`` and ``human_labels`` for one dataset. ``graph``: the dataset's other assets (the
+    ``issues`` strategy reads ``label_issues`` when the graph has it)."""
+    return [review_batch_asset(ds, graph), human_labels_asset(ds)]
 
 
 def review_job(ds: DatasetConfig):
