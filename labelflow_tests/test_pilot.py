@@ -137,3 +137,87 @@ def test_label_centroids_unit_length():
     X = np.array([[1.0, 0], [1.0, 1.0], [0, 2.0]])
     c = label_centroids(df, X, multilabel=True)
     assert set(c) == {"a", "b"} and all(abs(np.linalg.norm(v) - 1) < 1e-6 for v in c.values())
+
+
+def _three_labels():
+    """'b' and 'c' (20 answers each) need a threshold near -1; 'a' (30 answers) is scored higher and
+    needs one near +1; 'd' has only two answers."""
+    rng = np.random.default_rng(0)
+    scores, truth, labels = [], [], []
+    for lab, n, pos, neg in (
+        ("a", 30, (1.5, 3.0), (-0.5, 0.5)),
+        ("b", 20, (-0.5, 1.0), (-3.0, -1.5)),
+        ("c", 20, (-0.5, 1.0), (-3.0, -1.5)),
+    ):
+        for i in range(n):
+            yes = i % 2 == 0
+            lo, hi = pos if yes else neg
+            scores.append(float(rng.uniform(lo, hi)))
+            truth.append(yes)
+            labels.append(lab)
+    scores += [2.0, -2.0]
+    truth += [True, False]
+    labels += ["d", "d"]
+    return np.array(scores), np.array(truth), labels
+
+
+def test_per_label_thresholds_where_evidence_allows_shrunk_to_the_dataset_threshold():
+    from labelflow.pilot import calibrate_label_thresholds, cross_validated_label_accuracy
+
+    scores, truth, labels = _three_labels()
+    t_data, per = calibrate_label_thresholds(scores, truth, labels, default=0.0, prior_answers=8, min_answers=4)
+    assert t_data == calibrate_threshold(scores, truth, default=0.0)[0] and t_data < 0  # b and c outvote a
+    assert set(per) == {"a", "b", "c"}  # 'd' has 2 answers: it uses the dataset threshold
+    own_a, _ = calibrate_threshold(scores[:30], truth[:30], default=t_data)
+    assert 0.5 < own_a < 1.5
+    w = 30 / (30 + 8)
+    assert per["a"] == pytest.approx(t_data + w * (own_a - t_data))  # shrunk, not the label's own optimum
+    assert t_data < per["a"] < own_a
+    # no prior: the label's own optimum; a strong prior: (almost) the dataset threshold
+    assert calibrate_label_thresholds(scores, truth, labels, prior_answers=0)[1]["a"] == pytest.approx(own_a)
+    assert calibrate_label_thresholds(scores, truth, labels, prior_answers=1e6)[1]["a"] == pytest.approx(t_data, abs=1e-3)
+    assert calibrate_label_thresholds(scores, truth, labels, min_answers=31)[1] == {}
+    # held out, the per-label thresholds beat the one dataset threshold (a's "no" answers are no longer yes)
+    acc_label = cross_validated_label_accuracy(scores, truth, labels)
+    acc_data = cross_validated_accuracy(scores, truth)
+    assert acc_label >= 0.95 and acc_label > acc_data + 0.1
+    # one label with everything: per-label calibration is the dataset calibration
+    same = ["x"] * len(scores)
+    assert calibrate_label_thresholds(scores, truth, same, prior_answers=0)[1]["x"] == pytest.approx(t_data)
+    with pytest.raises(ValueError, match="same length"):
+        calibrate_label_thresholds(scores, truth, labels[:-1])
+
+
+def test_run_pilot_reports_label_thresholds_and_an_expert_takes_them():
+    from types import SimpleNamespace
+
+    from labelflow.expert import ValidationItem
+    from labelflow.pilot import apply_calibration
+
+    scores, truth, labels = _three_labels()
+    items = [ValidationItem(f"t{i}", lab, text_id=str(i)) for i, lab in enumerate(labels)]
+    res = run_pilot(ScoreExpert(list(scores)), items, truth)
+    assert set(res.label_thresholds) == {"a", "b", "c"} and res.accuracy_label_calibrated_cv > res.accuracy_calibrated_cv
+    assert "label_thresholds" not in res.as_dict()
+    exp = SimpleNamespace(threshold=0.0, label_thresholds={})
+    apply_calibration(exp, res)
+    assert exp.threshold == res.threshold and exp.label_thresholds == res.label_thresholds
+
+
+def test_pairs_show_the_seeds_nearest_to_the_text_and_the_contrast_label():
+    df = seeds(5)
+    # seed i of every label lies at position i on a line in its own plane: its nearest are i+-1, i+-2, ...
+    X = np.array([[*(VECS[lab] * 10), np.cos(i / 3), np.sin(i / 3)] for lab in LABELS for i in range(5)])
+    items, truth = pilot_pairs(df, VECS, n=16, seed=0, seed_vectors=X, n_examples=2)
+    texts = dict(zip(df["id"], df["text"]))
+    for it, t in zip(items, truth):
+        assert it.contrast == {"a": "b", "b": "a", "c": "d", "d": "c"}[it.label]
+        assert it.text not in it.examples and all(ex.endswith(it.label) for ex in it.examples)
+        if t:
+            i = int(it.text_id[1:])
+            want = sorted((j for j in range(5) if j != i), key=lambda j: (abs(j - i), j))[:2]
+            assert set(it.examples) == {texts[f"{it.label}{j}"] for j in want}
+    fixed, _ = pilot_pairs(df, VECS, n=16, seed=0, contrast=False)
+    assert all(it.contrast == "" for it in fixed)
+    with pytest.raises(ValueError, match="seed_vectors"):
+        pilot_pairs(df, VECS, n=4, seed_vectors=X[:3])
