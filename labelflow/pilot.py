@@ -427,3 +427,26 @@ def apply_calibration(expert: Expert, result: PilotResult) -> None:
         expert.threshold = float(result.threshold)
     if hasattr(expert, "label_thresholds"):
         expert.label_thresholds = dict(result.label_thresholds)
+
+
+def calibrate_on_seeds(
+    expert: Expert,
+    seeds_df: pd.DataFrame,
+    seeds_X: np.ndarray,
+    n: int,
+    descriptions: Mapping[str, str] | None = None,
+    seed: int = 0,
+    multilabel: bool = False,
+    n_examples: int = 3,
+) -> PilotResult:
+    """A pilot of ``n`` questions on the seeds, asked as RAC asks (the asked label's seeds nearest to the
+    text, its nearest label as a contrast, ``descriptions``), whose calibrated thresholds (dataset and
+    per label) ``expert`` then uses. Returns the pilot's result."""
+    vectors = label_centroids(seeds_df, seeds_X, multilabel)
+    desc = {lab: (descriptions or {}).get(lab, "") or lab for lab in vectors}  # RAC shows the name without one
+    items, truth = pilot_pairs(
+        seeds_df, vectors, n, seed=seed, multilabel=multilabel, descriptions=desc, n_examples=n_examples, seed_vectors=seeds_X
+    )
+    result = run_pilot(expert, items, truth, seed=seed)
+    apply_calibration(expert, result)
+    return result

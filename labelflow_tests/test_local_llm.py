@@ -137,18 +137,26 @@ def real_expert(tmp_path_factory):
     except local.LocalModelError as exc:  # not installed: a failure, not a skip (make test installs it)
         pytest.fail(f"the local model is not installed: {exc}")
     logs = tmp_path_factory.mktemp("llm")
-    with local.LocalLLMServer(model, log_dir=logs, n_ctx=2048) as srv:
+    with local.LocalLLMServer(model, log_dir=logs, n_ctx=4096, n_parallel=2) as srv:  # two slots, two requests in flight
         assert srv.health() and srv.url.startswith("http://127.0.0.1:")
-        expert = LLMExpert(srv.model, api_base=srv.api_base, cache_path=logs / "cache.duckdb", timeout_s=120, name="local-test")
+        expert = LLMExpert(
+            srv.model, api_base=srv.api_base, cache_path=logs / "cache.duckdb", timeout_s=600, name="local-test", concurrency=2
+        )
         yield srv, expert
         expert.close()
     assert not srv.running
 
 
+CONTRAST = {CARD[0]: PASSWORD[0], PASSWORD[0]: CARD[0]}
+
+
 def _items(rows):
     from labelflow.expert import ValidationItem
 
-    return [ValidationItem(text=t, label=lab, description=desc, examples=ex) for t, (lab, desc, ex), *_ in rows]
+    return [
+        ValidationItem(text=t, label=lab, description=desc, examples=ex, contrast=CONTRAST[lab])
+        for t, (lab, desc, ex), *_ in rows
+    ]
 
 
 @pytest.mark.slow
@@ -181,3 +189,30 @@ def test_real_local_model_is_not_flipped_by_an_injection(real_expert):
     verdicts = expert.validate(_items(rows))
     flipped = [t for t, v in zip(INJECTIONS, verdicts) if v.outcome == ACCEPT]
     assert len(flipped) <= 1, [(v.outcome, round(v.score, 2)) for v in verdicts]
+
+
+@pytest.mark.slow
+def test_real_server_reuses_the_label_block_of_one_labels_questions(real_expert):
+    """Two questions of one label share the system message and the label block (name, description,
+    contrast): the server's prompt cache serves that prefix to the second one, which evaluates only
+    its own examples and text."""
+    import json
+    import urllib.request
+
+    from labelflow.llm import prompts
+
+    srv, _ = real_expert
+    label, desc, examples = CARD
+    timings = []
+    for text, ex in (("Where is my new card?", examples[:1]), ("My card never came in the mail.", examples[1:])):
+        msgs = prompts.validation_messages(label, desc, ex, [text], contrast=PASSWORD[0])
+        body = {"model": srv.alias, "messages": msgs, "max_tokens": 2, "temperature": 0, "cache_prompt": True}
+        req = urllib.request.Request(
+            srv.url + "/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=600) as r:  # noqa: S310 (127.0.0.1)
+            timings.append(json.loads(r.read())["timings"])
+    second = timings[1]
+    # most of the prompt came from the cache: everything up to the examples (about 150 of 190 tokens);
+    # were the examples before the label block, only the system message (about 90) would be reused
+    assert second["cache_n"] > 0.6 * (second["cache_n"] + second["prompt_n"]), timings

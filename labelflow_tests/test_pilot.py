@@ -221,3 +221,29 @@ def test_pairs_show_the_seeds_nearest_to_the_text_and_the_contrast_label():
     assert all(it.contrast == "" for it in fixed)
     with pytest.raises(ValueError, match="seed_vectors"):
         pilot_pairs(df, VECS, n=4, seed_vectors=X[:3])
+
+
+def test_calibrate_on_seeds_asks_as_rac_does_and_sets_the_experts_thresholds():
+    from labelflow.pilot import calibrate_on_seeds
+
+    df = seeds(5)
+    gold = dict(zip(df["text"], df["label"]))
+    X = np.array([[*(VECS[lab] * 10), np.cos(i / 3), np.sin(i / 3)] for lab in LABELS for i in range(5)])
+
+    class Biased(ScoreExpert):  # says "no" to everything at 0: true pairs score -1, false pairs -3
+        label_thresholds: dict = {}
+
+        def __init__(self):
+            super().__init__([])
+            self.asked = []
+
+        def validate(self, items):
+            self.asked += list(items)
+            return [Verdict(REJECT, -1.0 if gold[it.text] == it.label else -3.0, Usage(calls=1), self.name) for it in items]
+
+    exp = Biased()
+    res = calibrate_on_seeds(exp, df, X, 16, descriptions={"a": "about a"})
+    assert res.n == 16 and res.accuracy == 0.5 and res.accuracy_calibrated == 1.0
+    assert -3.0 < exp.threshold < -1.0 and exp.threshold == res.threshold and exp.label_thresholds == res.label_thresholds
+    assert {it.description for it in exp.asked if it.label != "a"} == {"b", "c", "d"}  # the name without a description
+    assert all(it.contrast and len(it.examples) == 3 for it in exp.asked)

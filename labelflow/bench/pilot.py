@@ -49,6 +49,14 @@ def add_arguments(p) -> None:
     g.add_argument(
         "--llm-cache", default="data/llm/pilot_bench_cache.duckdb", help="response cache of the LLM expert (local/config)"
     )
+    g.add_argument(
+        "--speed",
+        action="store_true",
+        help="instead of accuracy: seconds per yes/no validation of the local LLM, one slot asked one question "
+        "at a time (the previous default) against --speed-slots parallel slots, on the same questions in one run",
+    )
+    g.add_argument("--speed-slots", type=int, default=2, help="parallel server slots (and requests in flight) of --speed")
+    g.add_argument("--speed-labels", type=int, default=3, help="--speed: labels asked about (a label and its nearest)")
     # --describe (have an LLM expert write the missing descriptions first) is shared with the RAC benchmark
 
 
@@ -140,6 +148,10 @@ def _split(args, n: int, split: int) -> tuple[dict, pd.DataFrame]:
 
 def run(args) -> list[pd.DataFrame]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.speed:
+        from labelflow.bench.llm_speed import run_speed
+
+        return [run_speed(args)]
     n = args.sample or DEFAULT_N
     rows, confusions = [], []
     for split in range(max(1, args.seeds)):
