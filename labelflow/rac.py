@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -34,7 +35,7 @@ import pandas as pd
 
 from labelflow.data import join_labels
 from labelflow.embedding import unit_rows
-from labelflow.expert import ACCEPT, REJECT, UNPARSEABLE, BudgetExceeded, Usage, ValidationItem
+from labelflow.expert import ACCEPT, REJECT, UNPARSEABLE, BudgetExceeded, Usage, ValidationItem, contrast_labels
 
 log = logging.getLogger(__name__)
 
@@ -428,85 +429,25 @@ class RAC:
         n = len(ids)
         if len(texts) != n or len(X) != n:
             raise ValueError("ids, texts and X must have the same length")
-        seed_vectors_by_label = seed_vectors_by_label or {}
         depth = len(retriever.labels_) if self.k is None else min(int(self.k), len(retriever.labels_))
         order, _ = retriever.rank(X, depth) if n else (np.zeros((0, depth), dtype=np.int64), None)
-        labels = retriever.labels_
-        Xu = unit_rows(X) if n else X
-        name = getattr(self.expert, "name", type(self.expert).__name__)
-
-        accepted: list[list[tuple[int, str, float]]] = [[] for _ in range(n)]  # (rank, label, conf)
-        done = np.zeros(n, dtype=bool)
-        lost = np.zeros(n, dtype=bool)  # a question failed or went unanswered (budget)
-        asked = np.zeros(n, dtype=np.int64)
-        per_text = {f: np.zeros(n, dtype=np.int64) for f in ("calls", "prompt_tokens", "completion_tokens", "unparseable")}
-        rows: list[dict] = []
+        evidence = _Evidence(
+            ids,
+            texts,
+            unit_rows(X) if n else X,
+            retriever.labels_,
+            descriptions,
+            seed_texts_by_label,
+            seed_vectors_by_label or {},
+        )
+        run = _Run.start(n)
         self.usage_ = Usage()
-        stopped = False
         for r in range(depth):
-            active = np.flatnonzero(~done) if not self.multilabel else np.flatnonzero(~lost)
+            active = np.flatnonzero(~run.done) if not self.multilabel else np.flatnonzero(~run.lost)
             if len(active) == 0:
                 break
-            cand = order[active, r]
-            n_accept = 0
-            for j in sorted(np.unique(cand), key=lambda j: labels[j]):  # one call per label, sorted
-                group = active[cand == j]
-                lab = labels[j]
-                s_texts = list(seed_texts_by_label.get(lab, ()))
-                s_vecs = seed_vectors_by_label.get(lab)
-                items = [
-                    ValidationItem(
-                        text=texts[i],
-                        label=lab,
-                        description=descriptions.get(lab, "") or lab,
-                        examples=nearest_examples(Xu[i], s_texts, s_vecs, self.n_examples),
-                        text_id=ids[i],
-                    )
-                    for i in group
-                ]
-                try:
-                    verdicts = self.expert.validate(items)
-                except BudgetExceeded as exc:
-                    log.warning("RAC stopped by the budget in round %d at label %r: %s", r + 1, lab, exc)
-                    stopped = True
-                    verdicts = list(getattr(exc, "verdicts", None) or [])  # the answers obtained so far
-                for i, item, v in zip(group, items, verdicts):
-                    if v.outcome not in (ACCEPT, REJECT, UNPARSEABLE):  # failed / unanswered: not asked
-                        lost[i] = True
-                        done[i] = True
-                        continue
-                    u = v.usage
-                    pt = u.prompt_tokens
-                    if pt == 0 and u.cache_hits == 0 and self.estimate_missing_tokens:
-                        pt = estimate_tokens(validation_prompt_text(item))
-                    asked[i] += 1
-                    per_text["calls"][i] += u.calls
-                    per_text["prompt_tokens"][i] += pt
-                    per_text["completion_tokens"][i] += u.completion_tokens
-                    per_text["unparseable"][i] += int(v.outcome == UNPARSEABLE)
-                    self.usage_ += u
-                    rows.append(
-                        {
-                            "id": ids[i],
-                            "round": r + 1,
-                            "label": lab,
-                            "outcome": v.outcome,
-                            "score": float(v.score),
-                            "calls": u.calls,
-                            "cache_hits": u.cache_hits,
-                            "prompt_tokens": pt,
-                            "completion_tokens": u.completion_tokens,
-                        }
-                    )
-                    if v.outcome == ACCEPT:
-                        conf = float(1.0 / (1.0 + math.exp(-float(v.score)))) * self.rank_decay**r
-                        accepted[i].append((r + 1, lab, conf))
-                        n_accept += 1
-                        if not self.multilabel:
-                            done[i] = True
-                if stopped:
-                    break
-            if stopped:
+            n_accept = self._round(r, active, order[active, r], evidence, run)
+            if run.stopped:
                 break
             log.info(
                 "RAC round %d/%d: asked %d texts, %d accepted; %d/%d texts labelled so far",
@@ -514,32 +455,12 @@ class RAC:
                 depth,
                 len(active),
                 n_accept,
-                sum(bool(a) for a in accepted),
+                sum(bool(a) for a in run.accepted),
                 n,
             )
-        self.questions_ = pd.DataFrame(
-            rows,
-            columns=["id", "round", "label", "outcome", "score", "calls", "cache_hits", "prompt_tokens", "completion_tokens"],
-        )
-        out = []
-        for i in range(n):
-            acc = accepted[i]
-            complete = not lost[i] and (not stopped or done[i] or asked[i] >= depth)
-            status = "labelled" if acc else ("abstained" if complete else "unanswered")
-            out.append(
-                {
-                    "id": ids[i],
-                    "label": (join_labels(a[1] for a in acc) if self.multilabel else acc[0][1]) if acc else "",
-                    "rank": acc[0][0] if acc else 0,
-                    "confidence": min(a[2] for a in acc) if acc else 0.0,
-                    "questions": int(asked[i]),
-                    **{f: int(per_text[f][i]) for f in per_text},
-                    "status": status,
-                    "expert": name,
-                }
-            )
+        self.questions_ = pd.DataFrame(run.rows, columns=QUESTION_COLUMNS)
+        res = self._results(ids, run, depth)
         self.seconds_ = time.perf_counter() - t0
-        res = pd.DataFrame(out, columns=RESULT_COLUMNS)
         log.info(
             "RAC done: %d/%d labelled, %d questions, %d calls, %d prompt tokens, %.1f s",
             int((res["label"] != "").sum()),
@@ -550,6 +471,139 @@ class RAC:
             self.seconds_,
         )
         return res
+
+    def _round(self, r: int, active: np.ndarray, cand: np.ndarray, ev: "_Evidence", run: "_Run") -> int:
+        """Round ``r``: ask the ``r``-th candidate of each ``active`` text, one ``expert.validate`` call
+        per label (labels sorted); records the answers in ``run``. Returns the number of accepts."""
+        n_accept = 0
+        for j in sorted(np.unique(cand), key=lambda j: ev.labels[j]):  # one call per label, sorted
+            group = active[cand == j]
+            lab = ev.labels[j]
+            items = [ev.item(i, lab, self.n_examples) for i in group]
+            try:
+                verdicts = self.expert.validate(items)
+            except BudgetExceeded as exc:
+                log.warning("RAC stopped by the budget in round %d at label %r: %s", r + 1, lab, exc)
+                run.stopped = True
+                verdicts = list(getattr(exc, "verdicts", None) or [])  # the answers obtained so far
+            for i, item, v in zip(group, items, verdicts):
+                n_accept += self._record(run, r, i, item, v)
+            if run.stopped:
+                break
+        return n_accept
+
+    def _record(self, run: "_Run", r: int, i: int, item: ValidationItem, v) -> int:
+        """Book the verdict ``v`` on text ``i`` in round ``r``; returns 1 if it accepted the label."""
+        if v.outcome not in (ACCEPT, REJECT, UNPARSEABLE):  # failed / unanswered: not asked
+            run.lost[i] = True
+            run.done[i] = True
+            return 0
+        u = v.usage
+        pt = u.prompt_tokens
+        if pt == 0 and u.cache_hits == 0 and self.estimate_missing_tokens:
+            pt = estimate_tokens(validation_prompt_text(item))
+        run.asked[i] += 1
+        run.per_text["calls"][i] += u.calls
+        run.per_text["prompt_tokens"][i] += pt
+        run.per_text["completion_tokens"][i] += u.completion_tokens
+        run.per_text["unparseable"][i] += int(v.outcome == UNPARSEABLE)
+        self.usage_ += u
+        run.rows.append(
+            {
+                "id": item.text_id,
+                "round": r + 1,
+                "label": item.label,
+                "outcome": v.outcome,
+                "score": float(v.score),
+                "calls": u.calls,
+                "cache_hits": u.cache_hits,
+                "prompt_tokens": pt,
+                "completion_tokens": u.completion_tokens,
+            }
+        )
+        if v.outcome != ACCEPT:
+            return 0
+        conf = float(1.0 / (1.0 + math.exp(-float(v.score)))) * self.rank_decay**r
+        run.accepted[i].append((r + 1, item.label, conf))
+        if not self.multilabel:
+            run.done[i] = True
+        return 1
+
+    def _results(self, ids: list[str], run: "_Run", depth: int) -> pd.DataFrame:
+        """One :data:`RESULT_COLUMNS` row per text from the run's bookkeeping."""
+        name = getattr(self.expert, "name", type(self.expert).__name__)
+        out = []
+        for i in range(len(ids)):
+            acc = run.accepted[i]
+            complete = not run.lost[i] and (not run.stopped or run.done[i] or run.asked[i] >= depth)
+            status = "labelled" if acc else ("abstained" if complete else "unanswered")
+            out.append(
+                {
+                    "id": ids[i],
+                    "label": (join_labels(a[1] for a in acc) if self.multilabel else acc[0][1]) if acc else "",
+                    "rank": acc[0][0] if acc else 0,
+                    "confidence": min(a[2] for a in acc) if acc else 0.0,
+                    "questions": int(run.asked[i]),
+                    **{f: int(run.per_text[f][i]) for f in run.per_text},
+                    "status": status,
+                    "expert": name,
+                }
+            )
+        return pd.DataFrame(out, columns=RESULT_COLUMNS)
+
+
+QUESTION_COLUMNS = ["id", "round", "label", "outcome", "score", "calls", "cache_hits", "prompt_tokens", "completion_tokens"]
+
+
+@dataclass
+class _Run:
+    """RAC's bookkeeping over one :meth:`RAC.label` call, one entry per text."""
+
+    accepted: list[list[tuple[int, str, float]]]  # (rank, label, confidence)
+    done: np.ndarray
+    lost: np.ndarray  # a question failed or went unanswered (budget)
+    asked: np.ndarray
+    per_text: dict[str, np.ndarray]
+    rows: list[dict] = field(default_factory=list)
+    stopped: bool = False
+
+    @classmethod
+    def start(cls, n: int) -> "_Run":
+        return cls(
+            accepted=[[] for _ in range(n)],
+            done=np.zeros(n, dtype=bool),
+            lost=np.zeros(n, dtype=bool),
+            asked=np.zeros(n, dtype=np.int64),
+            per_text={f: np.zeros(n, dtype=np.int64) for f in ("calls", "prompt_tokens", "completion_tokens", "unparseable")},
+        )
+
+
+@dataclass
+class _Evidence:
+    """What a yes/no question shows: the text, the label's description, its seeds nearest the text and
+    the label's nearest other label by seed centroid as a contrast."""
+
+    ids: list[str]
+    texts: list[str]
+    Xu: np.ndarray  # unit-length text vectors
+    labels: list[str]
+    descriptions: Mapping[str, str]
+    seed_texts: Mapping[str, Sequence[str]]
+    seed_vectors: Mapping[str, np.ndarray]
+    contrasts: Mapping[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.contrasts = contrast_labels({lab: np.mean(v, axis=0) for lab, v in self.seed_vectors.items() if len(v)})
+
+    def item(self, i: int, lab: str, n_examples: int) -> ValidationItem:
+        return ValidationItem(
+            text=self.texts[i],
+            label=lab,
+            description=self.descriptions.get(lab, "") or lab,
+            examples=nearest_examples(self.Xu[i], list(self.seed_texts.get(lab, ())), self.seed_vectors.get(lab), n_examples),
+            text_id=self.ids[i],
+            contrast=self.contrasts.get(lab, ""),
+        )
 
 
 def truncate(
