@@ -160,6 +160,7 @@ def make_expert(
                 ensure_model(model_dir),
                 n_ctx=llm_config.local_ctx,
                 threads=llm_config.local_threads,
+                n_parallel=max(1, int(llm_config.concurrency)),  # one server slot per request in flight
                 log_dir=model_dir,
                 model_dir=model_dir,
             ).start()

@@ -11,7 +11,10 @@ resetting its mtime) or replaced is hashed again, and a wrong one is rebuilt fro
 ``xllamacpp`` binding) in a child process it owns: a free port on 127.0.0.1, a health check with a
 deadline, logs in a file, and a clean shutdown (also when the parent dies). litellm reaches it as
 ``openai/<alias>`` with ``api_base=<server>/v1``; chat completions return ``logprobs`` /
-``top_logprobs`` when asked.
+``top_logprobs`` when asked. ``n_parallel`` slots serve that many requests at once, batched together
+(continuous batching) over one shared KV cache; with ``cache_prompt`` each slot keeps its last prompt,
+and the server's host-memory prompt cache keeps earlier ones, so a request whose prompt starts like an
+earlier one (the same system message and label block) evaluates only the rest.
 
 This module imports nothing heavy at the top: the child process runs this file as a script.
 """
@@ -417,6 +420,10 @@ def _serve_main(argv: list[str] | None = None) -> int:
     params.port = a.port
     params.n_ctx = a.ctx
     params.n_parallel = a.parallel
+    # slots share one KV cache of n_ctx tokens (else each slot gets n_ctx / n_parallel); llama.cpp batches
+    # the slots' requests together (continuous batching) and keeps each slot's prompt for reuse
+    params.kv_unified = a.parallel > 1
+    params.cont_batching = True
     params.cpuparams.n_threads = a.threads
     params.cpuparams_batch.n_threads = a.threads
     params.cache_prompt = True
