@@ -93,9 +93,6 @@ class DatasetConfig:
     per_class_f1_min: float = 0.70  # the evaluation check lists classes whose gold F1 is below it
     owners: list[str] = field(default_factory=list)
     label_conflicts: str = "error"  # a text with two gold labels: error | drop | keep_first | merge (multilabel)
-    # conversations (a context column or dialogue_id + turn): the classifier also sees the previous
-    # message, as [embedding(text), embedding(previous message)] (zeros where there is none)
-    context_features: bool = False
 
     @property
     def multilabel(self) -> bool:

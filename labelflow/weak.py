@@ -314,7 +314,11 @@ def _parse_lf_item(path: Path, i: int, item, known: set, seen: dict, has_context
     ckws, crx, cpattern = _condition(path, i, name, item, "context_keywords", "context_regex", case)
     if pattern is None and cpattern is None:
         raise LFFileError(
-            path, i, "keywords/regex", "an LF needs 'keywords' or 'regex' and/or 'context_keywords' or 'context_regex' (neither given)", name
+            path,
+            i,
+            "keywords/regex",
+            "an LF needs 'keywords' or 'regex' and/or 'context_keywords' or 'context_regex' (neither given)",
+            name,
         )
     if cpattern is not None and has_context is False:
         raise LFFileError(
@@ -465,7 +469,7 @@ def apply_lfs(
     contexts: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every LF over the texts (``contexts``: each text's previous message, ``""`` for none, read by
-    the LFs that use it; None: no text has one). Returns ``(votes, errors)``: votes ``(id, lf, label)``, one row per
+    the LFs that use it; an LF that reads it while ``contexts`` is None is reported as an error). Returns ``(votes, errors)``: votes ``(id, lf, label)``, one row per
     vote, and errors ``(lf, id, error)``. An LF that raises is reported with the failing text's id (None
     when a batch LF fails as a whole) and its votes from this run are dropped; the others still run.
     With ``labels`` given, a vote for a label outside it is an error of that LF too."""
@@ -489,6 +493,9 @@ def apply_lfs(
     known = set(labels) if labels is not None else None
     frames, errors = [], []
     for lf in lfs:
+        if lf.needs_context and contexts is None:
+            errors.append((lf.name, None, "reads the previous message (context) and no contexts were given"))
+            continue
         try:
             rows, labs = lf.apply(texts, X, contexts)
             if len(rows) and (rows.min() < 0 or rows.max() >= len(texts)):

@@ -100,9 +100,10 @@ def test_lf_on_the_previous_message_fires(tmp_path):
     assert errors.empty
     got = set(map(tuple, votes[["id", "lf", "label"]].itertuples(index=False)))
     assert got == {("a", "accept_request", "commissive"), ("a", "after_question", "inform"), ("c", "plain", "directive")}
-    # without previous messages the context LFs abstain, the text LF still votes
-    votes, _ = apply_lfs(lfs, ["a", "b", "c", "d"], texts)
-    assert set(votes["lf"]) == {"plain"}
+    # a caller that gives no previous messages: the context LFs are reported, the text LF still votes
+    votes, errors = apply_lfs(lfs, ["a", "b", "c", "d"], texts)
+    assert set(votes["lf"]) == {"plain"} and list(errors["lf"]) == ["accept_request", "after_question"]
+    assert errors["error"].str.contains("no contexts were given").all()
 
     @labeling_function(name="reply_to_question", context=True)
     def reply_to_question(text, context):
