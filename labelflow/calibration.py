@@ -173,6 +173,78 @@ def risk_coverage_figure(groups: dict[str, tuple[Sequence[float], Sequence[bool]
     return fig
 
 
+REPORT_FIGURES = (
+    "n",
+    "accuracy",
+    "mean_confidence",
+    "ece",
+    "brier",
+    "ece_confidence_raw",
+    "brier_confidence_raw",
+    "acc_at_50",
+    "acc_at_80",
+    "acc_at_100",
+)
+
+
+def gold_confidence_frame(scores, gold_labels: Sequence[str]) -> pd.DataFrame:
+    """``confidence, confidence_raw, correct, source`` of a model's labels on gold. ``scores``: the gold
+    texts' :class:`~labelflow.training.ScoreMatrix`, rows aligned with ``gold_labels``. Multi-class: the
+    top label, calibrated and raw; multi-label: one row per (text, label), the label's score against
+    whether the label is in the gold set (the one-vs-rest scores are already calibrated)."""
+    from labelflow.data import split_labels
+
+    if scores.multilabel:
+        classes = list(scores.classes)
+        P = scores.proba
+        Y = np.array([[c in split_labels(v) for c in classes] for v in gold_labels])
+        return pd.DataFrame(
+            {"confidence": P.ravel(), "confidence_raw": P.ravel(), "correct": Y.ravel(), "source": "model (per text, label)"}
+        )
+    labels, cal, raw = scores.labels_with_confidence()
+    return pd.DataFrame(
+        {"confidence": cal, "confidence_raw": raw, "source": "model", "correct": np.asarray(labels) == np.asarray(gold_labels)}
+    )
+
+
+def pool_confidence_frame(pool_predictions: pd.DataFrame, hidden_labels: pd.DataFrame) -> pd.DataFrame:
+    """``confidence, confidence_raw, source, correct`` of the labelled pool's labels (per ``label_source``)
+    against the hidden pool labels of benchmark mode (texts without a hidden label are left out)."""
+    m = pool_predictions.merge(hidden_labels[["id", "label"]], on="id", suffixes=("", "_gold"))
+    raw = m["confidence_raw"] if "confidence_raw" in m else m["confidence"]
+    return pd.DataFrame(
+        {
+            "confidence": m["confidence"].astype(float),
+            "confidence_raw": raw.astype(float),
+            "source": m["label_source"],
+            "correct": m["label"] == m["label_gold"],
+        }
+    )
+
+
+def calibration_report(frames: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict, dict]:
+    """For each named frame of (confidence, confidence_raw, correct, source) evidence (e.g. ``gold``,
+    ``pool``): (the :func:`calibration_table` of all of them with an ``evaluated_on`` column; the plots
+    ``<name>_reliability`` and ``<name>_risk_coverage`` (matplotlib figures); the metrics
+    ``<name>_<figure>`` of the overall row for each of :data:`REPORT_FIGURES`). The plots show all
+    labels, calibrated and raw, and each source when there are several."""
+    tables, figs, metrics = [], {}, {}
+    for name, f in frames.items():
+        t = calibration_table(f, extra=["confidence_raw"]).assign(evaluated_on=name)
+        tables.append(t)
+        overall = t.iloc[0]
+        metrics.update({f"{name}_{k}": float(overall[k]) for k in REPORT_FIGURES})
+        groups = {"all": (f["confidence"], f["correct"]), "all, raw": (f["confidence_raw"], f["correct"])}
+        if f["source"].nunique() > 1:
+            groups.update({str(s): (g["confidence"], g["correct"]) for s, g in f.groupby("source")})
+        figs[f"{name}_reliability"] = reliability_figure(groups, title=f"Reliability on {name} (15 equal-mass bins)")
+        figs[f"{name}_risk_coverage"] = risk_coverage_figure(
+            {k: v for k, v in groups.items() if k != "all, raw"}, title=f"Risk-coverage on {name}"
+        )
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return table, figs, metrics
+
+
 def beta_precision(k: float, n: float, prior: tuple[float, float] = (1.0, 1.0)) -> float:
     """Posterior mean of a success rate after ``k`` successes in ``n`` trials under a Beta prior."""
     a, b = prior
@@ -414,6 +486,69 @@ def calibrate_labels(
     out["calibrated"] = done
     out["needs_review"] = (cal < min_confidence) if min_confidence is not None else False
     return out
+
+
+def source_calibrators(
+    ds,
+    label_space,
+    lf_definitions: pd.DataFrame | None,
+    seed_labels: pd.DataFrame,
+    pilot_validation: pd.DataFrame | None,
+    tables: dict | None = None,
+) -> tuple[object, object, dict]:
+    """(LLM calibrator, weak-label calibrator, metadata). LLM labels: the pilot answers plus, once people
+    have reviewed, the LLM labels (``rac_labels``, ``inbox_rac_labels``, ``red_labels``) of reviewed texts;
+    weak labels: the seed-CV evidence plus the weak labels (``llm_queue``, ``inbox_queue``) of reviewed
+    texts. ``tables`` holds those upstream tables and ``human_labels``; reviews make confidence better.
+    ``ds``: the dataset's :class:`~labelflow.config.DatasetConfig` (label model, task, seed);
+    ``label_space``: its :class:`~labelflow.labelspace.LabelSpace`."""
+    from labelflow.review import effective_human_labels
+
+    tables = tables or {}
+    human = effective_human_labels(tables.get("human_labels"))
+
+    def reviewed(names) -> pd.DataFrame:
+        parts = [human_evidence(tables.get(n), human) for n in names if tables.get(n) is not None]
+        return pd.concat(parts, ignore_index=True) if parts else human_evidence(None, None)
+
+    meta: dict = {}
+    answers = (
+        pilot_validation["answers"].iloc[0]
+        if pilot_validation is not None and len(pilot_validation) and "answers" in pilot_validation
+        else None
+    )
+    llm_reviewed = reviewed(("rac_labels", "inbox_rac_labels", "red_labels"))
+    meta["llm_reviewed_evidence"] = len(llm_reviewed)
+    llm = llm_calibrator(answers, llm_reviewed)
+    meta["llm_calibration"] = llm.describe() if llm is not None else "none (no pilot answers): raw confidence"
+    weak = None
+    if len(seed_labels) >= 4 and label_space.description_X is not None:
+        seeds = pd.DataFrame(
+            {"id": label_space.seed_ids, "text": label_space.seed_texts, "label": ["|".join(s) for s in label_space.seed_sets]}
+        )
+        labeller = product_weak_labeller(
+            seeds,
+            label_space.seed_X,
+            label_space.labels,
+            label_space.description_X,
+            lf_definitions,
+            ds.label_model,
+            ds.multilabel,
+        )
+        ev = weak_seed_evidence(seeds, labeller, folds=5, seed=ds.seed)
+    else:
+        ev = human_evidence(None, None)
+    weak_reviewed = reviewed(("llm_queue", "inbox_queue"))
+    meta["weak_reviewed_evidence"] = len(weak_reviewed)
+    ev = pd.concat(
+        [e for e in (ev[["confidence", "correct"]], weak_reviewed[["confidence", "correct"]]) if len(e)] or [ev],
+        ignore_index=True,
+    )
+    if len(ev):
+        weak = ScoreCalibrator().fit(ev["confidence"].astype(float), ev["correct"].astype(bool))
+    where = "seed cross-validation" + (f" + {len(weak_reviewed)} reviewed texts" if len(weak_reviewed) else "")
+    meta["weak_calibration"] = weak.describe() + f" ({where})" if weak is not None else "none: raw confidence"
+    return llm, weak, meta
 
 
 def pilot_answer_calibrator(answers: pd.DataFrame | str | None) -> ScoreCalibrator | None:

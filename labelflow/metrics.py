@@ -85,6 +85,17 @@ def multilabel_report(gold: Sequence[str], pred: Sequence[str], classes: Sequenc
     return metrics, per_class.sort_values("f1")
 
 
+def gold_report(gold: Sequence[str], pred: Sequence[str], classes: Sequence[str], multilabel: bool):
+    """A model's predictions on the gold set: (figures, per-class table, confusion figure or None).
+    Multi-class: :func:`classification_metrics`, :func:`per_class_table` and :func:`confusion_figure`;
+    multi-label: :func:`multilabel_report` (no confusion matrix)."""
+    if multilabel:
+        metrics, per_class = multilabel_report(gold, pred, classes)
+        return metrics, per_class, None
+    labels = list(classes)
+    return classification_metrics(gold, pred, labels), per_class_table(gold, pred, labels), confusion_figure(gold, pred, labels)
+
+
 def drift_metrics(new_texts: pd.DataFrame, confidence: Sequence[float], low: float = 0.5) -> dict:
     """The drift signal of one batch of new texts (a night's inbox): how many arrived (``new_texts``),
     how many were queued for the LLM (``llm_queue_size``; a ``queued`` column) and the share the model

@@ -476,6 +476,20 @@ class RAPT:
 
 
 # ---------------------------------------------------------------------------------------------- baselines
+def label_sets(S: np.ndarray, Z: np.ndarray, case_base: CaseBase, k: int = 10, n_distinct: int = 3) -> tuple[dict, float]:
+    """Label sets for texts already scored (``S``) and embedded for retrieval (``Z``, unit rows):
+    ({"avgcount": RAPT-AvgCount, "rankcal": RAPT-RankCal, "base05": the fixed 0.5 threshold} as binary
+    matrices, the seconds RAPT's retrieval, adaptation and both decisions took)."""
+    rapt = RAPT(k=k, n_distinct=n_distinct).fit(case_base)
+    t = time.perf_counter()
+    nb = rapt.kneighbors(Z)
+    adapted = rapt.adapt(Z, S, nb)
+    sets = {"avgcount": rapt.decide(adapted, nb, "avgcount"), "rankcal": rapt.decide(adapted, nb, "rankcal")}
+    seconds = time.perf_counter() - t
+    sets["base05"] = base_threshold(S, 0.5)
+    return sets, seconds
+
+
 def apply_thresholds(scores: np.ndarray, thresholds) -> np.ndarray:
     """Binary matrix: score >= threshold (scalar or per-label vector), at least one label per row."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -577,18 +591,55 @@ def evaluate_all(
     ``S_val``: validation scores to tune Base* / Base*_l on instead of ``scorer.score(X_val)`` (e.g. the
     case base's out-of-fold scores when there is no separate validation split).
 
-    Scores test and validation with ``scorer``; tunes Base* and Base*_l on validation; runs RAPT
-    (AvgCount and RankCal) against ``case_base``. Columns: method, micro_f1, macro_f1,
-    micro_precision, micro_recall, hamming_loss, mean_labels, ms_per_text, where ms_per_text is the
-    measured wall time per test text of scoring plus the method's own decision step (embedding the
-    text is common to all methods and not included). With ``return_predictions`` also returns
-    ``{method: binary matrix}`` and the tuned thresholds.
+    Scores test and validation with ``scorer``, then :func:`evaluate_scores`.
     """
     t0 = time.perf_counter()
     S_test = scorer.score(X_test)
     t_score = time.perf_counter() - t0
-    Zq = scorer.embed(X_test)
-    S_val = scorer.score(X_val) if S_val is None else np.asarray(S_val, dtype=np.float64)
+    S_val = scorer.score(X_val) if S_val is None else S_val
+    return evaluate_scores(
+        S_test,
+        scorer.embed(X_test),
+        Y_test,
+        S_val,
+        Y_val,
+        case_base,
+        score_seconds=t_score,
+        k=k,
+        n_distinct=n_distinct,
+        objective=objective,
+        rounding=rounding,
+        return_predictions=return_predictions,
+    )
+
+
+def evaluate_scores(
+    S_test: np.ndarray,
+    Z_test: np.ndarray,
+    Y_test: np.ndarray,
+    S_val: np.ndarray,
+    Y_val: np.ndarray,
+    case_base: CaseBase,
+    *,
+    score_seconds: float = 0.0,
+    k: int = 10,
+    n_distinct: int = 3,
+    objective: str = "macro_f1",
+    rounding: str = "floor",
+    return_predictions: bool = False,
+):
+    """The five methods side by side on test texts already scored (``S_test``, per-label scores) and
+    embedded for retrieval (``Z_test``, unit rows); ``score_seconds`` is what scoring them took.
+
+    Tunes Base* and Base*_l on the validation scores ``S_val`` against ``Y_val``; runs RAPT (AvgCount
+    and RankCal) against ``case_base``. Columns: method, micro_f1, macro_f1, micro_precision,
+    micro_recall, hamming_loss, mean_labels, ms_per_text, where ms_per_text is the measured wall time
+    per test text of scoring plus the method's own decision step (embedding the text is common to all
+    methods and not included). With ``return_predictions`` also returns ``{method: binary matrix}`` and
+    the tuned thresholds.
+    """
+    S_test = np.asarray(S_test, dtype=np.float64)
+    S_val = np.asarray(S_val, dtype=np.float64)
     Y_test = np.asarray(Y_test, dtype=np.int8)
     n = len(Y_test)
 
@@ -607,8 +658,8 @@ def evaluate_all(
     timed("Base*_l", lambda: apply_thresholds(S_test, t_label))
     rapt = RAPT(k=k, n_distinct=n_distinct, rounding=rounding).fit(case_base)
     t = time.perf_counter()
-    nb = rapt.kneighbors(Zq)
-    adapted = rapt.adapt(Zq, S_test, nb)
+    nb = rapt.kneighbors(Z_test)
+    adapted = rapt.adapt(Z_test, S_test, nb)
     t_shared = time.perf_counter() - t
     timed("RAPT-AvgCount", lambda: rapt.decide(adapted, nb, "avgcount"))
     timed("RAPT-RankCal", lambda: rapt.decide(adapted, nb, "rankcal"))
@@ -617,7 +668,7 @@ def evaluate_all(
 
     rows = []
     for name in METHODS:
-        rows.append(result_row(name, Y_test, preds[name], 1000.0 * (t_score + cost[name]) / max(n, 1)))
+        rows.append(result_row(name, Y_test, preds[name], 1000.0 * (score_seconds + cost[name]) / max(n, 1)))
     table = pd.DataFrame(rows)
     if return_predictions:
         return table, {

@@ -1,4 +1,6 @@
-"""Model assets: training_set, svm_model, pool_predictions, evaluation, and the data checks."""
+"""Model assets: training_set, svm_model, svm_scores (the pool and the gold set scored once per run),
+pool_predictions, evaluation, and the data checks. One builder per asset, each taking the
+DatasetConfig; :func:`model_assets` composes them."""
 
 import dagster as dg
 import numpy as np
@@ -10,9 +12,9 @@ from labelflow.defs.util import OWNERS, md_figure, md_table, rounded
 from labelflow.defs.vectors import all_vectors, vector_ins
 from labelflow.embedding import EmbeddingIndex
 from labelflow.merge import merge_by_priority
-from labelflow.metrics import classification_metrics, confusion_figure, drift_metrics, multilabel_report, per_class_table
+from labelflow.metrics import drift_metrics, gold_report
 from labelflow.tracking import config_hash, git_commit, scalar_metrics
-from labelflow.training import fit_classifier, predict_labels, predict_with_confidence
+from labelflow.training import ScoreMatrix, fit_classifier, score_texts
 
 # The labelled dataset's columns (what `labelflow export` writes).
 POOL_COLUMNS = ["id", "text", "label", "confidence", "confidence_raw", "label_source", "needs_review", "model_label"]
@@ -57,22 +59,18 @@ def merge_sources(upstream: dict) -> pd.DataFrame:
     )
 
 
-def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
+def training_set_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefinition:
     p = ds.name
-    owners = ds.owners or OWNERS
     ins = {name: dg.AssetIn(key=[p, name]) for name in sources}
-
     trust_ins = {
         name: dg.AssetIn(key=[p, name]) for name in ("pilot_validation", "label_issues", "label_space", "lf_definitions")
     }
-    # the vectors of every text the model may see: the dataset's, then the nightly inbox's
-    vec_ins = vector_ins(p, "inbox_queue" in sources)
 
     @dg.asset(
         key=[p, "training_set"],
         group_name=p,
         kinds={"duckdb", "pandas"},
-        owners=owners,
+        owners=ds.owners or OWNERS,
         ins={**ins, **trust_ins},
         description="Merged training labels by source priority (human review > gold seed > LLM-verified (RAC, R.E.D.) > "
         "weak-confident), one row per text: id, text, label, source (= label_source), confidence "
@@ -88,24 +86,16 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
         lf_definitions: pd.DataFrame,
         **upstream: pd.DataFrame,
     ) -> dg.Output:
-        from labelflow.calibration import calibrate_labels
-        from labelflow.defs.trust import source_calibrators
+        from labelflow.calibration import calibrate_labels, source_calibrators
+        from labelflow.review import human_training_rows
 
-        merged = merge_sources(upstream)
-        dropped = 0
-        if ds.drop_label_issues and len(label_issues):
-            suspect = set(label_issues.loc[label_issues["scope"] == "training_set", "id"])
-            drop = merged["id"].isin(suspect) & ~merged["source"].isin(["gold_seed", "human"])  # never gold
-            dropped = int(drop.sum())
-            merged = merged[~drop].reset_index(drop=True)
+        merged, dropped = drop_suspect_labels(ds, merge_sources(upstream), label_issues)
         llm_cal, weak_cal, cal_meta = source_calibrators(
             ds, label_space, lf_definitions, upstream["seed_labels"], pilot_validation, tables=upstream
         )
         merged = calibrate_labels(merged, llm_cal, weak_cal, ds.min_confidence)
         by_source = merged.groupby("source").size().to_dict()
         context.log.info(f"training set: {len(merged)} rows by source {by_source}; {dropped} suspect labels dropped")
-        from labelflow.review import human_training_rows
-
         conflicts = human_training_rows(upstream)[1]  # listed, not applied
         if len(conflicts):
             context.log.warning(
@@ -127,12 +117,28 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
             ),
         )
 
+    return training_set
+
+
+def drop_suspect_labels(ds: DatasetConfig, merged: pd.DataFrame, label_issues: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """With ``drop_label_issues``: the merged training labels less the weak/LLM ones that label_issues
+    suspects (never a gold seed or a human label), and how many were left out."""
+    if not ds.drop_label_issues or not len(label_issues):
+        return merged, 0
+    suspect = set(label_issues.loc[label_issues["scope"] == "training_set", "id"])
+    drop = merged["id"].isin(suspect) & ~merged["source"].isin(["gold_seed", "human"])  # never gold
+    return merged[~drop].reset_index(drop=True), int(drop.sum())
+
+
+def svm_model_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefinition:
+    p = ds.name
+
     @dg.asset(
         key=[p, "svm_model"],
         group_name=p,
         kinds={"scikitlearn", "mlflow"},
-        owners=owners,
-        ins=vec_ins,
+        owners=ds.owners or OWNERS,
+        ins=vector_ins(p, "inbox_queue" in sources),  # every text the model may see: the dataset's, the inbox's
         io_manager_key="model_io_manager",
         description=(
             "One-vs-rest calibrated LinearSVCs"
@@ -183,39 +189,65 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
             },
         )
 
+    return svm_model
+
+
+def svm_scores_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefinition:
+    p = ds.name
+    inbox = "inbox_queue" in sources
+    ins = {**vector_ins(p, inbox), **({"inbox_queue": dg.AssetIn(key=[p, "inbox_queue"])} if inbox else {})}
+
+    @dg.asset(
+        key=[p, "svm_scores"],
+        group_name=p,
+        kinds={"scikitlearn"},
+        owners=ds.owners or OWNERS,
+        ins=ins,
+        io_manager_key="values_io_manager",
+        description="The model's scores, computed once per run: for the pool, the gold set"
+        + (" and the nightly inbox texts" if inbox else "")
+        + ", a ScoreMatrix each (ids, classes, class probabilities, calibrated top-class confidence). "
+        "pool_predictions, evaluation, calibration and the RAPT assets read them.",
+    )
+    def svm_scores(
+        context: dg.AssetExecutionContext, svm_model, text_pool: pd.DataFrame, gold_eval: pd.DataFrame, **inputs
+    ) -> dg.Output:
+        vectors = all_vectors(inputs)
+        parts = {"pool": text_pool["id"], "gold": gold_eval["id"]}
+        if inbox:
+            parts["inbox"] = inputs["inbox_queue"].get("id", pd.Series(dtype=str))  # no inbox day yet: no column
+        scores = {
+            name: score_texts(svm_model, ids, vectors.lookup(ids) if len(ids) else None, ds.multilabel)
+            for name, ids in parts.items()
+        }
+        context.log.info(f"scored {', '.join(f'{len(s)} {name}' for name, s in scores.items())} texts")
+        meta = {f"{name}_texts": len(s) for name, s in scores.items()}
+        meta.update({f"{name}_seconds": s.seconds for name, s in scores.items()})
+        meta["classes"] = len(svm_model.classes_)
+        return dg.Output(scores, metadata=rounded(meta))
+
+    return svm_scores
+
+
+def pool_predictions_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    p = ds.name
+
     @dg.asset(
         key=[p, "pool_predictions"],
         group_name=p,
         kinds={"duckdb", "pandas"},
-        owners=owners,
+        owners=ds.owners or OWNERS,
         description="The labelled dataset, one row per pool text: the training label where one exists "
         "(label_source llm / llm-red / weak-confident), else the model's (label_source model); "
         "confidence = calibrated P(label right), confidence_raw, needs_review (below min_confidence), "
         "model_label (export with `labelflow export`).",
     )
     def pool_predictions(
-        context: dg.AssetExecutionContext,
-        svm_model,
-        text_pool: pd.DataFrame,
-        training_set: pd.DataFrame,
-        text_embeddings: EmbeddingIndex,
+        context: dg.AssetExecutionContext, svm_scores: dict, text_pool: pd.DataFrame, training_set: pd.DataFrame
     ) -> dg.Output:
-        model = svm_model
         if len(text_pool) == 0:
             return dg.Output(pd.DataFrame(columns=POOL_COLUMNS), metadata={"dagster/row_count": 0})
-        X = text_embeddings.lookup(text_pool["id"])
-        labels, conf, raw = predict_with_confidence(model, X, ds.multilabel)
-        out = text_pool[["id", "text"]].assign(
-            label=labels, confidence=conf, confidence_raw=raw, label_source="model", model_label=labels
-        )
-        # a text with a training label (LLM-verified, weak-confident) keeps that label and its calibrated confidence
-        tr = training_set.set_index("id")
-        has = out["id"].isin(tr.index)
-        for col in ("label", "confidence", "confidence_raw"):
-            out.loc[has, col] = out.loc[has, "id"].map(tr[col]).to_numpy()
-        out.loc[has, "label_source"] = out.loc[has, "id"].map(tr["source"]).to_numpy()
-        out["needs_review"] = (out["confidence"].astype(float) < ds.min_confidence) if ds.min_confidence is not None else False
-        out = out[POOL_COLUMNS]
+        out = labelled_pool(ds, text_pool, svm_scores["pool"].take(text_pool["id"]), training_set)
         low = float((out["confidence"] < 0.5).mean())
         dist = (
             out.assign(label=out["label"].str.split("|")).explode("label").groupby("label").size().rename("texts").reset_index()
@@ -233,6 +265,29 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
             ),
         )
 
+    return pool_predictions
+
+
+def labelled_pool(ds: DatasetConfig, text_pool: pd.DataFrame, scores: ScoreMatrix, training_set: pd.DataFrame) -> pd.DataFrame:
+    """The labelled dataset (:data:`POOL_COLUMNS`): the model's label and confidence for every pool text
+    (``scores``: its rows, in ``text_pool`` order), replaced by the training label and its calibrated
+    confidence where the text has one."""
+    labels, conf, raw = scores.labels_with_confidence()
+    out = text_pool[["id", "text"]].assign(
+        label=labels, confidence=conf, confidence_raw=raw, label_source="model", model_label=labels
+    )
+    # a text with a training label (LLM-verified, weak-confident) keeps that label and its calibrated confidence
+    tr = training_set.set_index("id")
+    has = out["id"].isin(tr.index)
+    for col in ("label", "confidence", "confidence_raw"):
+        out.loc[has, col] = out.loc[has, "id"].map(tr[col]).to_numpy()
+    out.loc[has, "label_source"] = out.loc[has, "id"].map(tr["source"]).to_numpy()
+    out["needs_review"] = (out["confidence"].astype(float) < ds.min_confidence) if ds.min_confidence is not None else False
+    return out[POOL_COLUMNS]
+
+
+def evaluation_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefinition:
+    p = ds.name
     eval_ins = {"inbox_queue": dg.AssetIn(key=[p, "inbox_queue"])} if "inbox_queue" in sources else {}
     review_ins = [n for n in ("human_labels", "rac_labels", "red_labels", "llm_queue") if n in sources]  # sources vs humans
     eval_ins.update({n: dg.AssetIn(key=[p, n]) for n in review_ins})
@@ -241,65 +296,29 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
         key=[p, "evaluation"],
         group_name=p,
         kinds={"mlflow"},
-        owners=owners,
-        ins={**eval_ins, **vec_ins},
-        check_specs=[
-            dg.AssetCheckSpec(
-                "macro_f1_drop",
-                asset=dg.AssetKey([p, "evaluation"]),
-                description=f"Warns when macro-F1 drops by more than {ds.f1_drop_warning} against the previous evaluation run.",
-            ),
-            dg.AssetCheckSpec(
-                "per_class_f1_floor",
-                asset=dg.AssetKey([p, "evaluation"]),
-                description=f"Warns listing the classes whose gold F1 is under per_class_f1_min ({ds.per_class_f1_min}).",
-            ),
-        ],
+        owners=ds.owners or OWNERS,
+        ins=eval_ins,
+        check_specs=evaluation_check_specs(ds),
         description="The model scored on gold_eval (accuracy, micro/macro-F1, per-class F1, confusion matrix), "
         "and on the hidden pool labels in benchmark mode; one MLflow run per materialisation.",
     )
     def evaluation(
         context: dg.AssetExecutionContext,
         mlflow: MLflowResource,
-        svm_model,
+        svm_scores: dict,
         gold_eval: pd.DataFrame,
         pool_predictions: pd.DataFrame,
         hidden_pool_labels: pd.DataFrame,
         training_set: pd.DataFrame,
         **nightly,
     ):
-        model = svm_model
-        reviewed = {n: nightly.pop(n) for n in review_ins}
-        vectors = all_vectors(nightly)
-        metrics: dict = {}
-        params: dict = {}
-        per_class = pd.DataFrame()
-        fig = None
-        if len(gold_eval):
-            X = vectors.lookup(gold_eval["id"])
-            pred, _ = predict_labels(model, X, ds.multilabel)
-            if ds.multilabel:
-                ml_metrics, per_class = multilabel_report(gold_eval["label"], pred, list(model.classes_))
-                metrics.update(ml_metrics)
-            else:
-                labels = list(model.classes_)
-                metrics.update(classification_metrics(gold_eval["label"], pred, labels))
-                per_class = per_class_table(gold_eval["label"], pred, labels)
-                fig = confusion_figure(gold_eval["label"], pred, labels)
-        if len(hidden_pool_labels) and len(pool_predictions):
-            merged = pool_predictions.merge(hidden_pool_labels[["id", "label"]], on="id", suffixes=("", "_gold"))
-            metrics["pool_accuracy"] = float((merged["label"] == merged["label_gold"]).mean())
-        day = context.run.tags.get("dagster/partition")
-        inbox = nightly.get("inbox_queue")
-        if day and inbox is not None and len(inbox):
-            # drift signal of the night: how many new texts, how many went to the LLM, and how many the
-            # retrained model labels with low confidence
-            new = inbox[pd.to_datetime(inbox["day"]).dt.strftime("%Y-%m-%d") == day]
-            params.update({"partition": day, "new_rows": len(new)})
-            _, conf = predict_labels(model, vectors.lookup(new["id"]), ds.multilabel) if len(new) else (None, [])
-            metrics.update(drift_metrics(new, conf))
         from labelflow.review import accuracy_vs_humans
 
+        reviewed = {n: nightly.pop(n) for n in review_ins}
+        day = context.run.tags.get("dagster/partition")
+        metrics, params, per_class, fig = model_figures(
+            ds, svm_scores, gold_eval, pool_predictions, hidden_pool_labels, nightly.get("inbox_queue"), day
+        )
         human_metrics, human_acc, human_acc_class = accuracy_vs_humans(reviewed)  # each source vs the reviewers
         metrics.update(human_metrics)
         metrics["training_rows"] = len(training_set)
@@ -315,21 +334,14 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
             tables.update(
                 {"source_accuracy_vs_humans.csv": human_acc, "source_accuracy_vs_humans_per_class.csv": human_acc_class}
             )
+        params.update({"pool_rows": len(pool_predictions), "training_rows": len(training_set)})
         run_id = tracker.log_asset(
             p,
             "evaluation",
             dagster_run_id=context.run.run_id,
             metrics=metrics,
             tables=tables,
-            params={
-                "gold_rows": len(gold_eval),
-                "multilabel": ds.multilabel,
-                "git_commit": git_commit(),
-                "config_hash": config_hash(ds),
-                "pool_rows": len(pool_predictions),
-                "training_rows": len(training_set),
-                **params,
-            },
+            params=params,
             figures={"confusion_matrix.png": fig},
         )
         context.log.info(f"{p} evaluation: " + ", ".join(f"{k}={v:.3f}" for k, v in scalar_metrics(metrics).items()))
@@ -343,33 +355,97 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
             meta["source_accuracy_vs_humans"] = md_table(human_acc)
             meta["source_accuracy_vs_humans_per_class"] = md_table(human_acc_class, 100)
         yield dg.MaterializeResult(metadata=rounded(meta))
-        delta = metrics.get("macro_f1_delta")
-        yield dg.AssetCheckResult(
-            check_name="macro_f1_drop",
-            passed=delta is None or delta >= -ds.f1_drop_warning,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata=rounded(
-                {
-                    "macro_f1_delta": float(delta) if delta is not None else 0.0,
-                    "allowed_drop": ds.f1_drop_warning,
-                    "previous_run": "none" if delta is None else "compared",
-                }
-            ),
-        )
-        under = per_class[(per_class["f1"] < ds.per_class_f1_min) & (per_class["support"] > 0)] if len(per_class) else per_class
-        yield dg.AssetCheckResult(
-            check_name="per_class_f1_floor",
-            passed=len(under) == 0,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata=rounded(
-                {
-                    "per_class_f1_min": ds.per_class_f1_min,
-                    "classes_under": len(under),
-                    "classes_evaluated": len(per_class),
-                    "under": md_table(under.round(3), 100) if len(under) else "none",
-                }
-            ),
-        )
+        yield from evaluation_checks(ds, metrics, per_class)
+
+    return evaluation
+
+
+def model_figures(
+    ds: DatasetConfig,
+    svm_scores: dict,
+    gold_eval: pd.DataFrame,
+    pool_predictions: pd.DataFrame,
+    hidden_pool_labels: pd.DataFrame,
+    inbox: pd.DataFrame | None,
+    day: str | None,
+) -> tuple[dict, dict, pd.DataFrame, object]:
+    """(metrics, MLflow params, per-class table, confusion figure or None) of the model: on gold, on the
+    hidden pool labels (benchmark mode) and, on a nightly run (``day``), the drift of that night's texts."""
+    metrics: dict = {}
+    params: dict = {
+        "gold_rows": len(gold_eval),
+        "multilabel": ds.multilabel,
+        "git_commit": git_commit(),
+        "config_hash": config_hash(ds),
+    }
+    per_class, fig = pd.DataFrame(), None
+    if len(gold_eval):
+        scored = svm_scores["gold"].take(gold_eval["id"])
+        gold_metrics, per_class, fig = gold_report(gold_eval["label"], scored.labels()[0], list(scored.classes), ds.multilabel)
+        metrics.update(gold_metrics)
+    if len(hidden_pool_labels) and len(pool_predictions):
+        merged = pool_predictions.merge(hidden_pool_labels[["id", "label"]], on="id", suffixes=("", "_gold"))
+        metrics["pool_accuracy"] = float((merged["label"] == merged["label_gold"]).mean())
+    if day and inbox is not None and len(inbox):
+        # drift signal of the night: how many new texts, how many went to the LLM, and how many the
+        # retrained model labels with low confidence
+        new = inbox[pd.to_datetime(inbox["day"]).dt.strftime("%Y-%m-%d") == day]
+        params.update({"partition": day, "new_rows": len(new)})
+        conf = svm_scores["inbox"].take(new["id"]).labels()[1] if len(new) else []
+        metrics.update(drift_metrics(new, conf))
+    return metrics, params, per_class, fig
+
+
+def evaluation_check_specs(ds: DatasetConfig) -> list[dg.AssetCheckSpec]:
+    key = dg.AssetKey([ds.name, "evaluation"])
+    return [
+        dg.AssetCheckSpec(
+            "macro_f1_drop",
+            asset=key,
+            description=f"Warns when macro-F1 drops by more than {ds.f1_drop_warning} against the previous evaluation run.",
+        ),
+        dg.AssetCheckSpec(
+            "per_class_f1_floor",
+            asset=key,
+            description=f"Warns listing the classes whose gold F1 is under per_class_f1_min ({ds.per_class_f1_min}).",
+        ),
+    ]
+
+
+def evaluation_checks(ds: DatasetConfig, metrics: dict, per_class: pd.DataFrame):
+    """The evaluation's two checks: macro-F1 against the previous run, and the per-class F1 floor."""
+    delta = metrics.get("macro_f1_delta")
+    yield dg.AssetCheckResult(
+        check_name="macro_f1_drop",
+        passed=delta is None or delta >= -ds.f1_drop_warning,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=rounded(
+            {
+                "macro_f1_delta": float(delta) if delta is not None else 0.0,
+                "allowed_drop": ds.f1_drop_warning,
+                "previous_run": "none" if delta is None else "compared",
+            }
+        ),
+    )
+    under = per_class[(per_class["f1"] < ds.per_class_f1_min) & (per_class["support"] > 0)] if len(per_class) else per_class
+    yield dg.AssetCheckResult(
+        check_name="per_class_f1_floor",
+        passed=len(under) == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=rounded(
+            {
+                "per_class_f1_min": ds.per_class_f1_min,
+                "classes_under": len(under),
+                "classes_evaluated": len(per_class),
+                "under": md_table(under.round(3), 100) if len(under) else "none",
+            }
+        ),
+    )
+
+
+def gold_checks(ds: DatasetConfig) -> list[dg.AssetChecksDefinition]:
+    """Data checks on the ingested gold: no text shared with the seeds or the pool; every label seeded."""
+    p = ds.name
 
     @dg.asset_check(
         asset=dg.AssetKey([p, "gold_eval"]),
@@ -402,4 +478,15 @@ def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
             passed=not missing, metadata={"labels": len(seeded), "labels_without_seed": dg.MetadataValue.json(missing)}
         )
 
-    return [training_set, svm_model, pool_predictions, evaluation, no_gold_leak, every_label_has_seed]
+    return [no_gold_leak, every_label_has_seed]
+
+
+def model_assets(ds: DatasetConfig, sources: list[str]) -> list:
+    return [
+        training_set_asset(ds, sources),
+        svm_model_asset(ds, sources),
+        svm_scores_asset(ds, sources),
+        pool_predictions_asset(ds),
+        evaluation_asset(ds, sources),
+        *gold_checks(ds),
+    ]

@@ -21,7 +21,7 @@ from labelflow.pilot import pilot_threshold
 
 INBOX_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2}).*\.(csv|parquet|jsonl)$")
 NIGHTLY_ASSETS = ["inbox_texts", "inbox_embeddings", "inbox_queue", "inbox_rac_labels"]
-RETRAIN_ASSETS = ["training_set", "svm_model", "pool_predictions", "evaluation"]
+RETRAIN_ASSETS = ["training_set", "svm_model", "svm_scores", "pool_predictions", "evaluation"]
 
 
 def inbox_files(inbox, day: str | None = None) -> list:

@@ -1,6 +1,6 @@
-"""RAPT assets for multi-label datasets: rapt_case_base (LanceDB), rapt_predictions, rapt_evaluation."""
-
-import time
+"""RAPT assets for multi-label datasets: rapt_case_base (LanceDB), rapt_predictions, rapt_evaluation.
+The model's scores of the pool and the gold set come from ``svm_scores`` (scored once per run); the
+text embeddings are the retrieval embedding. The work is in :mod:`labelflow.rapt`."""
 
 import dagster as dg
 import numpy as np
@@ -11,40 +11,29 @@ from labelflow.data import label_lists
 from labelflow.defs.resources import MLflowResource
 from labelflow.defs.util import OWNERS, md_figure, md_table, rounded
 from labelflow.defs.vectors import all_vectors, vector_ins
-from labelflow.embedding import EmbeddingIndex
+from labelflow.embedding import EmbeddingIndex, unit_rows
 
 
-def _backbone(model):
-    """The trained svm_model wrapped as a RAPT scorer (embedding z = the text embedding, score vector =
-    the calibrated one-vs-rest scores)."""
-    from labelflow.rapt import ScoredBackbone
-
-    return ScoredBackbone.from_fitted(model)
-
-
-def rapt_assets(ds: DatasetConfig) -> list:
+def rapt_case_base_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
     p = ds.name
-    owners = ds.owners or OWNERS
-    key = lambda name: dg.AssetKey([p, name])  # noqa: E731
-    vec_ins = vector_ins(p, ds.inbox is not None)  # training texts may include nightly inbox texts
 
     @dg.asset(
-        key=key("rapt_case_base"),
+        key=[p, "rapt_case_base"],
         group_name=p,
         kinds={"lancedb"},
-        owners=owners,
-        ins=vec_ins,
+        owners=ds.owners or OWNERS,
+        ins=vector_ins(p, ds.inbox is not None),  # training texts may include nightly inbox texts
         io_manager_key="vectors_io_manager",
         description="One case per labelled training text (a RAPT CaseBase in LanceDB): id, embedding z, "
         "out-of-fold score vector (each case scored by a model that did not see it), gold vector, "
         "cardinality.",
     )
     def rapt_case_base(
-        context: dg.AssetExecutionContext, svm_model, training_set: pd.DataFrame, **vectors: EmbeddingIndex
+        context: dg.AssetExecutionContext, svm_scores: dict, training_set: pd.DataFrame, **vectors: EmbeddingIndex
     ) -> dg.Output:
         from labelflow.rapt import CaseBase, binarize, out_of_fold_scores
 
-        classes = list(_backbone(svm_model).classes_)
+        classes = list(svm_scores["gold"].classes)  # the model's label order
         X = all_vectors(vectors).lookup(training_set["id"])
         sets = label_lists(training_set["label"], True)
         folds = max(2, min(5, len(training_set) // 10))
@@ -57,54 +46,60 @@ def rapt_assets(ds: DatasetConfig) -> list:
             ),
         )
 
+    return rapt_case_base
+
+
+def rapt_predictions_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    p = ds.name
+
     @dg.asset(
-        key=key("rapt_predictions"),
+        key=[p, "rapt_predictions"],
         group_name=p,
         kinds={"duckdb", "pandas"},
-        owners=owners,
+        owners=ds.owners or OWNERS,
         description="Label sets for every pool text: RAPT-AvgCount (the default), RAPT-RankCal and the fixed 0.5 "
         "threshold side by side, with the adapted scores' top labels.",
     )
     def rapt_predictions(
-        context: dg.AssetExecutionContext, svm_model, text_pool: pd.DataFrame, text_embeddings: EmbeddingIndex, rapt_case_base
+        context: dg.AssetExecutionContext,
+        svm_scores: dict,
+        text_pool: pd.DataFrame,
+        text_embeddings: EmbeddingIndex,
+        rapt_case_base,
     ) -> dg.Output:
-        from labelflow.rapt import RAPT, base_threshold
+        from labelflow.rapt import label_sets
 
-        scorer = _backbone(svm_model)
-        classes = np.asarray(scorer.classes_)
-        cb = rapt_case_base
-        X = text_embeddings.lookup(text_pool["id"])
-        t0 = time.perf_counter()
-        S = scorer.score(X)
-        t_score = time.perf_counter() - t0
-        rapt = RAPT(k=10, n_distinct=3).fit(cb)
-        t1 = time.perf_counter()
-        nb = rapt.kneighbors(scorer.embed(X))
-        adapted = rapt.adapt(scorer.embed(X), S, nb)
-        avg = rapt.decide(adapted, nb, "avgcount")
-        rank = rapt.decide(adapted, nb, "rankcal")
-        t_rapt = time.perf_counter() - t1
-        base = base_threshold(S, 0.5)
+        scored = svm_scores["pool"].take(text_pool["id"])
+        classes = np.asarray(scored.classes)
+        sets, t_rapt = label_sets(scored.proba, unit_rows(text_embeddings.lookup(text_pool["id"])), rapt_case_base)
         join = lambda Y: ["|".join(classes[row.astype(bool)]) for row in Y]  # noqa: E731
-        out = text_pool[["id", "text"]].assign(label=join(avg), label_rankcal=join(rank), label_base05=join(base))
+        out = text_pool[["id", "text"]].assign(
+            label=join(sets["avgcount"]), label_rankcal=join(sets["rankcal"]), label_base05=join(sets["base05"])
+        )
         n = max(len(out), 1)
         return dg.Output(
             out,
             metadata=rounded(
                 {
                     "dagster/row_count": len(out),
-                    "ms_per_text_classifier": 1000 * t_score / n,
+                    "ms_per_text_classifier": 1000 * scored.seconds / n,
                     "ms_per_text_rapt_extra": 1000 * t_rapt / n,
-                    "mean_labels_avgcount": float(avg.sum(1).mean()) if len(out) else 0.0,
+                    "mean_labels_avgcount": float(sets["avgcount"].sum(1).mean()) if len(out) else 0.0,
                 }
             ),
         )
 
+    return rapt_predictions
+
+
+def rapt_evaluation_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
+    p = ds.name
+
     @dg.asset(
-        key=key("rapt_evaluation"),
+        key=[p, "rapt_evaluation"],
         group_name=p,
         kinds={"mlflow"},
-        owners=owners,
+        owners=ds.owners or OWNERS,
         description="Base0.5, Base* (one tuned threshold), Base*_l (per-label thresholds), RAPT-AvgCount and "
         "RAPT-RankCal on gold_eval: micro/macro-F1, precision, recall, Hamming loss, ms per text. "
         "Thresholds are tuned on the case base's out-of-fold scores (never on gold).",
@@ -112,21 +107,20 @@ def rapt_assets(ds: DatasetConfig) -> list:
     def rapt_evaluation(
         context: dg.AssetExecutionContext,
         mlflow: MLflowResource,
-        svm_model,
+        svm_scores: dict,
         gold_eval: pd.DataFrame,
         text_embeddings: EmbeddingIndex,
         rapt_case_base,
     ) -> dg.MaterializeResult:
-        from labelflow.rapt import binarize, evaluate_all, evaluation_figure
+        from labelflow.rapt import binarize, evaluate_scores, evaluation_figure
 
-        scorer = _backbone(svm_model)
-        classes = list(scorer.classes_)
         cb = rapt_case_base
         if not len(gold_eval):
             return dg.MaterializeResult(metadata={"note": "no gold_eval rows: nothing to score"})
-        X = text_embeddings.lookup(gold_eval["id"])
-        Y = binarize(label_lists(gold_eval["label"], True), classes)
-        result = evaluate_all(scorer, X, Y, cb.Z, cb.gold, cb, S_val=cb.scores)
+        gold = svm_scores["gold"].take(gold_eval["id"])
+        Y = binarize(label_lists(gold_eval["label"], True), list(gold.classes))
+        Z = unit_rows(text_embeddings.lookup(gold_eval["id"]))
+        result = evaluate_scores(gold.proba, Z, Y, cb.scores, cb.gold, cb, score_seconds=gold.seconds)
         fig = evaluation_figure(result, f"{p}: RAPT vs static thresholds")
         best = result.sort_values("macro_f1", ascending=False).iloc[0]
         metrics = {}
@@ -153,4 +147,8 @@ def rapt_assets(ds: DatasetConfig) -> list:
             )
         )
 
-    return [rapt_case_base, rapt_predictions, rapt_evaluation]
+    return rapt_evaluation
+
+
+def rapt_assets(ds: DatasetConfig) -> list:
+    return [rapt_case_base_asset(ds), rapt_predictions_asset(ds), rapt_evaluation_asset(ds)]
