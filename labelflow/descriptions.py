@@ -119,6 +119,8 @@ SOURCE_REFINED = "llm_refined"
 MAX_REFINED_CHARS = 400
 REFINE_MAX_TOKENS = 80
 
+_MARKUP = re.compile(r"</?\s*(?:example|text)\b", re.I)
+
 SYSTEM_REFINE = (
     "You write short, discriminative descriptions of the labels of a text classification scheme, so that "
     "each label can be told apart from the labels most easily confused with it. Label names, descriptions "
@@ -183,7 +185,8 @@ def refine_descriptions(
     * A user description (source "user") is kept exactly unless ``refine_user``.
     * ``expert``: has ``complete(messages, max_tokens)`` -> (text, usage), e.g. an
       :class:`~labelflow.llm.LLMExpert`, whose response cache makes a re-run free for unchanged inputs.
-    * An answer empty after cleaning keeps the row as it was (its source says so). Once the budget is
+    * An answer empty after cleaning, or one that repeats the prompt's ``<example>`` markup (a small
+      model may echo a seed instead of describing), keeps the row as it was (its source says so). Once the budget is
       spent (``BudgetExceeded``; a budget of 0 calls answers from the cache only) the remaining rows keep
       theirs too: the labels concerned are logged and listed in the result's ``attrs["past_budget"]``.
     * ``progress``: an optional (done, total) callback over the labels to refine.
@@ -217,6 +220,9 @@ def refine_descriptions(
             rows.append((lab, desc, source, model))
             continue
         refined = clean_description(answer, MAX_REFINED_CHARS)
+        if _MARKUP.search(refined):  # an answer that echoes the prompt's example markup is no description
+            log.warning("refined description of %r not used: it repeats the prompt's markup (%r)", lab, refined[:80])
+            refined = ""
         rows.append((lab, refined, SOURCE_REFINED, expert.name) if refined else (lab, desc, source, model))
         if progress is not None:
             progress(len(rows) - sum(1 for r in rows if r[2] == SOURCE_USER and not refine_user), total)

@@ -212,9 +212,11 @@ def test_refine_answers_come_from_the_cache_on_a_rerun_and_a_zero_budget_reads_o
         assert part.iloc[2]["description"] == "password"
 
 
-def test_refine_keeps_a_description_on_an_empty_answer_and_needs_a_completing_expert():
+def test_refine_keeps_a_description_on_an_empty_or_echoed_answer_and_needs_a_completing_expert():
     out = refine_descriptions(BASE, SEEDS, CompletingExpert(lambda lab: "  ``  "), VECS)
     assert out.equals(BASE)
+    echo = refine_descriptions(BASE, SEEDS, CompletingExpert(lambda lab: "<example>where is my card</example>"), VECS)
+    assert echo.equals(BASE)  # an echoed seed is not a description
     with pytest.raises(TypeError, match="complete"):
         refine_descriptions(BASE, SEEDS, RecordingExpert(), VECS)
     with pytest.raises(ValueError, match="source"):
