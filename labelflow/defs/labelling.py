@@ -360,9 +360,10 @@ def rac_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
         ds,
         "rac_labels",
         {"duckdb", "pandas", "mlflow"},
-        f"RAC over the LLM queue: labels ranked by description/seed similarity, one yes/no question "
-        f"per candidate in rank order, first accept wins; abstain when none of the top {ds.rac_k} is "
-        "accepted. Coverage/precision over k in the metadata and MLflow.",
+        f"RAC over the LLM queue: labels ranked by the retriever chosen by cross-validation on the seeds "
+        "(label descriptions, seeds, a seed-trained classifier; the choice and its CV recall in the metadata), "
+        f"one yes/no question per candidate in rank order, first accept wins; abstain when none of the top {ds.rac_k} "
+        "is accepted. Coverage/precision over k in the metadata and MLflow.",
         deps=[dg.AssetKey([ds.name, "llm_plan"])],  # the plan of what RAC and R.E.D. will cost is written first
     )
     def rac_labels(
