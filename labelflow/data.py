@@ -3,7 +3,8 @@
 The folder format (the one contract with users) is in the README: ``train`` (gold seeds), optional
 ``test`` (gold for evaluation only), optional ``unlabeled`` (the pool), optional ``labels.csv``
 (``label,description``), optional ``lfs.yaml`` (declarative labelling functions). Each table may be
-``.csv``, ``.parquet`` or ``.jsonl``.
+``.csv``, ``.parquet`` or ``.jsonl``. A table may give each message's previous message in a
+conversation: a ``context`` column, or ``dialogue_id`` + ``turn`` (see :func:`_dialogue_contexts`).
 
 Internal tables always carry a ``label`` column; for multi-label datasets it holds the ``|``-joined,
 sorted label set (see :func:`split_labels` / :func:`join_labels`).

@@ -7,6 +7,9 @@ An LF votes one label, several labels (multi-label), or abstains (``None``) per 
     def asks_refund(text):
         return "refund_request" if "refund" in text.lower() else None
 
+An LF may also read the text's previous message in a conversation (``@labeling_function(context=True)``
+over ``fn(text, context)``; ``context_keywords``/``context_regex`` in ``lfs.yaml``).
+
 Declarative LFs live in ``lfs.yaml`` next to a dataset (see :func:`load_lf_file`); the built-in
 embedding LFs (:func:`centroid_lf`, :func:`knn_lf`, :func:`description_lf`) work on unit vectors from
 :mod:`labelflow.embedding` and need no hand work. :func:`apply_lfs` runs them all and returns the long
