@@ -345,11 +345,12 @@ def cosine_top_k(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndar
     k = min(k, keys.shape[0])
     idx_out = np.empty((queries.shape[0], k), dtype=np.int64)
     sim_out = np.empty((queries.shape[0], k), dtype=np.float32)
-    for start in range(0, queries.shape[0], 4096):
-        sims = queries[start : start + 4096] @ keys.T
+    step = int(min(4096, max(1, 2**24 // max(keys.shape[0], 1))))  # at most ~16M similarities at a time
+    for start in range(0, queries.shape[0], step):
+        sims = queries[start : start + step] @ keys.T
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         psims = np.take_along_axis(sims, part, axis=1)
         order = np.argsort(-psims, axis=1)
-        idx_out[start : start + 4096] = np.take_along_axis(part, order, axis=1)
-        sim_out[start : start + 4096] = np.take_along_axis(psims, order, axis=1)
+        idx_out[start : start + step] = np.take_along_axis(part, order, axis=1)
+        sim_out[start : start + step] = np.take_along_axis(psims, order, axis=1)
     return idx_out, sim_out

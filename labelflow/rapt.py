@@ -411,10 +411,14 @@ class RAPT:
         idx, sim = self._retrieve(Zq)
         m, k = idx.shape
         valid = idx >= 0
-        C = self.case_base_.Z[np.where(valid, idx, 0)]  # (m, k, d)
-        G = np.einsum("mid,mjd->mij", C, C)  # pairwise cosines
         earlier = np.tril(np.ones((k, k), dtype=bool), -1)  # j < i
-        dup = ((G >= 1.0 - self.dup_tol) & earlier[None] & valid[:, None, :]).any(axis=2)
+        dup = np.zeros((m, k), dtype=bool)
+        step = max(1, 2**24 // max(k * self.case_base_.Z.shape[1], 1))  # queries per block: bounded memory
+        for s in range(0, m, step):
+            v = valid[s : s + step]
+            C = self.case_base_.Z[np.where(v, idx[s : s + step], 0)]  # (block, k, d)
+            G = np.einsum("mid,mjd->mij", C, C)  # pairwise cosines
+            dup[s : s + step] = ((G >= 1.0 - self.dup_tol) & earlier[None] & v[:, None, :]).any(axis=2)
         keep = valid & ~dup
         rank = np.cumsum(keep, axis=1)
         n = self.n_distinct

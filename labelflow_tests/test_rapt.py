@@ -294,3 +294,8 @@ def test_bench_rapt_ridge_backbone_and_extra_rows(tmp_path):
     assert table["macro_f1"].between(0, 1).all()
     diag = pd.read_csv(tmp_path / "out" / "rapt_ml_diagnostics.csv")
     assert diag.loc[0, "gold_card"] > 1 and 0 <= diag.loc[0, "floor1"] <= 1
+    # the neighbour count is chosen on validation: the tuned row's n has the best val macro-F1 of the curve
+    curve = pd.read_csv(tmp_path / "out" / "rapt_ml_val_curve.csv")
+    assert curve["n"].tolist() == list(bench_rapt.N_GRID)
+    best_n = int(curve.loc[curve.drop(columns="n").max(axis=1).idxmax(), "n"])
+    assert methods[7].startswith(f"RAPT tuned on val (n={best_n},")

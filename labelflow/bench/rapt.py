@@ -90,10 +90,9 @@ def _embed(store: VectorStore, embedder: Embedder, texts, what: str) -> np.ndarr
     return X
 
 
-def run(args) -> list[pd.DataFrame]:
-    folder = Path(args.dataset or "../shared/datasets/reuters21578_modapte")
-    seed = 0
-    t0 = time.perf_counter()
+def _load(args, folder: Path, seed: int = 0):
+    """train/val/test after the label-conflict policy and the bench's train/test sampling; the label list and
+    a phrase saying how train was chosen."""
     policy = getattr(args, "label_conflicts", "error")
     train, m_tr = load_split(folder, "train", label_conflicts=policy)
     val, m_va = load_split(folder, "val", label_conflicts=policy)
@@ -115,20 +114,13 @@ def run(args) -> list[pd.DataFrame]:
         f"rows removed (label_conflicts={policy}, identical copies): train {m_tr}, val {m_va}, test {m_te}",
         flush=True,
     )
+    return train, val, test, classes, how
 
-    embedder = Embedder("minilm")
-    store = VectorStore(DEFAULT_CACHE / folder.resolve().name)
-    Xtr = _embed(store, embedder, train["text"], "embedding train")
-    Xva = _embed(store, embedder, val["text"], "embedding val")
-    Xte = _embed(store, embedder, test["text"], "embedding test")
-    t_embed = time.perf_counter() - t0
+
+def _case_bases(args, train, val, Xtr, Xva, Yva, classes, store: VectorStore, seed: int = 0):
+    """Fit the backbone on train; the case base of train (out-of-fold scores) and of train + val
+    (val scored by the final model), the latter written to LanceDB."""
     Str = label_lists(train["label"], True)
-    Yva = binarize(label_lists(val["label"], True), classes)
-    Yte = binarize(label_lists(test["label"], True), classes)
-    unseen = sum(len(s) for s in label_lists(test["label"], True)) - int(Yte.sum())
-    if unseen:
-        print(f"note: {unseen} test labels never occur in train and are left out of the gold matrix", flush=True)
-
     ridge = args.rapt_backbone == "ridge"
     t = time.perf_counter()
     backbone = ScoredBackbone(RidgeMultiLabel() if ridge else None).fit(Xtr, Str, classes)
@@ -141,23 +133,36 @@ def run(args) -> list[pd.DataFrame]:
         oof_how = f"out-of-fold ({args.rapt_folds} folds, {args.rapt_jobs} in parallel)"
     t_oof = time.perf_counter() - t
     t = time.perf_counter()
-    cb_train = CaseBase.build(train["id"], backbone.embed(Xtr), oof, binarize(Str, classes), classes)
-    cb = CaseBase.build(train["id"], backbone.embed(Xtr), oof, binarize(Str, classes), classes)
-    val_new = ~val["id"].isin(set(train["id"]))  # a val text identical to a train text is already a case
-    cb.retain(
-        val["id"][val_new],
-        backbone.embed(Xva[val_new.to_numpy()]),
-        backbone.score(Xva[val_new.to_numpy()]),
-        Yva[val_new.to_numpy()],
-    )
+    Ztr, Ytr = backbone.embed(Xtr), binarize(Str, classes)
+    cb_train = CaseBase.build(train["id"], Ztr, oof, Ytr, classes)
+    cb = CaseBase.build(train["id"], Ztr, oof, Ytr, classes)
+    val_new = (~val["id"].isin(set(train["id"]))).to_numpy()  # a val text identical to a train text is already a case
+    cb.retain(val["id"][val_new], backbone.embed(Xva[val_new]), backbone.score(Xva[val_new]), Yva[val_new])
     cb.save(store, CaseBase.TABLE)
-    t_cb = time.perf_counter() - t
     print(
-        f"embeddings {t_embed:.1f}s (cache), backbone ({args.rapt_backbone}) fit {t_fit:.1f}s, case scores {oof_how} "
-        f"{t_oof:.1f}s, case base of {len(cb)} cases built and written to LanceDB in {t_cb:.1f}s",
+        f"backbone ({args.rapt_backbone}) fit {t_fit:.1f}s, case scores {oof_how} {t_oof:.1f}s, "
+        f"case base of {len(cb)} cases built and written to LanceDB in {time.perf_counter() - t:.1f}s",
         flush=True,
     )
+    return backbone, cb_train, cb
 
+
+def run(args) -> list[pd.DataFrame]:
+    folder = Path(args.dataset or "../shared/datasets/reuters21578_modapte")
+    t0 = time.perf_counter()
+    train, val, test, classes, how = _load(args, folder)
+    embedder = Embedder(getattr(args, "embedding_model", "minilm"))
+    store = VectorStore(DEFAULT_CACHE / folder.resolve().name)
+    Xtr = _embed(store, embedder, train["text"], "embedding train")
+    Xva = _embed(store, embedder, val["text"], "embedding val")
+    Xte = _embed(store, embedder, test["text"], "embedding test")
+    print(f"embeddings ({embedder.name}) {time.perf_counter() - t0:.1f}s (cache)", flush=True)
+    Yva = binarize(label_lists(val["label"], True), classes)
+    Yte = binarize(label_lists(test["label"], True), classes)
+    unseen = sum(len(s) for s in label_lists(test["label"], True)) - int(Yte.sum())
+    if unseen:
+        print(f"note: {unseen} test labels never occur in train and are left out of the gold matrix", flush=True)
+    backbone, cb_train, cb = _case_bases(args, train, val, Xtr, Xva, Yva, classes, store)
     table, extra = evaluate_all(
         backbone,
         Xte,
@@ -175,8 +180,25 @@ def run(args) -> list[pd.DataFrame]:
     extra_rows, diag = _extras(args, backbone, cb_train, cb, Xva, Yva, Xte, Yte, extra, score_ms)
     table = pd.concat([table, pd.DataFrame(extra_rows)], ignore_index=True)
     table.insert(0, "dataset", folder.name)
+    timing, agree, n_check = _latency(args, backbone, cb, store, embedder, test, Xte, extra, table)
+    sizes = f"train {len(train)} ({how}) / val {len(val)} / test {len(test)} texts, {len(classes)} labels"
+    _emit_all(
+        args,
+        folder,
+        table,
+        timing,
+        diag,
+        _note(args, table, extra, diag, sizes, len(cb), embedder.name, len(test)),
+        agree,
+        n_check,
+    )
+    return [table, timing]
 
-    # the same RAPT decisions with neighbours from the stored LanceDB table (a check, and its latency)
+
+def _latency(args, backbone, cb, store, embedder, test, Xte, extra, table):
+    """Inference cost per text: embedding (measured on fresh text), the bare classifier, RAPT in memory and
+    RAPT through a LanceDB search of the stored case base (whose decisions are checked against the in-memory
+    path on the first 100 test texts). Returns (table, agreement, texts checked)."""
     n_check = min(100, len(test))
     Zc = backbone.embed(Xte[:n_check])
     lance = RAPT(k=args.rapt_k, n_distinct=args.rapt_n, rounding=args.rapt_rounding).fit(cb, store=store)
@@ -184,45 +206,41 @@ def run(args) -> list[pd.DataFrame]:
     P_lance = lance.predict(Zc, extra["test_scores"][:n_check], "avgcount")
     ms_lance = 1000 * (time.perf_counter() - t) / n_check
     agree = float((P_lance == extra["predictions"]["RAPT-AvgCount"][:n_check]).all(axis=1).mean())
-
-    # embedding cost per text (common to every method), measured on fresh text
     n_emb = min(200, len(test))
     t = time.perf_counter()
     embedder.encode(list(test["text"][:n_emb]))
     ms_embed = 1000 * (time.perf_counter() - t) / n_emb
+    by = table.set_index("method")["ms_per_text"]
+    steps = [
+        (f"embed text ({embedder.name}, common to all)", ms_embed),
+        ("bare classifier: score + threshold (Base*)", by["Base*"]),
+        ("RAPT-AvgCount: score + retrieve (in-memory) + adapt + threshold", by["RAPT-AvgCount"]),
+        ("RAPT-RankCal: same, RankCal cut-off", by["RAPT-RankCal"]),
+        (f"RAPT retrieve+adapt+threshold via LanceDB search, one query at a time (first {n_check})", ms_lance),
+    ]
+    return pd.DataFrame([{"step": a, "ms_per_text": b} for a, b in steps]), agree, n_check
 
+
+def _note(args, table, extra, diag, sizes: str, n_cases: int, encoder: str, n_test: int) -> str:
     by = table.set_index("method")
-    timing = pd.DataFrame(
-        [
-            {"step": "embed text (MiniLM, common to all)", "ms_per_text": ms_embed},
-            {"step": "bare classifier: score + threshold (Base*)", "ms_per_text": by.loc["Base*", "ms_per_text"]},
-            {
-                "step": "RAPT-AvgCount: score + retrieve (in-memory) + adapt + threshold",
-                "ms_per_text": by.loc["RAPT-AvgCount", "ms_per_text"],
-            },
-            {"step": "RAPT-RankCal: same, RankCal cut-off", "ms_per_text": by.loc["RAPT-RankCal", "ms_per_text"]},
-            {
-                "step": f"RAPT retrieve+adapt+threshold via LanceDB search, one query at a time (first {n_check})",
-                "ms_per_text": ms_lance,
-            },
-        ]
-    )
     static = [m for m in by.index if m.startswith("Base")]
     best_static = by.loc[static, "macro_f1"].max()
     best_rapt = by.loc[["RAPT-AvgCount", "RAPT-RankCal"], "macro_f1"].max()
     best_any = by.loc[[m for m in by.index if m not in static], "macro_f1"].max()
-    note = (
-        f"train {len(train)} ({how}) / val {len(val)} / test {len(test)} texts, {len(classes)} labels; case base {len(cb)} "
-        f"(train out-of-fold + val); k={args.rapt_k}, n={args.rapt_n} distinct, rounding {args.rapt_rounding}; "
-        f"Base* threshold {extra['global_threshold']:.2f} (tuned for {args.rapt_objective} on val); "
-        f"backbone {args.rapt_backbone}; best RAPT (paper rules) macro-F1 − best static macro-F1 = "
-        f"{best_rapt - best_static:+.3f}; best retrieval-augmented row − best static = {best_any - best_static:+.3f}. "
-        f"Rows after RAPT-RankCal: Base* tuned for micro-F1; AvgCount with round(k*); RAPT with n and the rule "
-        f"chosen on val ({diag['tuned']}); RAPT-adapted scores with per-label thresholds tuned on val's adapted "
-        f"scores (val queried against a train-only case base in both). "
-        f"ms_per_text = scoring + the method's decision, per text of a batch of {len(test)}, embedding excluded "
+    return (
+        f"{sizes}; case base {n_cases} (train out-of-fold + val); encoder {encoder}; k={args.rapt_k}, n={args.rapt_n} "
+        f"distinct, rounding {args.rapt_rounding}; Base* threshold {extra['global_threshold']:.2f} (tuned for "
+        f"{args.rapt_objective} on val); backbone {args.rapt_backbone}; best RAPT (paper rules) macro-F1 − best static "
+        f"macro-F1 = {best_rapt - best_static:+.3f}; best retrieval-augmented row − best static = "
+        f"{best_any - best_static:+.3f}. Rows after RAPT-RankCal: Base* tuned for micro-F1; AvgCount with round(k*); "
+        f"RAPT with n (k = max(10, 2n)) and the rule chosen on val ({diag['tuned']}); RAPT-adapted scores with "
+        f"per-label thresholds tuned on val's adapted scores (val queried against a train-only case base in both). "
+        f"ms_per_text = scoring + the method's decision, per text of a batch of {n_test}, embedding excluded "
         f"(the one-off choices made on val are not counted)."
     )
+
+
+def _emit_all(args, folder: Path, table, timing, diag, note: str, agree: float, n_check: int) -> None:
     out = Path(args.out)
     emit(table, out, f"rapt_{folder.name}", f"RAPT vs static thresholds — {folder.name}", note)
     emit(
@@ -236,6 +254,14 @@ def run(args) -> list[pd.DataFrame]:
         "rare_recall_*: micro-recall on the labels with fewer than 1 % of train texts.",
     )
     emit(
+        diag["val_curve"],
+        out,
+        f"rapt_{folder.name}_val_curve",
+        f"RAPT on validation by neighbour count — {folder.name}",
+        "val macro-F1 of RAPT with n distinct cases (k = max(10, 2n) retrieved) against the train-only case base, "
+        "per rule; the tuned row takes the best of these (test is not looked at).",
+    )
+    emit(
         timing,
         out,
         f"rapt_{folder.name}_latency",
@@ -245,7 +271,29 @@ def run(args) -> list[pd.DataFrame]:
     fig = evaluation_figure(table, f"RAPT vs static thresholds — {folder.name}")
     fig.savefig(out / f"rapt_{folder.name}.png", dpi=120)
     print(f"figure: {out / f'rapt_{folder.name}.png'}", flush=True)
-    return [table, timing]
+
+
+N_GRID = (1, 3, 5, 10, 20, 40)
+RULES = (("avgcount", "floor"), ("avgcount", "round"), ("rankcal", "floor"))
+
+
+def _tune_on_val(cb_train, Z_va, S_va, Yva) -> tuple[tuple, float, pd.DataFrame]:
+    """n (distinct cases, k = max(10, 2n) retrieved), the rule and the rounding with the best val macro-F1
+    against the train-only case base. Returns ((n, rule, rounding), its val macro-F1, the whole curve)."""
+    curve, best = [], (-1.0, None)
+    for n in N_GRID:
+        r = RAPT(k=max(10, 2 * n), n_distinct=n).fit(cb_train)
+        nb = r.kneighbors(Z_va)
+        adapted = r.adapt(Z_va, S_va, nb)
+        row = {"n": n}
+        for rule, rounding in RULES:
+            r.rounding = rounding
+            f = multilabel_metrics(Yva, r.decide(adapted, nb, rule))["macro_f1"]
+            row[rule + ("" if rule == "rankcal" else f"_{rounding}")] = f
+            if f > best[0] + 1e-12:
+                best = (f, (n, rule, rounding))
+        curve.append(row)
+    return best[1], best[0], pd.DataFrame(curve)
 
 
 def _extras(args, backbone, cb_train, cb, Xva, Yva, Xte, Yte, extra, score_ms: float) -> tuple[list[dict], dict]:
@@ -265,42 +313,31 @@ def _extras(args, backbone, cb_train, cb, Xva, Yva, Xte, Yte, extra, score_ms: f
     r_round = RAPT(k=args.rapt_k, n_distinct=args.rapt_n, rounding="round").fit(cb)
     row("RAPT-AvgCount (round k*)", r_round.predict(Z_te, S_te, "avgcount"), time.perf_counter() - t)
 
-    # n (distinct cases), the rule and the rounding chosen on validation
-    best = (-1.0, None)
-    for n in (1, 3, 5, 10, 20):
-        for rule, rounding in (("avgcount", "floor"), ("avgcount", "round"), ("rankcal", "floor")):
-            r = RAPT(k=max(10, 2 * n), n_distinct=n, rounding=rounding).fit(cb_train)
-            f = multilabel_metrics(Yva, r.predict(Z_va, S_va, rule))["macro_f1"]
-            if f > best[0] + 1e-12:
-                best = (f, (n, rule, rounding))
-    n, rule, rounding = best[1]
+    (n, rule, rounding), f_val, curve = _tune_on_val(cb_train, Z_va, S_va, Yva)
     t = time.perf_counter()  # the test-time cost only (the choice on val is a one-off)
     tuned = RAPT(k=max(10, 2 * n), n_distinct=n, rounding=rounding).fit(cb)
-    row(
-        f"RAPT tuned on val (n={n}, {rule}{', ' + rounding if rule == 'avgcount' else ''})",
-        tuned.predict(Z_te, S_te, rule),
-        time.perf_counter() - t,
-    )
+    what = f"n={n}, {rule}" + (f", {rounding}" if rule == "avgcount" else "")
+    row(f"RAPT tuned on val ({what})", tuned.predict(Z_te, S_te, rule), time.perf_counter() - t)
 
     # RAPT's adapted scores + per-label thresholds tuned on validation's adapted scores
-    r_tr = RAPT(k=args.rapt_k, n_distinct=args.rapt_n).fit(cb_train)
-    A_va = r_tr.adapt(Z_va, S_va)
-    grid = np.round(np.arange(-0.5, 1.5, 0.01), 2)
-    th = tune_per_label_thresholds(A_va, Yva, grid=grid)
+    A_va = RAPT(k=args.rapt_k, n_distinct=args.rapt_n).fit(cb_train).adapt(Z_va, S_va)
+    th = tune_per_label_thresholds(A_va, Yva, grid=np.round(np.arange(-0.5, 1.5, 0.01), 2))
     t = time.perf_counter()
     r_all = RAPT(k=args.rapt_k, n_distinct=args.rapt_n).fit(cb)
     A_te = r_all.adapt(Z_te, S_te)
     row("RAPT-adapted + per-label thresholds (val)", apply_thresholds(A_te, th), time.perf_counter() - t)
+    stats = _diagnostics(r_all, cb_train, cb, Z_te, S_te, A_te, Yte, extra["predictions"])
+    return rows, {"tuned": f"{what}, val macro-F1 {f_val:.3f}", "stats": stats, "val_curve": curve}
 
-    # diagnostics on test
+
+def _diagnostics(r_all, cb_train, cb, Z_te, S_te, A_te, Yte, predictions) -> dict:
+    """Test-set figures that say why RAPT wins or loses (see the diagnostics table's note)."""
     nb = r_all.kneighbors(Z_te)
     kstar = r_all.expected_count(nb)
     gold = Yte.astype(bool)
     first = cb.gold[np.where(nb.idx[:, 0] >= 0, nb.idx[:, 0], 0)].astype(bool)
-    top = S_te.argmax(axis=1)
-    atop = A_te.argmax(axis=1)
-    freq = cb_train.gold.mean(axis=0)
-    rare = freq < 0.01
+    top, atop = S_te.argmax(axis=1), A_te.argmax(axis=1)
+    rare = cb_train.gold.mean(axis=0) < 0.01
 
     def recall_on(P, cols):
         tp = (P.astype(bool) & gold)[:, cols].sum()
@@ -316,8 +353,5 @@ def _extras(args, backbone, cb_train, cb, Xva, Yva, Xte, Yte, extra, score_ms: f
         "rare_labels": int(rare.sum()),
     }
     for name in ("Base*_l", "RAPT-AvgCount"):
-        stats[f"rare_recall_{name}"] = recall_on(extra["predictions"][name], rare) if rare.any() else float("nan")
-    return rows, {
-        "tuned": f"n={n}, {rule}" + (f", {rounding}" if rule == "avgcount" else "") + f", val macro-F1 {best[0]:.3f}",
-        "stats": stats,
-    }
+        stats[f"rare_recall_{name}"] = recall_on(predictions[name], rare) if rare.any() else float("nan")
+    return stats
