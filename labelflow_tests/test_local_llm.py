@@ -98,6 +98,40 @@ def test_cli_status_reports_absent_model(tmp_path, capsys):
     assert "sha256 verified: no" in out and "labelflow llm fetch" in out
 
 
+def test_server_metrics_are_read_from_the_prometheus_endpoint(tmp_path):
+    import http.server
+    import threading
+
+    body = (
+        "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.\n"
+        "# TYPE llamacpp:prompt_tokens_total counter\n"
+        "llamacpp:prompt_tokens_total 1234\n"
+        "llamacpp:prompt_seconds_total 12.5\n"
+        "llamacpp:broken nan-ish\n"
+        "other_metric 7\n"
+    ).encode()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.end_headers()
+            self.wfile.write(body if self.path == "/metrics" else b"")
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        srv = local.LocalLLMServer(tmp_path / "m.gguf", log_dir=tmp_path)
+        srv.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        assert srv.metrics() == {"prompt_tokens_total": 1234.0, "prompt_seconds_total": 12.5}
+        srv.url = "http://127.0.0.1:9"  # nothing listens: no figures, no exception
+        assert srv.metrics() == {}
+    finally:
+        httpd.shutdown()
+
+
 # --------------------------------------------------------------------------------------------------
 # The real local model (slow: ~1 minute on 2 cores)
 

@@ -354,6 +354,25 @@ class LocalLLMServer:
         """True when the server answers ``/v1/models``."""
         return self.running and self.url is not None and self._healthy()
 
+    def metrics(self) -> dict[str, float]:
+        """The server's counters from its Prometheus ``/metrics`` endpoint, e.g. ``prompt_tokens_total``
+        (prompt tokens evaluated: those served from the prompt cache are not counted),
+        ``prompt_seconds_total``, ``tokens_predicted_total``; empty when it does not answer."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as r:  # noqa: S310 (127.0.0.1 only)
+                text = r.read().decode()
+        except (urllib.error.URLError, OSError, ValueError):
+            return {}
+        out = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name.startswith("llamacpp:") and value:
+                try:
+                    out[name.split(":", 1)[1]] = float(value)
+                except ValueError:
+                    pass
+        return out
+
     def log_tail(self, n_chars: int = 3000) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-n_chars:] if self.log_path else ""
@@ -427,6 +446,7 @@ def _serve_main(argv: list[str] | None = None) -> int:
     params.cpuparams.n_threads = a.threads
     params.cpuparams_batch.n_threads = a.threads
     params.cache_prompt = True
+    params.endpoint_metrics = True  # /metrics: prompt tokens evaluated (cache hits excluded), seconds, ...
     params.ui = False
     params.warmup = True
     server = xlc.Server(params)
