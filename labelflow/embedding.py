@@ -203,23 +203,31 @@ class Embedder:
         return int(self._load().get_sentence_embedding_dimension())
 
     def encode(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Embed texts to an (n, d) float32 array of unit vectors."""
+        """Embed texts to an (n, d) float32 array of unit vectors, in the order given. The texts are
+        encoded longest first across the whole call (not only within a progress chunk), so a batch holds
+        texts of similar length and little padding is computed."""
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         st = self._load()
+        order = np.argsort([-len(t) for t in texts], kind="stable")
         chunk = max(self.batch_size * 4, 1)  # progress is reported after each chunk
-        out = []
+        out = np.empty((len(texts), 0), dtype=np.float32)
         for start in range(0, len(texts), chunk):
-            part = texts[start : start + chunk]
-            out.append(
-                st.encode(
-                    part, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-                )
+            idx = order[start : start + chunk]
+            part = st.encode(
+                [texts[i] for i in idx],
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
             )
+            if out.shape[1] != part.shape[1]:
+                out = np.empty((len(texts), part.shape[1]), dtype=np.float32)
+            out[idx] = part
             if progress:
                 progress(min(start + chunk, len(texts)), len(texts))
-        return np.vstack(out).astype(np.float32)
+        return out
 
 
 class VectorStore:
@@ -282,15 +290,7 @@ class VectorStore:
         hashes = [text_id(t) for t in texts]
         known: dict[str, np.ndarray] = {}
         if self.has(self.CACHE) and texts:
-            tbl = self.db.open_table(self.CACHE)
-            wanted = sorted(set(hashes))
-            model = embedder.name.replace("'", "''")
-            for start in range(0, len(wanted), 2000):
-                chunk = wanted[start : start + 2000]
-                inlist = ",".join(f"'{h}'" for h in chunk)
-                got = tbl.search().where(f"model = '{model}' AND text_hash IN ({inlist})").limit(len(chunk) + 10).to_pandas()
-                for h, v in zip(got["text_hash"], got["vector"]):
-                    known[h] = np.asarray(v, dtype=np.float32)
+            known = self._cached(set(hashes), embedder.name)
         missing_idx = [i for i, h in enumerate(hashes) if h not in known]
         # de-duplicate identical texts inside one call
         todo: dict[str, str] = {}
@@ -305,6 +305,24 @@ class VectorStore:
         dim = next(iter(known.values())).shape[0] if known else 0
         out = np.vstack([known[h] for h in hashes]) if texts else np.zeros((0, dim), dtype=np.float32)
         return out.astype(np.float32), reused
+
+    def _cached(self, wanted: set[str], model: str) -> dict[str, np.ndarray]:
+        """{text hash: vector} of the ``wanted`` hashes the cache holds for ``model``: one streamed scan of
+        the model's rows (hash and vector columns only) filtered by a hash-set lookup, so the cost is one
+        read of the table whatever the number of texts asked, and a hash stored twice is found once."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        want = pa.array(sorted(wanted), type=pa.string())
+        model_sql = model.replace("'", "''")
+        q = self.db.open_table(self.CACHE).search().where(f"model = '{model_sql}'")
+        known: dict[str, np.ndarray] = {}
+        for batch in q.select(["text_hash", "vector"]).to_batches():
+            hit = batch.filter(pc.is_in(batch.column("text_hash"), value_set=want))
+            if len(hit):
+                V = hit.column("vector").flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(hit), -1)
+                known.update(zip(hit.column("text_hash").to_pylist(), V))
+        return known
 
 
 def _to_arrow(df: pd.DataFrame):

@@ -94,3 +94,46 @@ def test_embed_index_reuses_the_lancedb_cache(tmp_path):
     assert reused2 == 2 and emb.seen[-1:] == ["new"]
     assert np.allclose(ix2.lookup(["x"]), ix.lookup(["2"]))
     assert ix2.columns["split"].tolist() == ["pool"] * 3
+
+
+def test_cache_finds_every_text_when_hashes_are_stored_twice_and_keeps_models_apart(tmp_path):
+    """A cache table holding a hash twice (two runs appended it) still returns every cached text: nothing is
+    re-embedded or appended again; vectors of another model are never reused."""
+    from labelflow.data import text_id
+
+    store = VectorStore(tmp_path / "lancedb")
+    emb = _CountingEmbedder()
+    texts = [f"text number {i}" for i in range(2500)]
+    first, _ = store.embed_cached(texts, emb)
+    dup = pd.DataFrame({"text_hash": [text_id(t) for t in texts[:2200]], "model": emb.name, "vector": list(first[:2200])})
+    store.append(VectorStore.CACHE, dup)
+    rows = len(store.read(VectorStore.CACHE))
+    again, reused = store.embed_cached(list(reversed(texts)), emb)
+    assert reused == 2500 and len(emb.seen) == 2500 and len(store.read(VectorStore.CACHE)) == rows
+    assert np.array_equal(again, first[::-1])
+
+    other = _CountingEmbedder()
+    other.name = "other-model"
+    _, reused_other = store.embed_cached(texts[:3], other)
+    assert reused_other == 0 and other.seen == texts[:3]
+
+
+def test_encode_keeps_the_input_order_when_batching_by_length():
+    class _Model:
+        def __init__(self):
+            self.calls = []
+
+        def encode(self, texts, **kw):
+            self.calls.append([len(t) for t in texts])
+            return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+    from labelflow.embedding import Embedder
+
+    emb = Embedder("minilm", batch_size=2)
+    emb._st = _Model()
+    texts = ["aaaa", "b", "cccccccccc", "dd", "eeeeee", "f" * 7, "g" * 3, "h" * 9, "i" * 5, "j" * 8]
+    seen = []
+    out = emb.encode(texts, progress=lambda done, total: seen.append((done, total)))
+    assert out[:, 0].tolist() == [len(t) for t in texts]
+    assert emb._st.calls[0] == [10, 9, 8, 7, 6, 5, 4, 3] and emb._st.calls[1] == [2, 1]  # longest first, across chunks
+    assert seen == [(8, 10), (10, 10)]
