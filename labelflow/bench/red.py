@@ -82,18 +82,12 @@ def _svm_scores(X, y, gold_X, gold_y, labels) -> dict:
 
 
 def run(args) -> list[pd.DataFrame]:
-    from labelflow.bench.common import emit, load_bench, pool_truth_aligned
+    from labelflow.bench.common import emit, pool_truth_aligned
     from labelflow.red import rounds_figure
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    data = load_bench(
-        args.dataset, args.seed_per_class, seed=0, task="multiclass", label_conflicts=getattr(args, "label_conflicts", "error")
-    )
+    data = _load(args)
     ds = data.ds
-    if args.sample and len(ds.gold) > args.sample:
-        keep = ds.gold.sample(n=args.sample, random_state=0).index.to_numpy()
-        ds.gold, data.gold_X = ds.gold.loc[keep].reset_index(drop=True), data.gold_X[keep]
-    labels = ds.labels
     seed_y = ds.seeds["label"].to_numpy()
     lv = LabelSpace.build(ds.seeds, data.seeds_X).centroid_map()
     n_pool = len(ds.pool)
@@ -102,7 +96,7 @@ def run(args) -> list[pd.DataFrame]:
     descriptions = dict(zip(ds.descriptions["label"], ds.descriptions["description"]))
     print(
         f"{ds.name}: {len(ds.seeds)} seeds ({args.seed_per_class}/class), {n_pool} pool texts, "
-        f"{len(ds.gold)} test texts, {len(labels)} labels; expert {expert.name}; budget {budget} calls",
+        f"{len(ds.gold)} test texts, {len(ds.labels)} labels; expert {expert.name}; budget {budget} calls",
         flush=True,
     )
 
@@ -113,32 +107,9 @@ def run(args) -> list[pd.DataFrame]:
     red_s = time.perf_counter() - t0
 
     truth = pd.Series(pool_truth_aligned(data).to_numpy(), index=ds.pool["id"].to_numpy())
-    acc = res.labels.assign(correct=res.labels["label"].to_numpy() == truth[res.labels["id"]].to_numpy())
-    per = acc.groupby("round")["correct"].agg(["size", "mean"]).rename(columns={"size": "n", "mean": "acc"})
-    rounds = res.rounds.copy()
-    rounds["accepted_acc"] = rounds["round"].map(per["acc"]).astype(float)
-    cum_ok = rounds["round"].map(per["acc"] * per["n"]).fillna(0).cumsum()
-    rounds["total_accepted_acc"] = (cum_ok / rounds["total_accepted"].replace(0, np.nan)).astype(float)
-    rounds["calls_per_pool_text"] = rounds["total_calls"] / n_pool
-    cols = [
-        "round",
-        "uncertain",
-        "no_candidate",
-        "asked",
-        "calls",
-        "accepted",
-        "rejected",
-        "corrected",
-        "accepted_acc",
-        "total_accepted",
-        "total_accepted_acc",
-        "total_calls",
-        "calls_per_pool_text",
-        "retrained_subsets",
-        "seconds",
-    ]
+    rounds = _rounds_table(res, truth, n_pool)
     emit(
-        rounds[cols].astype(object),
+        rounds[ROUND_COLUMNS].astype(object),
         args.out,
         "red_rounds",
         f"R.E.D. rounds on {ds.name} ({expert.name})",
@@ -147,24 +118,87 @@ def run(args) -> list[pd.DataFrame]:
     )
     rounds_figure(res.rounds).savefig(f"{args.out}/red_rounds.png", dpi=100)
 
-    gold_y = ds.gold["label"].to_numpy()
-    allp = labeler.label_rest(res, ds.pool["id"], data.pool_X)
-    model_rows = allp[allp["source"] == "red-model"]
-    pos = pd.Series(np.arange(n_pool), index=ds.pool["id"].to_numpy())
+    add = _Row(data, truth)
+    rows = _red_rows(labeler, res, data, add)
+    if importlib.util.find_spec("labelflow.rac") is not None:
+        rows.append(_rac_row(args, data, lv, res.usage.calls, truth, descriptions, add))
+    else:
+        print("RAC: labelflow/rac.py not present in this checkout; no RAC row", flush=True)
+    table = pd.DataFrame(rows)
+    emit(
+        table.astype(object),
+        args.out,
+        "red",
+        f"R.E.D. vs seed-only on {ds.name} test ({len(add.gold_y)} texts, {expert.name})",
+        note=f"goal: macro-F1 >= 0.90 with <= 1 expert call per pool text; stop: {res.stop_reason}",
+    )
+    return [rounds, table]
 
-    def rows_of(df):
-        return data.pool_X[pos[df["id"]].to_numpy()], df["label"].to_numpy()
 
-    rows = []
+ROUND_COLUMNS = [
+    "round",
+    "uncertain",
+    "no_candidate",
+    "asked",
+    "calls",
+    "accepted",
+    "rejected",
+    "corrected",
+    "accepted_acc",
+    "total_accepted",
+    "total_accepted_acc",
+    "total_calls",
+    "calls_per_pool_text",
+    "retrained_subsets",
+    "seconds",
+]
 
-    def add(method, X, y, calls, pool_df, metrics=None) -> dict:
-        m = metrics or _svm_scores(X, y, data.gold_X, gold_y, labels)
+
+def _load(args):
+    """The benchmark data (multiclass), the gold set sampled down to ``--sample`` texts when given."""
+    from labelflow.bench.common import load_bench
+
+    data = load_bench(
+        args.dataset, args.seed_per_class, seed=0, task="multiclass", label_conflicts=getattr(args, "label_conflicts", "error")
+    )
+    ds = data.ds
+    if args.sample and len(ds.gold) > args.sample:
+        keep = ds.gold.sample(n=args.sample, random_state=0).index.to_numpy()
+        ds.gold, data.gold_X = ds.gold.loc[keep].reset_index(drop=True), data.gold_X[keep]
+    return data
+
+
+def _rounds_table(res, truth: pd.Series, n_pool: int) -> pd.DataFrame:
+    """The loop's rounds with the accuracy of each round's accepted labels (and cumulatively) against
+    the hidden pool truth, and calls per pool text."""
+    acc = res.labels.assign(correct=res.labels["label"].to_numpy() == truth[res.labels["id"]].to_numpy())
+    per = acc.groupby("round")["correct"].agg(["size", "mean"]).rename(columns={"size": "n", "mean": "acc"})
+    rounds = res.rounds.copy()
+    rounds["accepted_acc"] = rounds["round"].map(per["acc"]).astype(float)
+    cum_ok = rounds["round"].map(per["acc"] * per["n"]).fillna(0).cumsum()
+    rounds["total_accepted_acc"] = (cum_ok / rounds["total_accepted"].replace(0, np.nan)).astype(float)
+    rounds["calls_per_pool_text"] = rounds["total_calls"] / n_pool
+    return rounds
+
+
+class _Row:
+    """One row of the comparison table: an EmbeddingSVM trained on ``X, y`` (or given ``metrics``)
+    scored on the test set, with the pool labels' accuracy against the hidden truth."""
+
+    def __init__(self, data, truth: pd.Series):
+        self.data, self.truth = data, truth
+        self.gold_y = data.ds.gold["label"].to_numpy()
+        self.n_pool = len(data.ds.pool)
+
+    def __call__(self, method, X, y, calls, pool_df, metrics=None) -> dict:
+        m = metrics or _svm_scores(X, y, self.data.gold_X, self.gold_y, self.data.ds.labels)
+        truth = self.truth
         pacc = float((pool_df["label"].to_numpy() == truth[pool_df["id"]].to_numpy()).mean()) if len(pool_df) else np.nan
         return {
             "method": method,
             "train_n": len(y) if y is not None else 0,
             "calls": calls,
-            "calls_per_pool_text": calls / n_pool,
+            "calls_per_pool_text": calls / self.n_pool,
             "pool_labels": len(pool_df),
             "pool_label_acc": pacc,
             "test_accuracy": m["accuracy"],
@@ -172,8 +206,21 @@ def run(args) -> list[pd.DataFrame]:
             "test_micro_f1": m["micro_f1"],
         }
 
+
+def _red_rows(labeler, res, data, add: _Row) -> list[dict]:
+    """Seed-only, R.E.D.'s verified labels, verified + confident model labels, and the subset models
+    themselves, each on the test set."""
+    ds = data.ds
+    seed_y = ds.seeds["label"].to_numpy()
+    allp = labeler.label_rest(res, ds.pool["id"], data.pool_X)
+    model_rows = allp[allp["source"] == "red-model"]
+    pos = pd.Series(np.arange(len(ds.pool)), index=ds.pool["id"].to_numpy())
+
+    def rows_of(df):
+        return data.pool_X[pos[df["id"]].to_numpy()], df["label"].to_numpy()
+
     empty = res.labels.iloc[:0]
-    rows.append(add("seed-only EmbeddingSVM", data.seeds_X, seed_y, 0, empty))
+    rows = [add("seed-only EmbeddingSVM", data.seeds_X, seed_y, 0, empty)]
     vX, vy = rows_of(res.labels)
     rows.append(
         add(
@@ -202,22 +249,10 @@ def run(args) -> list[pd.DataFrame]:
             None,
             res.usage.calls,
             empty,
-            classification_metrics(gold_y, names, labels),
+            classification_metrics(add.gold_y, names, ds.labels),
         )
     )
-    if importlib.util.find_spec("labelflow.rac") is not None:
-        rows.append(_rac_row(args, data, lv, res.usage.calls, truth, descriptions, add))
-    else:
-        print("RAC: labelflow/rac.py not present in this checkout; no RAC row", flush=True)
-    table = pd.DataFrame(rows)
-    emit(
-        table.astype(object),
-        args.out,
-        "red",
-        f"R.E.D. vs seed-only on {ds.name} test ({len(gold_y)} texts, {expert.name})",
-        note=f"goal: macro-F1 >= 0.90 with <= 1 expert call per pool text; stop: {res.stop_reason}",
-    )
-    return [rounds, table]
+    return rows
 
 
 def _rac_row(args, data, label_vectors, budget, truth, descriptions, add) -> dict:
