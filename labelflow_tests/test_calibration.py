@@ -198,3 +198,37 @@ def test_embedding_svm_top_class_confidence_is_calibrated():
     assert expected_calibration_error(raw, correct) > 0.1
     assert expected_calibration_error(cal, correct) < 0.6 * expected_calibration_error(raw, correct)
     assert (lab == svm.predict(Xt)).all()
+
+
+def test_scores_computed_once_give_what_the_model_predicts():
+    """svm_scores' ScoreMatrix: labels, calibrated and raw confidence equal the model's own predictions
+    (multi-class and multi-label); rows are taken by id in any order; an unscored id is an error."""
+    from labelflow.calibration import calibration_report, gold_confidence_frame
+    from labelflow.training import fit_classifier, predict_labels, predict_with_confidence, score_texts
+
+    rng = np.random.default_rng(7)
+    centres = rng.normal(0, 1, (4, 16))
+    X = np.vstack([c + 0.8 * rng.normal(0, 1, (30, 16)) for c in centres]).astype(np.float32)
+    y = np.repeat(["a", "b", "c", "d"], 30)
+    ids = [f"t{i}" for i in range(len(y))]
+    model = fit_classifier(y, X, False, confidence_folds=3)
+    scored = score_texts(model, ids, X, False)
+    labels, cal, raw = predict_with_confidence(model, X, False)
+    assert scored.labels_with_confidence() == (labels, cal, raw)
+    assert cal != raw  # the top-class calibrator is applied, not skipped
+    order = ids[::-1][:10]
+    part = scored.take(order)
+    assert list(part.ids) == order and part.labels()[0] == labels[::-1][:10]
+    with pytest.raises(KeyError, match="not scored"):
+        scored.take(["t0", "unknown"])
+    evidence = gold_confidence_frame(part, y[::-1][:10])
+    assert evidence["correct"].tolist() == [a == b for a, b in zip(labels[::-1][:10], y[::-1][:10])]
+    table, figs, metrics = calibration_report({"gold": evidence})
+    assert metrics["gold_n"] == 10 and set(figs) == {"gold_reliability", "gold_risk_coverage"} and len(table) == 2
+
+    sets = ["a|b" if i % 3 == 0 else v for i, v in enumerate(y)]
+    ml = fit_classifier(sets, X, True)
+    ml_scored = score_texts(ml, ids, X, True)
+    assert ml_scored.labels() == predict_labels(ml, X, True)
+    assert ml_scored.labels_with_confidence() == predict_with_confidence(ml, X, True)
+    assert len(score_texts(ml, [], None, True)) == 0

@@ -1,5 +1,5 @@
 """The whole graph (ingest -> descriptions -> pilot -> weak supervision -> queue -> RAC -> R.E.D. ->
-training set -> model -> evaluation) materialised in-process on a tiny dataset, with a real HTTP
+training set -> model -> scores -> evaluation) materialised in-process on a tiny dataset, with a real HTTP
 OpenAI-compatible test server as the LLM, real DuckDB, LanceDB and MLflow stores. A re-run makes no
 new LLM calls (the response cache) and no new embeddings."""
 
@@ -45,6 +45,8 @@ def test_whole_graph_with_test_llm(tiny_dataset, tmp_path, monkeypatch):
         assert meta("label_descriptions")["by_source"].value == {"llm": 2, "user": 1}
         assert meta("pilot_validation")["n"].value == 6
         assert meta("llm_queue")["queued"].value == 6
+        # the model scores the pool and the gold set once (svm_scores); the labelled pool and evaluation read it
+        assert (meta("svm_scores")["pool_texts"].value, meta("svm_scores")["gold_texts"].value) == (6, 3)
         assert meta("rac_labels")["llm_calls"].value + meta("rac_labels")["llm_cache_hits"].value >= 6
         con = duckdb.connect(str(cfg.warehouse), read_only=True)
         sources = dict(con.execute("select source, count(*) from tiny.training_set group by 1").fetchall())
