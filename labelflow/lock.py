@@ -17,6 +17,12 @@ stale lock (the JSON file is then only history).
   lock under the same run id; they share it (a shared ``flock``), other runs wait.
 - **Readers do not take it**: ``labelflow export`` and the notebook open DuckDB read-only for the
   length of one query (see :func:`holder` to name the writer when the file is busy).
+- **Partition runs**: a run of one partition (a nightly inbox day) takes that partition's lock
+  (:func:`partition_lock_path`, ``data/.labelflow.locks/partition=<key>.lock``, same class) for the
+  whole run, so runs of different days run side by side (each writes its own Parquet fragments,
+  :mod:`labelflow.fragments`) and two runs of one day take turns; it takes the project lock only at
+  its first unpartitioned step (the nightly retrain), so retrains take turns. Such runs are queued
+  work: they wait :func:`partition_wait_seconds` (1 h by default) instead of ``lock_wait_s``.
 
 Plain library code, no Dagster import.
 """
@@ -35,6 +41,9 @@ from pathlib import Path
 DEFAULT_WAIT_S = 60.0
 WAIT_ENV = "LABELFLOW_LOCK_WAIT_S"
 LOCK_NAME = ".labelflow.lock"
+PARTITION_LOCKS = ".labelflow.locks"
+DEFAULT_PARTITION_WAIT_S = 3600.0
+PARTITION_WAIT_ENV = "LABELFLOW_PARTITION_WAIT_S"
 
 
 class LockHeld(RuntimeError):
@@ -55,6 +64,18 @@ class Holder:
 def lock_path_for(warehouse: str | os.PathLike) -> Path:
     """The lock file of the stores whose DuckDB file is ``warehouse`` (``data/.labelflow.lock``)."""
     return Path(warehouse).resolve().parent / LOCK_NAME
+
+
+def partition_lock_path(project_lock: str | os.PathLike, partition: str) -> Path:
+    """The lock file of one partition, beside the project lock ``project_lock``
+    (``data/.labelflow.locks/partition=2026-11-18.lock``): runs of the same partition take it in turn,
+    runs of different partitions never meet on it."""
+    import hashlib
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(partition))[:80]
+    if safe != str(partition):  # keep distinct keys distinct
+        safe += "-" + hashlib.sha256(str(partition).encode()).hexdigest()[:8]
+    return Path(project_lock).resolve().parent / PARTITION_LOCKS / f"partition={safe}.lock"
 
 
 def display_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
@@ -92,6 +113,22 @@ def wait_seconds(configured: float | None = None) -> float:
         value = DEFAULT_WAIT_S if configured is None else float(configured)
     if value < 0:
         raise ValueError(f"the lock wait must be >= 0 seconds, got {value}")
+    return value
+
+
+def partition_wait_seconds() -> float:
+    """How long a partition run waits for its turn (another run of the same partition, or the project
+    lock for its unpartitioned steps, the nightly retrain): ``LABELFLOW_PARTITION_WAIT_S``, else 3600 s.
+    Such runs are queued work (a schedule, a sensor, a backfill), so they wait rather than fail."""
+    raw = os.environ.get(PARTITION_WAIT_ENV)
+    if raw in (None, ""):
+        return DEFAULT_PARTITION_WAIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{PARTITION_WAIT_ENV}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise ValueError(f"{PARTITION_WAIT_ENV} must be >= 0 seconds, got {value}")
     return value
 
 
@@ -135,6 +172,12 @@ def holder(path: str | os.PathLike) -> Holder | None:
         os.close(fd)
 
 
+def held_here(path: str | os.PathLike) -> bool:
+    """Whether this process holds the lock at ``path`` (taking it again is then immediate)."""
+    with _HELD_GUARD:
+        return str(Path(path).resolve()) in _HELD
+
+
 @dataclass
 class _Held:
     fd: int
@@ -172,6 +215,11 @@ class ProjectLock:
         self._acquired = False
 
     # -- public -----------------------------------------------------------------------------------
+    @property
+    def held(self) -> bool:
+        """Whether this object has acquired the lock (and not released it yet)."""
+        return self._acquired
+
     def acquire(self) -> Holder:
         key = str(self.path)
         with _HELD_GUARD:

@@ -349,3 +349,138 @@ def test_lock_wait_from_config_and_environment(tmp_path, monkeypatch):
     assert wait_seconds(cfg.lock_wait_s) == 0.5
     with pytest.raises(ConfigError, match="stores.lock_wait_s"):
         config_from_dict({"stores": {"lock_wait_s": "soon"}}, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ fragments
+def test_fragment_replace_is_atomic_for_readers_and_a_failed_write_keeps_the_old_one(tmp_path, monkeypatch):
+    import threading
+
+    from labelflow.fragments import FragmentStore
+
+    store = FragmentStore(tmp_path / "tables")
+    small = pd.DataFrame({"id": [f"a{i}" for i in range(10)], "text": "x"}).assign(day=pd.Timestamp("2026-11-18"))
+    big = pd.DataFrame({"id": [f"b{i}" for i in range(50_000)], "text": "y" * 40}).assign(day=pd.Timestamp("2026-11-18"))
+    store.write("ds", "t", "day", "2026-11-18", small, run_id="r1")
+    seen, errors, stop = set(), [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                seen.add(len(store.read("ds", "t")))
+            except Exception as exc:  # noqa: BLE001 - e.g. a half-written file: recorded, then the test fails
+                errors.append(repr(exc)[:200])
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(6):  # replace back and forth while the reader reads
+            store.write("ds", "t", "day", "2026-11-18", big if i % 2 == 0 else small, run_id=f"r{i}")
+    finally:
+        stop.set()
+        t.join()
+    assert not errors and seen <= {10, 50_000}, f"a reader saw a partial or doubled partition: {sorted(seen)} {errors[:3]}"
+    import pyarrow.parquet as pq
+
+    def disk_full(table, where, **kw):  # half a file, then the device is full
+        Path(where).write_bytes(b"PAR1 half a fragment")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        store.write("ds", "t", "day", "2026-11-18", big)
+    monkeypatch.undo()
+    assert sorted(store.read("ds", "t")["id"]) == sorted(small["id"]), "a failed write must leave the previous fragment"
+    assert not list((tmp_path / "tables").rglob("*.tmp")), "no temporary file is left behind"
+    assert store.partitions("ds", "t") == ["2026-11-18"]
+    with pytest.raises(ValueError, match="cannot name a fragment folder"):
+        store.write("ds", "t", "day", "../escape", small)
+
+
+def _daily_assets():
+    daily = dg.DailyPartitionsDefinition(start_date="2026-11-01")
+
+    @dg.asset(key=["ds", "texts"], partitions_def=daily, metadata={"partition_expr": "day"})
+    def texts(context) -> pd.DataFrame:
+        day = context.partition_key
+        return pd.DataFrame({"id": [f"{day}-{i}" for i in range(3)], "text": "t"}).assign(day=pd.Timestamp(day))
+
+    @dg.asset(key=["ds", "everything"])
+    def everything(texts: pd.DataFrame) -> pd.DataFrame:
+        return texts.assign(n=len(texts))
+
+    return texts, everything
+
+
+def _fragment_io(tmp_path: Path, **kw) -> WarehouseIOManager:
+    return WarehouseIOManager(
+        database=str(tmp_path / "data" / "warehouse.duckdb"), fragments_root=str(tmp_path / "data" / "tables"), **kw
+    )
+
+
+def test_partitions_are_fragments_behind_one_view_and_legacy_tables_move_in(tmp_path):
+    from labelflow.commands.export import read_table
+
+    (tmp_path / "data").mkdir()
+    db = tmp_path / "data" / "warehouse.duckdb"
+    con = duckdb.connect(str(db))  # what an earlier version left: the partitions inside the DuckDB file
+    con.execute("CREATE SCHEMA ds")
+    con.execute(
+        "CREATE TABLE ds.texts AS SELECT 'old-' || i AS id, 't' AS text, TIMESTAMP '2026-11-17' AS day FROM range(2) r(i)"
+    )
+    con.close()
+    texts, everything = _daily_assets()
+    instance = dg.DagsterInstance.ephemeral()
+    for day in ("2026-11-18", "2026-11-19", "2026-11-18"):  # the 18th twice: replaced, not duplicated
+        assert dg.materialize(
+            [texts], partition_key=day, resources={"io_manager": _fragment_io(tmp_path)}, instance=instance
+        ).success
+    assert dg.materialize(
+        [texts, everything], selection=[everything.key], resources={"io_manager": _fragment_io(tmp_path)}
+    ).success
+    assert sorted(r[0] for r in _rows(tmp_path, "everything")) == sorted(
+        ["old-0", "old-1"] + [f"{d}-{i}" for d in ("2026-11-18", "2026-11-19") for i in range(3)]
+    )
+    con = duckdb.connect(str(db), read_only=True)
+    kinds = dict(con.execute("select table_name, table_type from information_schema.tables where table_schema='ds'").fetchall())
+    per_day = dict(con.execute("select strftime(day, '%Y-%m-%d'), count(*) from ds.texts group by 1").fetchall())
+    con.close()
+    assert kinds == {"texts": "VIEW", "everything": "BASE TABLE"}
+    assert per_day == {"2026-11-17": 2, "2026-11-18": 3, "2026-11-19": 3}
+    files = sorted(p.relative_to(tmp_path / "data" / "tables") for p in (tmp_path / "data" / "tables").rglob("*.parquet"))
+    assert [str(f) for f in files] == [f"ds/texts/day=2026-11-{d}/part.parquet" for d in (17, 18, 19)]
+    cfg = tmp_path / "labelflow.yaml"
+    cfg.write_text("stores:\n  warehouse: data/warehouse.duckdb\ndatasets:\n  - {name: ds, path: data}\n")
+    assert len(read_table("ds", "texts", str(cfg))) == 8  # `labelflow export` reads the view
+
+
+def test_partition_run_takes_the_project_lock_only_for_its_unpartitioned_steps(tmp_path, monkeypatch):
+    """While another run holds the project lock, a run of one partition writes its fragments; its
+    unpartitioned step waits LABELFLOW_PARTITION_WAIT_S for the lock and then fails with the holder."""
+    (tmp_path / "data").mkdir()
+    monkeypatch.setenv("LABELFLOW_PARTITION_WAIT_S", "1")
+    lock = str(tmp_path / "data" / ".labelflow.lock")
+    io = _fragment_io(tmp_path, lock_path=lock, lock_resource="data/warehouse.duckdb", lock_wait_s=0)
+    texts, everything = _daily_assets()
+    child = subprocess.Popen(
+        [PY, "-c", f"from labelflow.lock import ProjectLock\nimport sys, time\n"
+         f"with ProjectLock({lock!r}, run_id='run-retrain-7', resource='r', wait_s=0):\n"
+         "    print('HELD', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert child.stdout.readline().strip() == "HELD"
+        res = dg.materialize([texts], partition_key="2026-11-18", resources={"io_manager": io})
+        assert res.success, "a partition's own steps do not need the project lock"
+        res = dg.materialize([texts, everything], partition_key="2026-11-19", resources={"io_manager": io}, raise_on_error=False)
+    finally:
+        child.kill()
+        child.wait()
+    assert not res.success
+    failure = next(e for e in res.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "ds__everything"
+    assert "data/warehouse.duckdb is in use by run run-retrain-7" in failure.event_specific_data.error.to_string()
+    assert [e.step_key for e in res.all_events if e.event_type_value == "STEP_SUCCESS"] == ["ds__texts"]
+    from labelflow.fragments import FragmentStore
+
+    assert FragmentStore(tmp_path / "data" / "tables").partitions("ds", "texts") == ["2026-11-18", "2026-11-19"]
+    assert holder(lock) is None and holder(tmp_path / "data" / ".labelflow.locks" / "partition=2026-11-19.lock") is None

@@ -3,7 +3,8 @@ to CSV or Parquet.
 
 Safe by construction: ``--table`` must name a table that exists in the dataset's schema (looked up in
 ``information_schema`` with bound parameters, then quoted as an identifier), the warehouse is opened
-read-only with external access disabled (no file or network functions), the file is written to a
+read-only with external access disabled (no file or network functions) except for reading the
+partitioned tables' Parquet fragments (``data/tables``, behind their views), the file is written to a
 temporary name in the target folder and renamed into place, and an existing file is only replaced
 with ``--force``. The warehouse is open only for the one query, so an export never holds up a run.
 """
@@ -34,10 +35,16 @@ def add_parser(sub) -> None:
 def _connect_read_only(warehouse: Path, display: str, lock_file: Path):
     import duckdb
 
+    from labelflow.fragments import fragments_root_for
     from labelflow.lock import holder
 
+    fragments = (str(fragments_root_for(warehouse)) + "/").replace("'", "''")
     try:
-        return duckdb.connect(str(warehouse), read_only=True, config={"enable_external_access": False})
+        con = duckdb.connect(str(warehouse), read_only=True)
+        # the views of partitioned tables read their fragments; nothing else outside the file is readable
+        con.execute(f"SET allowed_directories = ['{fragments}']")
+        con.execute("SET enable_external_access = false")
+        return con
     except duckdb.IOException as exc:
         who = holder(lock_file)
         if who is not None:

@@ -10,7 +10,7 @@ import dagster as dg
 
 from labelflow.config import DatasetConfig, ProjectConfig
 from labelflow.defs.ingest import ingest_assets
-from labelflow.defs.io import ModelIOManager, WarehouseIOManager
+from labelflow.defs.io import PROJECT_RUN_TAGS, ModelIOManager, WarehouseIOManager
 from labelflow.defs.labelling import labelling_assets
 from labelflow.defs.plan import plan_assets
 from labelflow.defs.model import model_assets
@@ -27,6 +27,7 @@ from labelflow.defs.resources import (
     compute_fields,
 )
 from labelflow.defs.vectors import EmbeddingIOManager
+from labelflow.fragments import fragments_root_for
 from labelflow.lock import display_path, lock_path_for
 
 
@@ -49,17 +50,20 @@ def resources(cfg: ProjectConfig) -> dict:
     # compute: local | ray (labelflow.compute); embedding, labelling functions and LLM questions use it
     compute = ComputeResource(**dataclasses.asdict(cfg.compute))
     return {
-        # the warehouse IO manager is part of every step: it holds the project lock for the whole run
+        # the warehouse IO manager is part of every step: it holds the project lock for the whole run (a
+        # partition run: its partition's lock, and the project lock from its first unpartitioned step);
+        # partitioned tables are Parquet fragments per partition under data/tables, DuckDB views over them
         "io_manager": WarehouseIOManager(
             database=str(cfg.warehouse),
             lock_path=str(lock_path_for(cfg.warehouse)),
             lock_resource=display_path(cfg.warehouse, cfg.root),
             lock_wait_s=cfg.lock_wait_s,
+            fragments_root=str(fragments_root_for(cfg.warehouse)),
         ),
         "model_io_manager": ModelIOManager(models_dir=str(cfg.models_dir)),
         # EmbeddingIndex values (text/label/inbox embeddings) as LanceDB tables; other Python values
         # (the label space) pickled per asset key
-        "vectors_io_manager": EmbeddingIOManager(lancedb_uri=str(cfg.lancedb)),
+        "vectors_io_manager": EmbeddingIOManager(lancedb_uri=str(cfg.lancedb), fragments_root=str(fragments_root_for(cfg.warehouse))),
         "values_io_manager": dg.FilesystemIOManager(base_dir=str(cfg.lancedb.parent / "values")),
         "review": ReviewResource(warehouse=str(cfg.warehouse), review_dir=str(cfg.root / "data" / "review")),
         "stores": StoresResource(lancedb_uri=str(cfg.lancedb), models_dir=str(cfg.models_dir)),
@@ -90,6 +94,7 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
                 f"{ds.name}__all",
                 selection=selection,
                 description=f"Materialise the whole {ds.name} graph (the inbox partitions run nightly).",
+                tags=PROJECT_RUN_TAGS,
             )
         )
         if ds.inbox is not None:

@@ -13,6 +13,16 @@
 - **The project lock** (:mod:`labelflow.lock`): the IO manager is part of every step, so taking the lock
   when it is set up for a run (and releasing it at the end) makes every run of the project one writer;
   a second run waits ``lock_wait_s`` and then fails with "data/warehouse.duckdb is in use by run ...".
+  A run of one partition (tag ``dagster/partition``: a nightly inbox day) instead takes its partition's
+  lock at set-up and the project lock only at its first unpartitioned step (every IO manager of the
+  project calls :func:`take_project_lock_for_step`), waiting for it rather than failing: partition
+  runs of different days run side by side, their retrains take turns.
+- **Partitions as fragments** (``fragments_root``, :mod:`labelflow.fragments`): a partitioned asset's
+  partition is written as its own Parquet file (temp + fsync + rename, a re-run replaces it in one
+  rename) instead of rows of a DuckDB table, so partition runs never write the same file; the table in
+  the warehouse is a view over its fragments (``read_parquet`` with hive partitioning), so SQL users and
+  ``labelflow export`` still see one table. A partitioned table an earlier version kept in the DuckDB
+  file is moved into fragments on first use.
 
 An empty DataFrame is stored as an empty table (VARCHAR where the type is unknown) instead of being
 skipped, so downstream assets (e.g. hidden_pool_labels outside benchmark mode) always find their table.
@@ -24,6 +34,7 @@ load checks the file against the sha256 recorded in the latest materialisation.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from contextlib import contextmanager
 
@@ -33,12 +44,49 @@ from dagster_duckdb.io_manager import DbIOManager, DuckDbClient, _partition_wher
 from dagster_duckdb_pandas import DuckDBPandasIOManager, DuckDBPandasTypeHandler
 from pydantic import PrivateAttr
 
-from labelflow.lock import ProjectLock, wait_seconds
+from labelflow.fragments import FragmentStore
+from labelflow.lock import ProjectLock, held_here, holder, partition_lock_path, partition_wait_seconds, wait_seconds
 from labelflow.modelstore import ModelIntegrityError, load_model, save_model
 from labelflow.sql import qualified
 from labelflow.sql import quote_ident as quote
 
 STAGING_PREFIX = "_labelflow_staging__"
+PARTITION_TAG = "dagster/partition"
+# Run tags the run queue limits (dagster.yaml): runs of the whole graph take the project lock for the
+# whole run, one at a time; partition runs (the nightly job) run side by side.
+PROJECT_RUN_TAGS = {"labelflow/stores": "project"}
+PARTITION_RUN_TAGS = {"labelflow/stores": "partition"}
+
+
+# ------------------------------------------------------------------------------------------ run locks
+# run id -> the project lock a partition run takes at its first unpartitioned step (see WarehouseIOManager)
+_PENDING: dict[str, ProjectLock] = {}
+_PENDING_GUARD = threading.Lock()
+
+
+def _step(context):
+    try:
+        return context.step_context
+    except Exception:  # noqa: BLE001 - a context built outside a run (unit tests)
+        return None
+
+
+def take_project_lock_for_step(context) -> None:
+    """Every IO manager of the project calls this before it reads or writes. In a partition run, the
+    first step of an unpartitioned asset (the nightly retrain: training_set, svm_model, ...) takes the
+    project lock, waiting while another run holds it, and keeps it until the run ends; the partition's
+    own steps never take it. Outside partition runs the lock is already held from the run's start."""
+    step = _step(context)
+    if step is None or step.entity_partitions_def is not None:
+        return
+    with _PENDING_GUARD:
+        lock = _PENDING.get(step.run_id)
+        if lock is None or lock.held:
+            return
+        who = None if held_here(lock.path) else holder(lock.path)
+        if who is not None and who.run_id != lock.run_id:
+            step.log.info(f"waiting for run {who.run_id} to release the project lock (up to {lock.wait_s:.0f} s)")
+        lock.acquire()
 
 
 def _table_exists(connection, schema: str, table: str) -> bool:
@@ -182,15 +230,136 @@ def _transaction(connection, statements: list[str]) -> None:
         raise
 
 
+class _WarehouseDbIOManager(DbIOManager):
+    """dagster's DbIOManager plus the project's step locks and, with a fragment store, the partitions of
+    partitioned assets as Parquet fragments (one file per partition) behind a DuckDB view."""
+
+    def __init__(self, *, fragments: FragmentStore | None, **kwargs):
+        super().__init__(**kwargs)
+        self._fragments = fragments
+        self._database = kwargs["database"]
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        take_project_lock_for_step(context)
+        if self._fragments is not None and context.has_asset_partitions and isinstance(obj, pd.DataFrame):
+            self._write_fragment(context, obj)
+            return
+        super().handle_output(context, obj)
+
+    def load_input(self, context: dg.InputContext):
+        take_project_lock_for_step(context)
+        if self._fragments is not None and context.has_asset_partitions:
+            dataset, table = context.asset_key.path[0], context.asset_key.path[-1]
+            sync_view(self._database, self._fragments, dataset, table, _partition_column(context))
+            return self._fragments.read(dataset, table, context.asset_partition_keys)
+        return super().load_input(context)
+
+    def _write_fragment(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+        keys = list(context.asset_partition_keys)
+        if len(keys) != 1:
+            raise ValueError(f"{context.asset_key.to_user_string()}: one partition per materialisation, got {keys}")
+        dataset, table, column = context.asset_key.path[0], context.asset_key.path[-1], _partition_column(context)
+        path = self._fragments.write(dataset, table, column, keys[0], obj, run_id=context.run_id)
+        moved = sync_view(self._database, self._fragments, dataset, table, column, create=True)
+        if moved:
+            context.log.info(f"{dataset}.{table}: moved {moved} partition(s) from the DuckDB table into fragments")
+        context.add_output_metadata(
+            {
+                "dagster/partition_row_count": len(obj),
+                "dagster/storage_kind": "parquet",
+                "fragment": str(path),
+                "dataframe_columns": dg.MetadataValue.table_schema(
+                    dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in obj.dtypes.items()])
+                ),
+            }
+        )
+
+
+def _partition_column(context) -> str:
+    meta = context.definition_metadata if isinstance(context, dg.OutputContext) else context.upstream_output.definition_metadata
+    return str((meta or {}).get("partition_expr", "partition"))
+
+
+@contextmanager
+def _warehouse(database: str):
+    """A short read-write connection to the DuckDB file (retried while another process has it open)."""
+    import duckdb
+    from dagster._utils.backoff import backoff
+
+    con = backoff(
+        fn=duckdb.connect,
+        retry_on=(RuntimeError, duckdb.IOException),
+        kwargs={"database": database, "read_only": False, "config": {"custom_user_agent": "dagster"}},
+        max_retries=10,
+    )
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+_SYNCED: set[tuple[str, str, str]] = set()  # (database, dataset, table) whose view this process has checked
+
+
+def sync_view(database: str, fragments: FragmentStore, dataset: str, table: str, column: str, create: bool = False) -> int:
+    """Keep ``"dataset"."table"`` in the warehouse a view over the table's fragments, so SQL users and
+    ``labelflow export`` see one table; checked once per process (a short connection, retried while
+    another process has the file open; ``create``: create the DuckDB file if there is none yet).
+
+    A partitioned table an earlier version kept inside the DuckDB file becomes fragments on the way:
+    each of its partitions without a fragment is written as one, then the table is replaced by the view
+    in one transaction. Returns the number of partitions moved."""
+    import os
+
+    key = (str(database), dataset, table)
+    if key in _SYNCED or not (create or os.path.exists(database)):
+        return 0
+    moved = 0
+    with _warehouse(database) as con:
+        legacy = _is_base_table(con, dataset, table)
+        if legacy:
+            df = con.execute(f"SELECT * FROM {qualified(dataset, table)}").fetchdf()
+            have = set(fragments.partitions(dataset, table))
+            values = pd.to_datetime(df[column]).dt.strftime("%Y-%m-%d") if len(df) else pd.Series(dtype=str)
+            for value, part in df.groupby(values, sort=True):
+                if value not in have:
+                    fragments.write(dataset, table, column, str(value), part.reset_index(drop=True), run_id="migrated")
+                    moved += 1
+        if not fragments.has(dataset, table):
+            return moved  # nothing to show yet (an empty legacy table stays until the first fragment)
+        row = con.execute("SELECT sql FROM duckdb_views() WHERE schema_name = ? AND view_name = ?", [dataset, table]).fetchone()
+        if legacy or row is None or str(fragments.table_dir(dataset, table)) not in row[0]:
+            _transaction(
+                con,
+                [f"CREATE SCHEMA IF NOT EXISTS {quote(dataset)}"]
+                + ([f"DROP TABLE {qualified(dataset, table)}"] if legacy else [])
+                + [f"CREATE OR REPLACE VIEW {qualified(dataset, table)} AS {fragments.view_sql(dataset, table)}"],
+            )
+    _SYNCED.add(key)
+    return moved
+
+
+def _is_base_table(con, schema: str, table: str) -> bool:
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ? "
+            "AND table_type = 'BASE TABLE'",
+            [schema, table],
+        ).fetchone()[0]
+    )
+
+
 class WarehouseIOManager(DuckDBPandasIOManager):
-    """DuckDB tables, one schema per dataset (the asset key prefix); atomic writes; holds the project
-    lock for the whole run when ``lock_path`` is set."""
+    """DuckDB tables, one schema per dataset (the asset key prefix); atomic writes; the project lock
+    when ``lock_path`` is set; partitions as Parquet fragments when ``fragments_root`` is set."""
 
     lock_path: str | None = None
     lock_resource: str = "the warehouse"
     lock_wait_s: float | None = None
+    fragments_root: str | None = None
 
-    _lock = PrivateAttr(default=None)
+    _locks: list = PrivateAttr(default_factory=list)
+    _run_id: str | None = PrivateAttr(default=None)
     _handlers: list = PrivateAttr(default_factory=list)
 
     @staticmethod
@@ -200,7 +369,8 @@ class WarehouseIOManager(DuckDBPandasIOManager):
     def create_io_manager(self, context) -> DbIOManager:
         handlers = self.type_handlers()
         self._handlers.extend(h for h in handlers if isinstance(h, _TypeHandler))
-        return DbIOManager(
+        return _WarehouseDbIOManager(
+            fragments=FragmentStore(self.fragments_root) if self.fragments_root else None,
             db_client=_Client(),
             database=self.database,
             schema=self.schema_,
@@ -210,26 +380,41 @@ class WarehouseIOManager(DuckDBPandasIOManager):
         )
 
     def setup_for_execution(self, context) -> None:
+        """A run of one partition takes that partition's lock now and the project lock at its first
+        unpartitioned step (:func:`take_project_lock_for_step`); any other run takes the project lock now."""
         if not self.lock_path:
             return
         run = context.run  # None outside a run (e.g. build_resources): an ad-hoc holder id
-        lock = ProjectLock(
-            self.lock_path,
-            run_id=run.run_id if run is not None else f"adhoc-{uuid.uuid4().hex[:8]}",
-            resource=self.lock_resource,
-            wait_s=wait_seconds(self.lock_wait_s),
-            command=f"dagster job {run.job_name}" if run is not None else "dagster",
-        )
-        lock.acquire()
-        self._lock = lock
+        run_id = run.run_id if run is not None else f"adhoc-{uuid.uuid4().hex[:8]}"
+        command = f"dagster job {run.job_name}" if run is not None else "dagster"
+        partition = run.tags.get(PARTITION_TAG) if run is not None else None
+
+        def lock(path: str, resource: str, wait_s: float) -> ProjectLock:
+            return ProjectLock(path, run_id=run_id, resource=resource, wait_s=wait_s, command=command)
+
+        self._run_id = run_id
+        if partition is None:
+            self._locks.append(lock(self.lock_path, self.lock_resource, wait_seconds(self.lock_wait_s)))
+            self._locks[-1].acquire()
+            return
+        wait = partition_wait_seconds()
+        part = lock(str(partition_lock_path(self.lock_path, partition)), f"partition {partition} of {self.lock_resource}", wait)
+        part.acquire()
+        self._locks.append(part)
+        project = lock(self.lock_path, self.lock_resource, wait)
+        self._locks.append(project)
+        with _PENDING_GUARD:
+            _PENDING[run_id] = project
 
     def teardown_after_execution(self, context) -> None:
         try:
             self._drop_uncommitted_staging()
         finally:
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            with _PENDING_GUARD:
+                _PENDING.pop(self._run_id, None)
+            for lock in reversed(self._locks):
+                lock.release()
+            self._locks.clear()
 
     def _drop_uncommitted_staging(self) -> None:
         """A step that failed before its last output leaves staged tables; drop them (the real tables
@@ -263,6 +448,7 @@ class ModelIOManager(dg.ConfigurableIOManager):
         return Path(self.models_dir) / dataset / f"{stem}.joblib"
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
+        take_project_lock_for_step(context)
         if obj is None:
             return
         path = self._path(context)
@@ -270,6 +456,7 @@ class ModelIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata({"model_path": str(path), "model_sha256": digest})
 
     def load_input(self, context: dg.InputContext):
+        take_project_lock_for_step(context)
         key = context.asset_key
         event = context.instance.get_latest_materialization_event(key)
         if event is None or event.asset_materialization is None:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from labelflow.config import DatasetConfig, ProjectConfig
 from labelflow.data import read_inbox_file
+from labelflow.defs.io import PARTITION_RUN_TAGS
 from labelflow.defs.resources import EmbedderResource, ExpertResource, StoresResource, budget_metadata
 from labelflow.defs.util import OWNERS, usage_metadata, rounded
 from labelflow.defs.vectors import embed
@@ -40,51 +41,60 @@ def partitions(ds: DatasetConfig) -> dg.DailyPartitionsDefinition:
     return dg.DailyPartitionsDefinition(start_date=ds.inbox_start, timezone="UTC")
 
 
-def nightly_assets(ds: DatasetConfig) -> list:
-    p = ds.name
-    owners = ds.owners or OWNERS
-    daily = partitions(ds)
-    key = lambda name: dg.AssetKey([p, name])  # noqa: E731
-    part_meta = {"partition_expr": "day"}
+def _spec(ds: DatasetConfig, name: str, kinds: set, description: str, **extra) -> dict:
+    """The decorator arguments every per-day asset shares (key prefix, group, owners, daily partitions;
+    the partition column ``day`` names each fragment folder, see :mod:`labelflow.fragments`)."""
+    return dict(
+        key=dg.AssetKey([ds.name, name]),
+        group_name=ds.name,
+        kinds=kinds,
+        owners=ds.owners or OWNERS,
+        partitions_def=partitions(ds),
+        metadata={"partition_expr": "day"},
+        description=description,
+        **extra,
+    )
 
+
+FRAGMENTS = " Stored as one Parquet fragment per day (data/tables/<dataset>/<asset>/day=YYYY-MM-DD/), read as one table."
+
+
+def _inbox_texts(ds: DatasetConfig):
     @dg.asset(
-        key=key("inbox_texts"),
-        group_name=p,
-        kinds={"duckdb", "pandas"},
-        owners=owners,
-        partitions_def=daily,
-        metadata=part_meta,
-        description=f"One day's new texts from the inbox {ds.inbox} (files YYYY-MM-DD*.csv|parquet|jsonl); a late "
-        "or re-dropped file replaces its day's partition.",
+        **_spec(
+            ds,
+            "inbox_texts",
+            {"parquet", "pandas"},
+            f"One day's new texts from the inbox {ds.inbox} (files YYYY-MM-DD*.csv|parquet|jsonl); a late "
+            "or re-dropped file replaces its day's partition." + FRAGMENTS,
+        )
     )
     def inbox_texts(context: dg.AssetExecutionContext) -> dg.Output:
         day = context.partition_key
-        frames = []
-        for f in inbox_files(ds.inbox, day):
-            frames.append(read_inbox_file(f, ds.max_text_chars).assign(file=f.name))
-        df = (
-            pd.concat(frames, ignore_index=True).drop_duplicates("id")
-            if frames
-            else pd.DataFrame(
-                {"id": pd.Series(dtype="string"), "text": pd.Series(dtype="string"), "file": pd.Series(dtype="string")}
-            )
-        )
+        frames = [read_inbox_file(f, ds.max_text_chars).assign(file=f.name) for f in inbox_files(ds.inbox, day)]
+        if frames:
+            df = pd.concat(frames, ignore_index=True).drop_duplicates("id")
+        else:
+            df = pd.DataFrame({c: pd.Series(dtype="string") for c in ("id", "text", "file")})
         df["day"] = pd.Timestamp(day)
         context.log.info(f"{day}: {len(df)} texts from {len(frames)} file(s)")
         return dg.Output(
             df, metadata={"dagster/row_count": len(df), "files": dg.MetadataValue.json([f for f in df["file"].unique()])}
         )
 
+    return inbox_texts
+
+
+def _inbox_embeddings(ds: DatasetConfig):
     @dg.asset(
-        key=key("inbox_embeddings"),
-        group_name=p,
-        kinds={"lancedb"},
-        owners=owners,
-        partitions_def=daily,
-        io_manager_key="vectors_io_manager",
-        metadata=part_meta,
-        description="Embeddings of one day's inbox texts (an EmbeddingIndex; LanceDB table <dataset>__inbox_embeddings, "
-        "one partition per day); texts already embedded with the same model are reused.",
+        **_spec(
+            ds,
+            "inbox_embeddings",
+            {"parquet"},
+            "Embeddings of one day's inbox texts (an EmbeddingIndex, one Parquet fragment per day under "
+            "data/tables/<dataset>/inbox_embeddings/); texts already embedded with the same model are reused.",
+            io_manager_key="vectors_io_manager",
+        )
     )
     def inbox_embeddings(
         context: dg.AssetExecutionContext, stores: StoresResource, embedder: EmbedderResource, inbox_texts: pd.DataFrame
@@ -92,15 +102,18 @@ def nightly_assets(ds: DatasetConfig) -> list:
         index, reused = embed(stores.lancedb_uri, embedder.get(), inbox_texts["id"], inbox_texts["text"])
         return dg.Output(index, metadata={"texts": len(inbox_texts), "reused": reused, "computed": len(inbox_texts) - reused})
 
+    return inbox_embeddings
+
+
+def _inbox_queue(ds: DatasetConfig):
     @dg.asset(
-        key=key("inbox_queue"),
-        group_name=p,
-        kinds={"duckdb", "pandas"},
-        owners=owners,
-        partitions_def=daily,
-        metadata=part_meta,
-        description="One day's weak labels and routing: labelling functions + label model on the new texts; kept, "
-        "queued for the LLM, or left to the model.",
+        **_spec(
+            ds,
+            "inbox_queue",
+            {"parquet", "pandas"},
+            "One day's weak labels and routing: labelling functions + label model on the new texts; kept, "
+            "queued for the LLM, or left to the model." + FRAGMENTS,
+        )
     )
     def inbox_queue(
         context: dg.AssetExecutionContext,
@@ -121,23 +134,24 @@ def nightly_assets(ds: DatasetConfig) -> list:
             context.log.warning(f"labelling function {e['lf']} failed on text {e['id']}: {e['error']} (excluded)")
         routed = route(aggregate_votes(votes, ids, labels, ds.label_model, ds.multilabel), ds.routing, budget=ds.llm_budget_calls)
         routed = routed.merge(inbox_texts[["id", "text", "day"]].astype({"id": str}), on="id", how="left")
-        return dg.Output(
-            routed,
-            metadata={
-                "dagster/row_count": len(routed),
-                "queued": int(routed["queued"].sum()) if len(routed) else 0,
-                "buckets": dg.MetadataValue.json(routed["bucket"].value_counts().to_dict() if len(routed) else {}),
-            },
-        )
+        meta = {
+            "dagster/row_count": len(routed),
+            "queued": int(routed["queued"].sum()) if len(routed) else 0,
+            "buckets": dg.MetadataValue.json(routed["bucket"].value_counts().to_dict() if len(routed) else {}),
+        }
+        return dg.Output(routed, metadata=meta)
 
+    return inbox_queue
+
+
+def _inbox_rac_labels(ds: DatasetConfig):
     @dg.asset(
-        key=key("inbox_rac_labels"),
-        group_name=p,
-        kinds={"duckdb", "pandas"},
-        owners=owners,
-        partitions_def=daily,
-        metadata=part_meta,
-        description="RAC over one day's queued texts (only new texts cost LLM calls; answers are cached).",
+        **_spec(
+            ds,
+            "inbox_rac_labels",
+            {"parquet", "pandas"},
+            "RAC over one day's queued texts (only new texts cost LLM calls; answers are cached)." + FRAGMENTS,
+        )
     )
     def inbox_rac_labels(
         context: dg.AssetExecutionContext,
@@ -155,7 +169,7 @@ def nightly_assets(ds: DatasetConfig) -> list:
                 confidence=pd.Series(dtype=float), day=pd.Series(dtype="datetime64[ns]")
             )
             return dg.Output(empty, metadata={"dagster/row_count": 0, "llm_calls": 0})
-        budget = expert.run_budget(context.run.run_id, p, ds.llm_budget_calls)  # the nightly run's own budget
+        budget = expert.run_budget(context.run.run_id, ds.name, ds.llm_budget_calls)  # the nightly run's own budget
         exp = expert.get(threshold=pilot_threshold(pilot_validation), budget=budget)
         res, _ = label_queue(exp, queue, inbox_embeddings.lookup(queue["id"]), label_space, ds.rac_k)
         res["day"] = pd.Timestamp(context.partition_key)
@@ -164,7 +178,12 @@ def nightly_assets(ds: DatasetConfig) -> list:
         meta.update(budget_metadata(budget))
         return dg.Output(res, metadata=rounded(meta))
 
-    return [inbox_texts, inbox_embeddings, inbox_queue, inbox_rac_labels]
+    return inbox_rac_labels
+
+
+def nightly_assets(ds: DatasetConfig) -> list:
+    """The per-day assets of a dataset with an inbox (daily partitions, one Parquet fragment per day)."""
+    return [_inbox_texts(ds), _inbox_embeddings(ds), _inbox_queue(ds), _inbox_rac_labels(ds)]
 
 
 def nightly_job(ds: DatasetConfig):
@@ -172,7 +191,9 @@ def nightly_job(ds: DatasetConfig):
     return dg.define_asset_job(
         f"{ds.name}__nightly",
         selection=dg.AssetSelection.assets(*keys),
-        description="Nightly relabelling: one inbox day's new texts, then retrain and evaluate.",
+        description="Nightly relabelling: one inbox day's new texts, then retrain and evaluate. Runs of "
+        "different days run side by side (each day its own fragments); their retrains take turns.",
+        tags=PARTITION_RUN_TAGS,
     )
 
 

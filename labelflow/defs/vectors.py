@@ -6,9 +6,14 @@ as the LanceDB table ``<dataset>__<asset>`` (id, the index's extra columns, mode
 back as an ``EmbeddingIndex`` by every asset that takes it as an input. A ``CaseBase`` is stored the
 same way (one row per case: id, vector, scores, gold, cardinality; its label order in the table's
 metadata) and loaded back as a ``CaseBase``. A partitioned asset names its
-partition column in its definition metadata (``partition_expr``, e.g. ``day``): a materialisation
-replaces that partition's rows only, and an input reads the partitions asked for (an unpartitioned
-downstream asset: all of them; none materialised yet reads as an empty index).
+partition column in its definition metadata (``partition_expr``, e.g. ``day``): with ``fragments_root``
+set (the project's stores) each partition is its own Parquet fragment (:mod:`labelflow.fragments`,
+``<fragments_root>/<dataset>/<asset>/day=<key>/part.parquet``: id, extra columns, model, vector), so
+runs of different partitions never write the same file and a re-run replaces its partition's fragment
+in one rename; without it the partition's rows of one LanceDB table are replaced. An input reads the
+partitions asked for (an unpartitioned downstream asset: all of them; none materialised yet reads as
+an empty index). A LanceDB table an earlier version kept for a partitioned asset is moved into
+fragments on first use (its partitions that have no fragment yet), then dropped.
 
 :func:`embed` is how an asset embeds texts: every (text hash, model) the store has seen is reused
 (:meth:`~labelflow.embedding.VectorStore.embed_cached`), so a re-run embeds nothing twice.
@@ -23,7 +28,9 @@ import json
 import dagster as dg
 import pandas as pd
 
+from labelflow.defs.io import take_project_lock_for_step
 from labelflow.embedding import EmbeddingIndex, VectorStore, embed_index
+from labelflow.fragments import FragmentStore
 
 
 def table_name(asset_key: dg.AssetKey) -> str:
@@ -40,13 +47,25 @@ class EmbeddingIOManager(dg.ConfigurableIOManager):
     LanceDB, one table per asset key (see the module docstring)."""
 
     lancedb_uri: str
+    fragments_root: str | None = None
 
     def _store(self) -> VectorStore:
         return VectorStore(self.lancedb_uri)
 
+    def _fragments(self, context) -> FragmentStore | None:
+        """The fragment store of a partitioned asset (None: LanceDB), legacy LanceDB partitions moved in."""
+        if not self.fragments_root:
+            return None
+        fragments = FragmentStore(self.fragments_root)
+        out = context if isinstance(context, dg.OutputContext) else context.upstream_output
+        column = str((out.definition_metadata or {}).get("partition_expr", "partition"))
+        _move_lancedb_partitions(self._store(), fragments, out.asset_key, column)
+        return fragments
+
     def handle_output(self, context: dg.OutputContext, obj: EmbeddingIndex) -> None:
         from labelflow.rapt import CaseBase
 
+        take_project_lock_for_step(context)
         store, name = self._store(), table_name(context.asset_key)
         if isinstance(obj, CaseBase) and not context.has_asset_partitions:
             store.write(
@@ -67,6 +86,13 @@ class EmbeddingIOManager(dg.ConfigurableIOManager):
             keys = list(context.asset_partition_keys)
             if len(keys) != 1:
                 raise ValueError(f"{name}: one partition per materialisation, got {keys}")
+            fragments = self._fragments(context)
+            if fragments is not None:
+                dataset, table = context.asset_key.path[0], context.asset_key.path[-1]
+                path = fragments.write(dataset, table, column, keys[0], frame.assign(**{column: keys[0]}), run_id=context.run_id)
+                meta = {"fragment": str(path), "vectors": len(obj), "model": obj.model, "dim": obj.dim}
+                context.add_output_metadata({**meta, "dagster/storage_kind": "parquet"})
+                return
             store.delete(name, f"{column} = {_quote(keys[0])}")
             if len(frame):
                 store.append(name, frame.assign(**{column: keys[0]}))
@@ -77,10 +103,15 @@ class EmbeddingIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext) -> EmbeddingIndex:
+        take_project_lock_for_step(context)
         store = self._store()
         key = context.upstream_output.asset_key if context.upstream_output is not None else context.asset_key
         name = table_name(key)
         partitioned = context.has_asset_partitions
+        fragments = self._fragments(context) if partitioned else None
+        if fragments is not None:
+            df = fragments.read(key.path[0], key.path[-1], context.asset_partition_keys)
+            return _index(context, name, df) if len(df) else EmbeddingIndex.empty()
         if not store.has(name):
             if partitioned:  # e.g. an inbox with no day materialised yet
                 return EmbeddingIndex.empty()
@@ -96,13 +127,37 @@ class EmbeddingIOManager(dg.ConfigurableIOManager):
         if partitioned:
             column = context.upstream_output.definition_metadata.get("partition_expr", "partition")
             df = df[df[column].astype(str).isin(set(context.asset_partition_keys))]
-        if "id" not in df and "label" in df:  # a label table written before ids were stored
-            df = df.rename(columns={"label": "id"})
-        dup = df["id"].astype(str).duplicated()
-        if dup.any():  # the same id in several partitions: the first row wins, as lookups always did
-            context.log.warning(f"{name}: {int(dup.sum())} ids appear in several partitions; the first vector is used")
-            df = df[~dup]
-        return EmbeddingIndex.from_frame(df.reset_index(drop=True))
+        return _index(context, name, df)
+
+
+def _index(context, name: str, df: pd.DataFrame) -> EmbeddingIndex:
+    if "id" not in df and "label" in df:  # a label table written before ids were stored
+        df = df.rename(columns={"label": "id"})
+    dup = df["id"].astype(str).duplicated()
+    if dup.any():  # the same id in several partitions: the first row wins, as lookups always did
+        context.log.warning(f"{name}: {int(dup.sum())} ids appear in several partitions; the first vector is used")
+        df = df[~dup]
+    return EmbeddingIndex.from_frame(df.reset_index(drop=True))
+
+
+def _move_lancedb_partitions(store: VectorStore, fragments: FragmentStore, key: dg.AssetKey, column: str) -> None:
+    """An earlier version kept a partitioned asset's vectors in one LanceDB table: write each of its
+    partitions that has no fragment yet as a fragment, then drop the table (a no-op once it is gone)."""
+    name = table_name(key)
+    if not store.has(name):
+        return
+    df = store.read(name)
+    dataset, table = key.path[0], key.path[-1]
+    have = set(fragments.partitions(dataset, table))
+    if len(df):
+        for value, part in df.groupby(df[column].astype(str), sort=True):
+            if value not in have:
+                fragments.write(dataset, table, column, value, part.reset_index(drop=True), run_id="migrated")
+    try:
+        store.db.drop_table(name)
+    except Exception:  # noqa: BLE001 - another run moved and dropped it first
+        if store.has(name):
+            raise
 
 
 def vector_ins(p: str, inbox: bool) -> dict:
