@@ -68,6 +68,23 @@ def _maxrss_mib() -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
+def _data(n_classes: int, k: int, n_pool: int, dim: int):
+    """:func:`make_clusters` (seed 0), timed and reported with the RSS so far."""
+    t0 = time.perf_counter()
+    labels, centres, seed_X, seed_y, pool_X, pool_y = make_clusters(n_classes, k, n_pool, dim, seed=0)
+    print(
+        f"synthetic data: {n_classes} classes, {n_pool} pool texts, {len(seed_y)} seeds ({k}/class), dim {dim}; "
+        f"{time.perf_counter() - t0:.1f}s; max RSS so far {_maxrss_mib():.0f} MiB",
+        flush=True,
+    )
+    return labels, centres, seed_X, seed_y, pool_X, pool_y
+
+
+def _accuracy(df: pd.DataFrame, truth: pd.Series) -> float:
+    """Share of ``df``'s labels equal to the hidden truth (0.0 for no rows)."""
+    return float((df["label"].to_numpy() == truth[df["id"]].to_numpy()).mean()) if len(df) else 0.0
+
+
 def run(args) -> list[pd.DataFrame]:
     from labelflow.bench.common import emit
     from labelflow.bench.red import make_budgeted_expert, make_labeler
@@ -77,15 +94,9 @@ def run(args) -> list[pd.DataFrame]:
     n_classes, n_pool, dim = args.red_scale_classes, args.red_scale_texts, args.red_scale_dim
     k = args.seed_per_class or 10
     t0 = time.perf_counter()
-    labels, centres, seed_X, seed_y, pool_X, pool_y = make_clusters(n_classes, k, n_pool, dim, seed=0)
+    labels, centres, seed_X, seed_y, pool_X, pool_y = _data(n_classes, k, n_pool, dim)
     pool_ids = [f"t{i}" for i in range(n_pool)]
     pool_texts = pool_ids  # synthetic: the id stands in for the text
-    t_data = time.perf_counter() - t0
-    print(
-        f"synthetic data: {n_classes} classes, {n_pool} pool texts, {len(seed_y)} seeds ({k}/class), dim {dim}; "
-        f"{t_data:.1f}s; max RSS so far {_maxrss_mib():.0f} MiB",
-        flush=True,
-    )
     budget = args.red_budget if args.red_budget is not None else n_pool
     expert = make_budgeted_expert(args, dict(zip(pool_ids, pool_y)), dict(zip(labels, centres)), budget)
     labeler = make_labeler(args, expert)
@@ -102,8 +113,7 @@ def run(args) -> list[pd.DataFrame]:
     truth = pd.Series(pool_y, index=pool_ids)
     ver = res.labels
     model = allp[allp["source"] == "red-model"]
-    ver_acc = float((ver["label"].to_numpy() == truth[ver["id"]].to_numpy()).mean()) if len(ver) else 0.0
-    mod_acc = float((model["label"].to_numpy() == truth[model["id"]].to_numpy()).mean()) if len(model) else 0.0
+    ver_acc, mod_acc = _accuracy(ver, truth), _accuracy(model, truth)
     names, _ = labeler.predict(pool_X)
     final = classification_metrics(pool_y, names, labels)
     out = args.out

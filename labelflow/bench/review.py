@@ -50,39 +50,68 @@ def _fit_predict(train: pd.DataFrame, pos: pd.Series, pool_X, gold_X):
 
 
 def run(args) -> list[pd.DataFrame]:
-    from labelflow.bench.common import emit, load_bench, pool_truth_aligned
-    from labelflow.config import RoutingConfig
-    from labelflow.label_issues import find_label_issues, out_of_fold_proba
-    from labelflow.rac import RAC, LabelRetriever
-    from labelflow.review import STRATEGIES, select_for_review
-    from labelflow.routing import aggregate_votes, route
-    from labelflow.simulated import SimulatedExpert
-    from labelflow.weak import apply_lfs, standard_lfs
+    from labelflow.bench.common import load_bench, pool_truth_aligned
 
     if not args.dataset:
         raise SystemExit("--dataset is required")
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    strategies = _strategies(args.strategies)
+    t_start = time.perf_counter()
+    data = load_bench(args.dataset, args.seed_per_class or 10, seed=0, task="multiclass", max_pool=args.review_pool)
+    ds = data.ds
+    pool = ds.pool[["id", "text"]].astype({"id": str}).reset_index(drop=True)
+    truth = pd.Series(pool_truth_aligned(data).to_numpy(), index=pool["id"])
+    seeds = ds.seeds.astype({"id": str})
+    print(
+        f"{ds.name}: {len(seeds)} seeds, {len(pool)} pool texts, {len(ds.gold)} test texts, {len(ds.labels)} labels; "
+        f"{args.rounds} rounds x {args.per_round} reviews; strategies {', '.join(strategies)}",
+        flush=True,
+    )
+    start = _starting_labels(args, data, pool, seeds, truth)
+    trainer = _Trainer(data, pool, seeds, start)
+
+    t0 = time.perf_counter()
+    merged0, preds0, m0 = trainer(pd.DataFrame(columns=["id", "text", "label", "confidence"]))
+    print(f"round 0: macro-F1 {m0['macro_f1']:.3f} ({time.perf_counter() - t0:.0f} s per training)", flush=True)
+    rows = [
+        {"strategy": s, "round": 0, "reviewed": 0, "macro_f1": m0["macro_f1"], "accuracy": m0["accuracy"], "corrected": 0}
+        for s in strategies
+    ]
+    for strategy in strategies:
+        rows += _review_rounds(strategy, args, trainer, merged0, preds0, start, truth, t_start)
+    return _emit(args, ds.name, pd.DataFrame(rows), strategies, start, len(seeds), t_start)
+
+
+def _strategies(option: str) -> list[str]:
+    """The ``--strategies`` option as a list, ``random`` (the reference) always included."""
+    from labelflow.review import STRATEGIES
+
+    strategies = [s.strip() for s in option.split(",") if s.strip()]
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
         raise SystemExit(f"--strategies: unknown {bad}; choose from {', '.join(STRATEGIES)}")
     if "random" not in strategies:
         strategies.append("random")
-    t_start = time.perf_counter()
-    data = load_bench(args.dataset, args.seed_per_class or 10, seed=0, task="multiclass", max_pool=args.review_pool)
-    ds = data.ds
-    labels = ds.labels
-    pool = ds.pool[["id", "text"]].astype({"id": str}).reset_index(drop=True)
-    truth = pd.Series(pool_truth_aligned(data).to_numpy(), index=pool["id"])
-    pos = pd.Series(np.arange(len(pool)), index=pool["id"])
-    gold_y = ds.gold["label"].to_numpy()
-    seeds = ds.seeds.astype({"id": str})
-    print(
-        f"{ds.name}: {len(seeds)} seeds, {len(pool)} pool texts, {len(gold_y)} test texts, {len(labels)} labels; "
-        f"{args.rounds} rounds x {args.per_round} reviews; strategies {', '.join(strategies)}",
-        flush=True,
-    )
+    return strategies
 
-    # the starting labels: weak supervision, routing, RAC with the simulated expert
+
+class _Start:
+    """The starting labels as the product builds them: ``base_sources`` for the merge (gold seed > LLM >
+    weak-confident), the weak labels, RAC's labels, the kept and the queued texts, and the expert."""
+
+    def __init__(self, base_sources, weak, rac, kept, queue, expert):
+        self.base_sources, self.weak, self.rac, self.kept, self.queue, self.expert = base_sources, weak, rac, kept, queue, expert
+
+
+def _starting_labels(args, data, pool: pd.DataFrame, seeds: pd.DataFrame, truth: pd.Series) -> _Start:
+    """Weak supervision (built-in embedding LFs, majority vote), routing, RAC with the simulated expert."""
+    from labelflow.config import RoutingConfig
+    from labelflow.rac import RAC, LabelRetriever
+    from labelflow.routing import aggregate_votes, route
+    from labelflow.simulated import SimulatedExpert
+    from labelflow.weak import apply_lfs, standard_lfs
+
+    ds, labels = data.ds, data.ds.labels
+    pos = pd.Series(np.arange(len(pool)), index=pool["id"])
     desc = dict(zip(ds.descriptions["label"], ds.descriptions["description"])) if len(ds.descriptions) else {}
     desc = {lab: desc.get(lab) or lab.replace("_", " ") for lab in labels}
     label_X = data.embedder.encode([desc[lab] for lab in labels])
@@ -116,10 +145,6 @@ def run(args) -> list[pd.DataFrame]:
         ("llm", rac[["id", "text", "label", "confidence"]]),
         ("weak-confident", kept[["id", "text", "label", "confidence"]]),
     ]
-    # the seeds are not pool texts: train on pool vectors + seed vectors
-    all_X = np.vstack([data.pool_X, data.seeds_X])
-    all_pos = pd.Series(np.arange(len(all_X)), index=list(pool["id"]) + list(seeds["id"]))
-    start = merge_by_priority(base_sources)
     acc = {
         name: float((df["label"].to_numpy() == truth.reindex(df["id"]).to_numpy()).mean())
         for name, df in base_sources[1:]
@@ -130,60 +155,78 @@ def run(args) -> list[pd.DataFrame]:
         f"({acc.get('weak-confident', float('nan')):.3f} right) of {len(pool)} pool texts; expert {expert.name}",
         flush=True,
     )
+    return _Start(base_sources, weak, rac, kept, queue, expert)
 
-    def train(human: pd.DataFrame):
-        merged = merge_by_priority([("human", human)] + base_sources) if len(human) else start
-        labels_, conf, gold_pred = _fit_predict(merged, all_pos, all_X, data.gold_X)
-        n = len(pool)
+
+class _Trainer:
+    """``trainer(human)``: the merged training set (human labels first), the pool predictions and the
+    test metrics of the SVM trained on it. The seeds are not pool texts: it trains on pool vectors +
+    seed vectors."""
+
+    def __init__(self, data, pool: pd.DataFrame, seeds: pd.DataFrame, start: _Start):
+        self.data, self.pool, self.base_sources = data, pool, start.base_sources
+        self.all_X = np.vstack([data.pool_X, data.seeds_X])
+        self.all_pos = pd.Series(np.arange(len(self.all_X)), index=list(pool["id"]) + list(seeds["id"]))
+        self.start = merge_by_priority(self.base_sources)
+        self.gold_y = data.ds.gold["label"].to_numpy()
+
+    def __call__(self, human: pd.DataFrame):
+        merged = merge_by_priority([("human", human)] + self.base_sources) if len(human) else self.start
+        labels_, conf, gold_pred = _fit_predict(merged, self.all_pos, self.all_X, self.data.gold_X)
+        pool, n = self.pool, len(self.pool)
         preds = pool.assign(
             label=labels_[:n], confidence=conf[:n], label_source=pool["id"].map(merged.set_index("id")["source"]).fillna("model")
         )
-        return merged, preds, classification_metrics(gold_y, gold_pred, labels)
+        return merged, preds, classification_metrics(self.gold_y, gold_pred, self.data.ds.labels)
 
-    t0 = time.perf_counter()
-    merged0, preds0, m0 = train(pd.DataFrame(columns=["id", "text", "label", "confidence"]))
-    print(f"round 0: macro-F1 {m0['macro_f1']:.3f} ({time.perf_counter() - t0:.0f} s per training)", flush=True)
-    disagreement_sources = {"weak": weak[["id", "label"]], "rac": rac[["id", "label"]]}
-    rows = [
-        {"strategy": s, "round": 0, "reviewed": 0, "macro_f1": m0["macro_f1"], "accuracy": m0["accuracy"], "corrected": 0}
-        for s in strategies
-    ]
-    for strategy in strategies:
-        human = pd.DataFrame(columns=["id", "text", "label", "confidence"])
-        merged, preds = merged0, preds0
-        corrected = 0
-        for r in range(1, args.rounds + 1):
-            issues = None
-            if strategy == "issues":
-                # cleanlab over the merged training set's pool rows (out-of-fold probabilities)
-                cand = merged[merged["source"] != "human"].reset_index(drop=True)
-                P, classes = out_of_fold_proba(all_X[all_pos[cand["id"]].to_numpy()], cand["label"], folds=3)
-                issues = find_label_issues(cand, P, classes)
-                issues = issues[issues["id"].isin(pos.index)]
-            batch = select_for_review(
-                strategy, preds, args.per_round, seed=r, sources=disagreement_sources, issues=issues, exclude=human["id"]
-            )
-            answers = batch[["id", "text"]].assign(label=truth.reindex(batch["id"]).to_numpy(), confidence=1.0)
-            before = merged.set_index("id")["label"].reindex(answers["id"])
-            corrected += int((before.to_numpy() != answers["label"].to_numpy()).sum())
-            human = pd.concat([human, answers], ignore_index=True)
-            merged, preds, m = train(human)
-            rows.append(
-                {
-                    "strategy": strategy,
-                    "round": r,
-                    "reviewed": len(human),
-                    "macro_f1": m["macro_f1"],
-                    "accuracy": m["accuracy"],
-                    "corrected": corrected,
-                }
-            )
-            print(
-                f"{strategy} round {r}: {len(human)} reviewed, {corrected} labels corrected or added, "
-                f"macro-F1 {m['macro_f1']:.3f} ({time.perf_counter() - t_start:.0f} s so far)",
-                flush=True,
-            )
-    long = pd.DataFrame(rows)
+
+def _review_rounds(strategy, args, trainer: _Trainer, merged, preds, start: _Start, truth, t_start) -> list[dict]:
+    """``--rounds`` rounds of ``strategy``: pick, answer from the hidden gold, retrain; a row per round."""
+    from labelflow.label_issues import find_label_issues, out_of_fold_proba
+    from labelflow.review import select_for_review
+
+    disagreement_sources = {"weak": start.weak[["id", "label"]], "rac": start.rac[["id", "label"]]}
+    pool_ids = trainer.pool["id"]
+    human = pd.DataFrame(columns=["id", "text", "label", "confidence"])
+    corrected, rows = 0, []
+    for r in range(1, args.rounds + 1):
+        issues = None
+        if strategy == "issues":
+            # cleanlab over the merged training set's pool rows (out-of-fold probabilities)
+            cand = merged[merged["source"] != "human"].reset_index(drop=True)
+            P, classes = out_of_fold_proba(trainer.all_X[trainer.all_pos[cand["id"]].to_numpy()], cand["label"], folds=3)
+            issues = find_label_issues(cand, P, classes)
+            issues = issues[issues["id"].isin(pool_ids)]
+        batch = select_for_review(
+            strategy, preds, args.per_round, seed=r, sources=disagreement_sources, issues=issues, exclude=human["id"]
+        )
+        answers = batch[["id", "text"]].assign(label=truth.reindex(batch["id"]).to_numpy(), confidence=1.0)
+        before = merged.set_index("id")["label"].reindex(answers["id"])
+        corrected += int((before.to_numpy() != answers["label"].to_numpy()).sum())
+        human = pd.concat([human, answers], ignore_index=True)
+        merged, preds, m = trainer(human)
+        rows.append(
+            {
+                "strategy": strategy,
+                "round": r,
+                "reviewed": len(human),
+                "macro_f1": m["macro_f1"],
+                "accuracy": m["accuracy"],
+                "corrected": corrected,
+            }
+        )
+        print(
+            f"{strategy} round {r}: {len(human)} reviewed, {corrected} labels corrected or added, "
+            f"macro-F1 {m['macro_f1']:.3f} ({time.perf_counter() - t_start:.0f} s so far)",
+            flush=True,
+        )
+    return rows
+
+
+def _emit(args, name: str, long: pd.DataFrame, strategies: list[str], start: _Start, n_seeds: int, t_start) -> list[pd.DataFrame]:
+    """The macro-F1 per round and strategy (with each strategy minus random) and every round's row."""
+    from labelflow.bench.common import emit
+
     wide = long.pivot(index="round", columns="strategy", values="macro_f1").reset_index()
     wide["round"] = wide["round"].astype(int)
     wide.insert(1, "reviewed", wide["round"] * args.per_round)
@@ -198,11 +241,12 @@ def run(args) -> list[pd.DataFrame]:
     emit(
         wide.astype(object),
         args.out,
-        f"review_{ds.name}",
-        f"Review rounds on {ds.name}: test macro-F1 after each round",
+        f"review_{name}",
+        f"Review rounds on {name}: test macro-F1 after each round",
         note=(
-            f"{len(seeds)} gold seeds ({args.seed_per_class or 10}/class); starting labels: embedding LFs + majority vote, "
-            f"{len(kept)} weak-confident kept, RAC k=5 over {len(queue)} queued texts with {expert.name} ({len(rac)} labelled); "
+            f"{n_seeds} gold seeds ({args.seed_per_class or 10}/class); starting labels: embedding LFs + majority vote, "
+            f"{len(start.kept)} weak-confident kept, RAC k=5 over {len(start.queue)} queued texts with {start.expert.name} "
+            f"({len(start.rac)} labelled); "
             f"simulated reviewer answers from hidden gold. Beats random at every round: "
             + ", ".join(f"{s} {'yes' if b else 'no'}" for s, b in beats.items())
             + "".join(f". {s} ran out of candidates: {n} texts reviewed in all" for s, n in short.items())
@@ -212,8 +256,8 @@ def run(args) -> list[pd.DataFrame]:
     emit(
         long,
         args.out,
-        f"review_{ds.name}_long",
-        f"Review rounds on {ds.name}: every round",
+        f"review_{name}_long",
+        f"Review rounds on {name}: every round",
         note="corrected = reviewed texts whose training label was missing or different from the reviewer's",
     )
     return [wide, long]
