@@ -4,7 +4,10 @@
 and :class:`labelflow.llm.LLMExpert` report in. It logs a plain line (done/total, rate, ETA) to the
 ``labelflow.progress`` logger every ``every_s`` seconds (in a Dagster run these reach the run's logs).
 While a command (``labelflow demo``, ``labelflow bench``) shows progress with :func:`to_terminal`, it
-also draws there: a tqdm bar on a TTY, the same plain lines otherwise.
+also draws there: on a TTY a tqdm bar that redraws in place (and is gone when the step ends); otherwise
+(a pipe, a log file) sparingly: one plain line (done/total, rate, ETA) once the step has run ``every_s``
+seconds, then one every ``again_s`` seconds (5 minutes) while it runs, none at the end (the command's
+own line for the step follows). A step shorter than ``every_s`` prints nothing.
 
 :func:`quiet_output` sends everything written to the process's stdout/stderr file descriptors (native
 libraries' warnings, event streams, servers' chatter) to a log file and hands back a stream on the real
@@ -54,16 +57,26 @@ class Progress:
     cumulatively: done and total add up over the rounds; the rate is over the whole step, timed from the
     Progress's creation (make it when the step starts)."""
 
-    def __init__(self, what: str, unit: str = "texts", every_s: float | None = None, stream: IO[str] | None = None):
-        if every_s is None:  # seconds between plain lines (default 30; LABELFLOW_PROGRESS_EVERY_S overrides)
+    def __init__(
+        self,
+        what: str,
+        unit: str = "texts",
+        every_s: float | None = None,
+        stream: IO[str] | None = None,
+        again_s: float = 300.0,
+    ):
+        # every_s: seconds between run-log lines and before a non-TTY terminal shows the first line (default
+        # 30; LABELFLOW_PROGRESS_EVERY_S overrides); again_s: seconds between the next lines there
+        if every_s is None:
             every_s = float(os.environ.get("LABELFLOW_PROGRESS_EVERY_S", "30"))
-        self.what, self.unit, self.every_s = what, unit, float(every_s)
+        self.what, self.unit, self.every_s, self.again_s = what, unit, float(every_s), float(again_s)
         self._stream = stream
         self._lock = threading.Lock()
         self._offset = 0  # work of the rounds before this one
         self._done = self._total = 0  # of the current round
         self._start = self._last_line = time.monotonic()  # the step's work is timed from here
         self._bar = None
+        self._plain_at: float | None = None  # when the last plain line went to a non-TTY terminal
 
     @property
     def done(self) -> int:
@@ -84,12 +97,11 @@ class Progress:
             finished = self._done >= self._total
             if stream is not None and _isatty(stream):
                 self._draw(stream, finished)
+            elif stream is not None:
+                self._plain(stream, now)
             if now - self._last_line >= self.every_s:
                 self._last_line = now
-                line = self.line(now)
-                log.info(line)
-                if stream is not None and not _isatty(stream):
-                    print(f"  {line}", file=stream, flush=True)
+                log.info(self.line(now))
             if finished:
                 self._close_bar()
                 log.debug(self.line(now))
@@ -102,6 +114,14 @@ class Progress:
         pct = f" ({100 * done / total:.0f}%)" if total else ""
         eta = f", ETA {_clock((total - done) / rate)}" if rate > 0 and done < total else ""
         return f"{self.what}: {done:,}/{total:,} {self.unit}{pct}, {rate:,.1f} {self.unit}/s{eta}"
+
+    def _plain(self, stream: IO[str], now: float) -> None:
+        """A line once the step has run ``every_s`` seconds, then every ``again_s`` seconds; none when
+        the work is done."""
+        due = self._start + self.every_s if self._plain_at is None else self._plain_at + self.again_s
+        if now >= due and self.total and self.done < self.total:
+            self._plain_at = now
+            print(f"  {self.line(now)}", file=stream, flush=True)
 
     def _draw(self, stream: IO[str], finished: bool) -> None:
         if self._bar is None and not finished:

@@ -163,3 +163,35 @@ def test_runs_compare_filter_values_are_quoted():
     assert mlflow_filter_value("x' or tags.asset != '") == '''"x' or tags.asset != '"'''
     with pytest.raises(ValueError):
         mlflow_filter_value("""a' or "b""")
+
+
+def test_bench_terminal_shows_its_own_lines_and_logs_the_rest(project, tmp_path):
+    """`labelflow bench` (output to a pipe): the benchmark's lines and tables on stdout, nothing on
+    stderr, no log record on the terminal; the library's log lines land in bench.log."""
+    out = tmp_path / "bench_out"
+    res = cli(
+        project,
+        "bench",
+        "--method",
+        "red_scale",
+        "--seed-per-class",
+        "5",
+        "--red-scale-classes",
+        "4",
+        "--red-scale-texts",
+        "200",
+        "--red-scale-dim",
+        "8",
+        "--red-top-k",
+        "20",
+        "--out",
+        str(out),
+        env={"LABELFLOW_PROGRESS_EVERY_S": "0"},
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stderr == ""
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"labelflow bench: full log in {out / 'bench.log'}"
+    assert any(ln.startswith("fit: ") for ln in lines) and any("R.E.D. scale line" in ln for ln in lines), res.stdout
+    assert not [ln for ln in lines if "DEBUG" in ln or " INFO " in ln or "labelflow.red" in ln], res.stdout
+    assert "labelflow.red R.E.D. round 1: " in (out / "bench.log").read_text()

@@ -1,8 +1,8 @@
 """`labelflow demo` as a user sees it, on a tiny project with an inbox day and a fake OpenAI-compatible
 LLM: the command (`labelflow.cli.main(["demo"])`) prints one line per asset, no Dagster event stream,
-no DEBUG line and no library warning on the terminal, at most 40 lines for the dataset, and an aligned
-closing table; the event stream stays in the Dagster instance and the log file. Every float in the
-assets' metadata is rounded. Afterwards the inbox sensor starts no run for the day the demo relabelled,
+no DEBUG line and no library warning on the terminal, at most 40 lines for the dataset (progress lines
+included), and an aligned closing table; the event stream stays in the Dagster instance and the log
+file. Every float in the assets' metadata is rounded. Afterwards the inbox sensor starts no run for the day the demo relabelled,
 but does for a new file. Also the progress helper's bar and plain lines."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import io
 import re
 import shutil
 import time
+import types
 
 import pytest
 
+import labelflow.progress as progress_module
 from labelflow.defs.util import round_figure
 from labelflow.progress import Progress, to_terminal
 from labelflow_tests.conftest import REPO, write_csv
@@ -31,6 +33,7 @@ OPTIONS = {
     "routing": {"max_queue": 10, "keep_min_votes": 99, "ambiguous_below": 1.01},
 }
 PROGRESS = re.compile(r"^  (embedding|LLM questions): [\d,]+/[\d,]+ ")
+LINES_PER_DATASET = 40  # from its header to its closing line, nightly days and progress lines included
 NOISE = ("DEBUG", "WARN", "No existing dataset", "Traceback", "STEP_", "dagster - ", "Loading weights")
 
 
@@ -51,7 +54,7 @@ def demo_run(tmp_path_factory):
             "LABELFLOW_CONFIG": str(project.config_path),
             "DAGSTER_HOME": str(project.dagster_home),
             "LABELFLOW_PROGRESS_EVERY_S": "0",
-        }.items():  # a progress line at every update (not a TTY)
+        }.items():  # a step's first progress line at once (not a TTY)
             mp.setenv(k, v)
         mp.chdir(project.root)
         try:
@@ -104,15 +107,17 @@ def test_demo_terminal_is_one_line_per_asset(demo_run):
     for noise in NOISE:
         assert not [ln for ln in lines if noise in ln], f"{noise!r} on the terminal:\n{out}"
 
-    # progress of embedding and of the LLM questions (every update here; every 30 s by default)
-    progress = [ln for ln in lines if PROGRESS.match(ln)]
-    assert any(ln.startswith("  embedding: 21/21 texts (100%), ") for ln in progress), out
-    assert any(ln.startswith("  LLM questions: ") and "questions/s" in ln for ln in progress), out
-    lines = [ln for ln in lines if not PROGRESS.match(ln)]
-
+    # the dataset's lines, progress lines included, within the budget (LABELFLOW_PROGRESS_EVERY_S=0: each
+    # step with progress prints its first line at once)
     start = lines.index(next(ln for ln in lines if ln.startswith(f"== {DATASET}: every asset")))
     end = lines.index(next(ln for ln in lines if re.match(rf"{DATASET}: \d+ s, checks: \d+ passed, \d+ failed$", ln)))
-    assert end - start + 1 <= 40, f"{end - start + 1} lines for one dataset:\n{out}"
+    assert end - start + 1 <= LINES_PER_DATASET, f"{end - start + 1} lines for one dataset:\n{out}"
+
+    # progress of the LLM questions: done/total, rate, ETA; one line per step here (the next after 5 min)
+    progress = [ln for ln in lines if PROGRESS.match(ln)]
+    assert any(ln.startswith("  LLM questions: ") and "questions/s" in ln and "ETA" in ln for ln in progress), out
+    assert not [ln for ln in progress if "(100%)" in ln], out
+    lines = [ln for ln in lines if not PROGRESS.match(ln)]
 
     runs, instance = _runs(project)
     with instance:
@@ -195,7 +200,7 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_progress_draws_a_bar_on_a_terminal_and_plain_lines_elsewhere():
+def test_progress_draws_a_bar_on_a_terminal_and_plain_lines_elsewhere(monkeypatch):
     tty, pipe = _Terminal(), io.StringIO()
     bar = Progress("embedding", unit="texts")
     with to_terminal(tty):
@@ -213,10 +218,29 @@ def test_progress_draws_a_bar_on_a_terminal_and_plain_lines_elsewhere():
             for done in range(1, total + 1):
                 plain(done, total)
                 time.sleep(0.01)
+    # not a TTY: one line once the step has run every_s (here 0 s), the next only after again_s
     shown = pipe.getvalue().splitlines()
-    assert shown[0].startswith("  LLM questions: 1/4 questions (25%), ") and "ETA" in shown[0]
-    assert shown[-1].startswith("  LLM questions: 6/6 questions (100%), ")
-    assert (plain.done, plain.total) == (6, 6)
+    assert len(shown) == 1 and shown[0].startswith("  LLM questions: 1/4 questions (25%), ") and "ETA" in shown[0], shown
+    assert (plain.done, plain.total) == (6, 6)  # the rounds add up
+
+    clock = [0.0]
+    monkeypatch.setattr(progress_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    spaced, pipe = Progress("LLM questions", unit="questions", every_s=30, again_s=300), io.StringIO()
+    with to_terminal(pipe):
+        for clock[0], done in ((10, 1), (31, 2), (62, 3), (320, 4), (332, 5), (700, 10), (1000, 10)):
+            spaced(done, 10)
+    assert [ln.split(" questions (")[0] for ln in pipe.getvalue().splitlines()] == [
+        "  LLM questions: 2/10",
+        "  LLM questions: 5/10",
+    ]
+    assert pipe.getvalue().splitlines()[0].endswith(", ETA 2:04") and "(100%)" not in pipe.getvalue()
+    monkeypatch.undo()
+
+    short, pipe = Progress("embedding", every_s=3600), io.StringIO()  # a step shorter than every_s: no line
+    with to_terminal(pipe):
+        for done in range(1, 11):
+            short(done, 10)
+    assert pipe.getvalue() == ""
 
     silent = Progress("embedding")  # no terminal: nothing is drawn
     silent(1, 2)
