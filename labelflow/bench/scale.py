@@ -361,11 +361,47 @@ def _stages(
 
 
 def run(args) -> list:
-    import pandas as pd
-
-    from labelflow import compute as lf_compute
     from labelflow.bench.common import emit
-    from labelflow.bench.fake_llm import FakeLLM
+
+    texts, seeds, labels, questions = _workload(args)
+    per_node = args.llm_requests_per_node
+    print(
+        f"scale bench: {len(texts)} texts, {len(labels)} classes, {len(questions)} LLM questions at "
+        f"{args.llm_latency_ms:.0f} ms, compute {args.compute}",
+        flush=True,
+    )
+    results, notes = _measure_all(args, texts, seeds, questions)
+    df = _table(results)
+    base = df["config"].iloc[0]
+    out = args.out
+    emit(
+        df.fillna("").astype(object),
+        out,
+        f"scale_{args.compute}",
+        f"Scale: {len(texts)} synthetic texts x {len(labels)} classes, LLM latency {args.llm_latency_ms:.0f} ms, "
+        f"compute {args.compute}",
+        note="\n".join(
+            f"{c}: peak RSS per process (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(p.items()))
+            for c, p in notes.items()
+        )
+        + f"\nthroughput_vs_first: throughput over the first configuration's ({base}), same run"
+        + (f"; fastest of {args.repeats} interleaved repeats." if args.repeats > 1 else "."),
+    )
+    extra = _extrapolate(df, len(labels), args.llm_latency_ms, per_node)
+    emit(
+        extra.astype(object),
+        out,
+        f"scale_extrapolation_{args.compute}",
+        f"Extrapolation to {EXTRAPOLATE_TEXTS:,} texts x {EXTRAPOLATE_CLASSES} classes on K nodes (from {base})",
+        note=_ASSUMPTIONS.format(c=len(labels), q=QUEUE_SHARE, k=QUESTIONS_PER_QUEUED, lat=args.llm_latency_ms, r=per_node),
+    )
+    return [df, extra]
+
+
+def _workload(args):
+    """``--texts`` synthetic pool texts, 5 seeds per class, the sorted labels and ``--llm-questions``
+    (text, label) questions, half of them with the text's own label."""
+    import random
 
     n, c = args.texts, args.classes
     data = synthetic_texts(n + c * 5, c, seed=0)
@@ -374,18 +410,20 @@ def run(args) -> list:
         seeds_by.setdefault(lab, []).append(t)
     seeds = [(t, lab) for lab, ts in seeds_by.items() for t in ts[:5]]
     texts = [t for t, _ in data[:n]]
-    import random
-
     rng = random.Random(1)
     labels = sorted(seeds_by)
     questions = [(t, lab if rng.random() < 0.5 else rng.choice(labels)) for t, lab in data[: args.llm_questions]]
+    return texts, seeds, labels, questions
+
+
+def _measure_all(args, texts, seeds, questions) -> tuple[list[dict], dict]:
+    """Every configuration's stages (``--repeats`` times, interleaved) against one fake LLM server:
+    a row per configuration, repeat and stage, and the peak RSS per process kind per configuration."""
+    from labelflow import compute as lf_compute
+    from labelflow.bench.fake_llm import FakeLLM
+
     per_node = args.llm_requests_per_node
     results, notes = [], {}
-    print(
-        f"scale bench: {n} texts, {len(labels)} classes, {len(questions)} LLM questions at "
-        f"{args.llm_latency_ms:.0f} ms, compute {args.compute}",
-        flush=True,
-    )
     with FakeLLM(latency_s=args.llm_latency_ms / 1000) as srv:
 
         def measure(config: str, backend, nodes: int, parents: list[int]):
@@ -425,7 +463,14 @@ def run(args) -> list:
                     for _ in range(max(args.repeats, 1)):
                         measure(f"compute: ray, {nodes} node(s)", backend, nodes, [p.pid for p in cluster.procs])
                     backend.close()
-    # the fastest of the repeats per configuration and stage
+    return results, notes
+
+
+def _table(results: list[dict]):
+    """The fastest of the repeats per configuration and stage (in the order measured), with the
+    throughput over the first configuration's."""
+    import pandas as pd
+
     results = (
         pd.DataFrame(results)
         .sort_values("wall_s")
@@ -455,29 +500,7 @@ def run(args) -> list:
         ref = df[(df["config"] == base) & (df["stage"] == r["stage"])]["throughput_per_s"].iloc[0]
         ratio.append(r["throughput_per_s"] / ref)
     df["throughput_vs_first"] = ratio
-    df = df.round({"wall_s": 2, "throughput_per_s": 1, "throughput_vs_first": 2})
-    out = args.out
-    emit(
-        df.fillna("").astype(object),
-        out,
-        f"scale_{args.compute}",
-        f"Scale: {n} synthetic texts x {len(labels)} classes, LLM latency {args.llm_latency_ms:.0f} ms, compute {args.compute}",
-        note="\n".join(
-            f"{c}: peak RSS per process (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(p.items()))
-            for c, p in notes.items()
-        )
-        + f"\nthroughput_vs_first: throughput over the first configuration's ({base}), same run"
-        + (f"; fastest of {args.repeats} interleaved repeats." if args.repeats > 1 else "."),
-    )
-    extra = _extrapolate(df, len(labels), args.llm_latency_ms, per_node)
-    emit(
-        extra.astype(object),
-        out,
-        f"scale_extrapolation_{args.compute}",
-        f"Extrapolation to {EXTRAPOLATE_TEXTS:,} texts x {EXTRAPOLATE_CLASSES} classes on K nodes (from {base})",
-        note=_ASSUMPTIONS.format(c=len(labels), q=QUEUE_SHARE, k=QUESTIONS_PER_QUEUED, lat=args.llm_latency_ms, r=per_node),
-    )
-    return [df, extra]
+    return df.round({"wall_s": 2, "throughput_per_s": 1, "throughput_vs_first": 2})
 
 
 _ASSUMPTIONS = (
