@@ -186,9 +186,10 @@ def refine_descriptions(
     * ``expert``: has ``complete(messages, max_tokens)`` -> (text, usage), e.g. an
       :class:`~labelflow.llm.LLMExpert`, whose response cache makes a re-run free for unchanged inputs.
     * An answer empty after cleaning, or one that repeats the prompt's ``<example>`` markup (a small
-      model may echo a seed instead of describing), keeps the row as it was (its source says so). Once the budget is
-      spent (``BudgetExceeded``; a budget of 0 calls answers from the cache only) the remaining rows keep
-      theirs too: the labels concerned are logged and listed in the result's ``attrs["past_budget"]``.
+      model may echo a seed instead of describing), keeps the row as it was (its source says so). So does
+      a label whose question is past the budget (``BudgetExceeded``); the others are still asked, since
+      a cached answer costs nothing (a budget of 0 calls refines from the cache only). The labels past
+      the budget are logged and listed in the result's ``attrs["past_budget"]``.
     * ``progress``: an optional (done, total) callback over the labels to refine.
     """
     from labelflow.expert import BudgetExceeded
@@ -206,16 +207,13 @@ def refine_descriptions(
         if source == SOURCE_USER and not refine_user:
             rows.append((lab, desc, source, model))
             continue
-        if past_budget:  # the budget is spent: keep the rest as they are
-            past_budget.append(lab)
-            rows.append((lab, desc, source, model))
-            continue
         contrast = [(nb, seed_examples(seeds_df, nb, n_contrast, multilabel)) for nb in confusable.get(lab, [])]
         messages = refine_messages(lab, str(desc or ""), seed_examples(seeds_df, lab, n_examples, multilabel), contrast)
         try:
             answer, _ = expert.complete(messages, max_tokens=REFINE_MAX_TOKENS)
         except BudgetExceeded as exc:
-            log.warning("refining descriptions stopped by the budget at label %r: %s; the rest keep theirs", lab, exc)
+            if not past_budget:
+                log.warning("refining descriptions: past the budget at label %r (%s); such labels keep theirs", lab, exc)
             past_budget.append(lab)
             rows.append((lab, desc, source, model))
             continue
@@ -226,6 +224,8 @@ def refine_descriptions(
         rows.append((lab, refined, SOURCE_REFINED, expert.name) if refined else (lab, desc, source, model))
         if progress is not None:
             progress(len(rows) - sum(1 for r in rows if r[2] == SOURCE_USER and not refine_user), total)
+    if past_budget:
+        log.warning("refining descriptions: %d labels past the budget keep their description", len(past_budget))
     out = pd.DataFrame(rows, columns=COLUMNS)
     out.attrs["past_budget"] = past_budget
     return out

@@ -210,6 +210,10 @@ def test_refine_answers_come_from_the_cache_on_a_rerun_and_a_zero_budget_reads_o
         assert srv.count == 1
         assert list(part["source"]) == [SOURCE_REFINED, "user", "llm"] and part.attrs["past_budget"] == ["password"]
         assert part.iloc[2]["description"] == "password"
+        with make(srv, budget=Budget(calls=0)) as ex:  # a miss first does not stop the cached answers after it
+            rev = refine_descriptions(BASE.iloc[::-1].reset_index(drop=True), SEEDS, ex, VECS)
+        assert list(rev["source"]) == ["llm", "user", SOURCE_REFINED] and rev.attrs["past_budget"] == ["password"]
+        assert srv.count == 1
 
 
 def test_refine_keeps_a_description_on_an_empty_or_echoed_answer_and_needs_a_completing_expert():
