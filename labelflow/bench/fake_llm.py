@@ -117,6 +117,87 @@ def _logprobs(reply: Reply) -> dict | None:
     return {"content": content}
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """Answers for the :class:`FakeOpenAI` that serves it (``self.server.fake``)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def _send(self, code: int, payload: bytes, ctype: str = "application/json") -> None:
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def do_GET(self):
+        if self.path.rstrip("/").endswith("/models"):
+            self._send(
+                200,
+                json.dumps(
+                    {"object": "list", "data": [{"id": "fake", "object": "model", "created": 0, "owned_by": "tests"}]}
+                ).encode(),
+            )
+        else:
+            self._send(404, b'{"error": {"message": "not found"}}')
+
+    def do_POST(self):
+        fake = self.server.fake
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send(404, b'{"error": {"message": "not found"}}')
+            return
+        body = json.loads(raw or b"{}")
+        with fake._lock:
+            fake.count += 1
+            fake.requests.append(body)
+            action = fake._script.pop(0) if fake._script else None
+            fake.in_flight += 1
+            fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+        try:
+            self._answer(action, body)
+        finally:
+            with fake._lock:
+                fake.in_flight -= 1
+
+    def _answer(self, action: Any, body: dict) -> None:
+        fake = self.server.fake
+        if action is None:
+            try:
+                action = fake.policy(body) if callable(fake.policy) else fake.policy
+            except Exception as exc:  # a broken policy answers 500 instead of dropping the connection
+                action = Status(500, f"fake policy raised {type(exc).__name__}: {exc}")
+        if fake.delay_s:
+            time.sleep(fake.delay_s)
+        self._act(action, body)
+
+    def _act(self, action: Any, body: dict) -> None:
+        fake = self.server.fake
+        if isinstance(action, str):
+            action = Reply(action)
+        if isinstance(action, Hang):
+            time.sleep(action.seconds)
+            self._act(action.then, body)
+        elif isinstance(action, Status):
+            msg = action.message
+            if action.echo_auth:
+                msg += f" (you sent {self.headers.get('Authorization')})"
+            err = {"error": {"message": msg, "type": "fake_error", "code": action.code}}
+            self._send(action.code, json.dumps(err).encode())
+        elif isinstance(action, Garbage):
+            self._send(200, action.body, "application/json")
+        elif isinstance(action, Reply):
+            self._send(200, json.dumps(fake.completion(action, body)).encode())
+        else:
+            raise TypeError(f"unknown fake action {action!r}")
+
+
 class FakeOpenAI:
     def __init__(self, policy: Callable[[dict], Any] | str = "yes", delay_s: float = 0.0):
         self.policy = policy
@@ -154,84 +235,8 @@ class FakeOpenAI:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> "FakeOpenAI":
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def _send(self, code: int, payload: bytes, ctype: str = "application/json") -> None:
-                try:
-                    self.send_response(code)
-                    self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def do_GET(self):
-                if self.path.rstrip("/").endswith("/models"):
-                    self._send(
-                        200,
-                        json.dumps(
-                            {"object": "list", "data": [{"id": "fake", "object": "model", "created": 0, "owned_by": "tests"}]}
-                        ).encode(),
-                    )
-                else:
-                    self._send(404, b'{"error": {"message": "not found"}}')
-
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                if not self.path.rstrip("/").endswith("/chat/completions"):
-                    self._send(404, b'{"error": {"message": "not found"}}')
-                    return
-                body = json.loads(raw or b"{}")
-                with fake._lock:
-                    fake.count += 1
-                    fake.requests.append(body)
-                    action = fake._script.pop(0) if fake._script else None
-                    fake.in_flight += 1
-                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-                try:
-                    self._answer(action, body)
-                finally:
-                    with fake._lock:
-                        fake.in_flight -= 1
-
-            def _answer(self, action: Any, body: dict) -> None:
-                if action is None:
-                    try:
-                        action = fake.policy(body) if callable(fake.policy) else fake.policy
-                    except Exception as exc:  # a broken policy answers 500 instead of dropping the connection
-                        action = Status(500, f"fake policy raised {type(exc).__name__}: {exc}")
-                if fake.delay_s:
-                    time.sleep(fake.delay_s)
-                self._act(action, body)
-
-            def _act(self, action: Any, body: dict) -> None:
-                if isinstance(action, str):
-                    action = Reply(action)
-                if isinstance(action, Hang):
-                    time.sleep(action.seconds)
-                    self._act(action.then, body)
-                elif isinstance(action, Status):
-                    msg = action.message
-                    if action.echo_auth:
-                        msg += f" (you sent {self.headers.get('Authorization')})"
-                    err = {"error": {"message": msg, "type": "fake_error", "code": action.code}}
-                    self._send(action.code, json.dumps(err).encode())
-                elif isinstance(action, Garbage):
-                    self._send(200, action.body, "application/json")
-                elif isinstance(action, Reply):
-                    self._send(200, json.dumps(fake.completion(action, body)).encode())
-                else:
-                    raise TypeError(f"unknown fake action {action!r}")
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server.fake = self  # type: ignore[attr-defined]
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
