@@ -451,13 +451,15 @@ def _lf_shard(part: tuple, shared: dict):
         shared["lf_definitions"], shared["labels"], shared["seed_X"], shared["seed_sets"], shared["description_X"]
     )
     X = shared["X"][lo:hi] if shared["X"] is not None else None
-    return weak.apply_lfs(lfs, shared["ids"][lo:hi], shared["texts"][lo:hi], X, labels=shared["labels"])
+    contexts = shared["contexts"][lo:hi] if shared["contexts"] is not None else None
+    return weak.apply_lfs(lfs, shared["ids"][lo:hi], shared["texts"][lo:hi], X, labels=shared["labels"], contexts=contexts)
 
 
-def apply_lfs_sharded(backend, lf_definitions, labels, seed_X, seed_sets, description_X, ids, texts, X):
+def apply_lfs_sharded(backend, lf_definitions, labels, seed_X, seed_sets, description_X, ids, texts, X, contexts=None):
     """:func:`labelflow.weak.apply_lfs` of the dataset's standard LFs over ``backend``'s shards: the
     same ``(votes, errors)`` as one call (an LF that fails on any shard loses its votes from every
-    shard, as it would in one call; votes ordered by LF, then text). The local backend makes one call."""
+    shard, as it would in one call; votes ordered by LF, then text). The local backend makes one call.
+    ``contexts``: each text's previous message in a conversation dataset (None: none given)."""
     import pandas as pd
 
     from labelflow import weak
@@ -472,6 +474,7 @@ def apply_lfs_sharded(backend, lf_definitions, labels, seed_X, seed_sets, descri
         "ids": ids,
         "texts": texts,
         "X": X,
+        "contexts": list(contexts) if contexts is not None else None,
     }
     parts = [(0, len(ids))] if backend.name == "local" else shards(len(ids), backend.shard_size)
     results = backend.map_shards(_lf_shard, parts, shared)

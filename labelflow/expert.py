@@ -54,7 +54,8 @@ class Usage:
 class ValidationItem:
     """One yes/no question: does ``text`` belong to ``label``? ``examples``: seed texts of the label
     (the ones nearest to the text where the caller has vectors); ``contrast``: the name of the label
-    most easily confused with ``label`` (its nearest by seed centroid), shown as "not <contrast>"."""
+    most easily confused with ``label`` (its nearest by seed centroid), shown as "not <contrast>";
+    ``context``: the text's previous message in a conversation ("" for none), shown as "Previous:"."""
 
     text: str
     label: str
@@ -62,6 +63,7 @@ class ValidationItem:
     examples: Sequence[str] = ()
     text_id: str | None = None
     contrast: str = ""
+    context: str = ""
 
 
 def contrast_labels(label_vectors: Mapping[str, Any]) -> dict[str, str]:

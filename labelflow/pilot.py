@@ -156,6 +156,7 @@ def pilot_pairs(
                 examples=tuple(examples_of(i, asked)),
                 text_id=ids[i],
                 contrast=contrasts.get(asked, ""),
+                context=str(df.at[i, "context"] or "") if "context" in df.columns else "",
             )
             questions.append((asked, rank, item, truth))
     questions.sort(key=lambda q: (q[0], q[1]))

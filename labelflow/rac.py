@@ -416,8 +416,10 @@ class RAC:
         descriptions: Mapping[str, str],
         seed_texts_by_label: Mapping[str, Sequence[str]],
         seed_vectors_by_label: Mapping[str, np.ndarray] | None = None,
+        contexts: Sequence[str] | None = None,
     ) -> pd.DataFrame:
-        """Label (or abstain on) each text. Returns a DataFrame with :data:`RESULT_COLUMNS`:
+        """Label (or abstain on) each text (``contexts``: each text's previous message in a
+        conversation, shown in its questions as "Previous:"). Returns a DataFrame with :data:`RESULT_COLUMNS`:
         ``label`` ('' = abstain; '|'-joined set for multi-label), ``rank`` (1-based rank of the
         first accepted candidate, 0 if none), ``confidence`` (multi-label: the lowest over the
         accepted labels), ``questions`` (yes/no questions asked), ``calls`` (requests sent, cache hits
@@ -439,6 +441,7 @@ class RAC:
             descriptions,
             seed_texts_by_label,
             seed_vectors_by_label or {},
+            [str(c) for c in contexts] if contexts is not None else None,
         )
         run = _Run.start(n)
         self.usage_ = Usage()
@@ -590,6 +593,7 @@ class _Evidence:
     descriptions: Mapping[str, str]
     seed_texts: Mapping[str, Sequence[str]]
     seed_vectors: Mapping[str, np.ndarray]
+    contexts: list[str] | None = None  # previous messages (a conversation), else None
     contrasts: Mapping[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -603,6 +607,7 @@ class _Evidence:
             examples=nearest_examples(self.Xu[i], list(self.seed_texts.get(lab, ())), self.seed_vectors.get(lab), n_examples),
             text_id=self.ids[i],
             contrast=self.contrasts.get(lab, ""),
+            context=self.contexts[i] if self.contexts is not None else "",
         )
 
 
@@ -641,7 +646,7 @@ def truncate(
 def label_queue(
     expert, queue: pd.DataFrame, X: np.ndarray, space, k: int | None = 5, retriever: LabelRetriever | None = None
 ) -> tuple[pd.DataFrame, "RAC"]:
-    """RAC over a queue of texts (id, text) with vectors ``X``, given the
+    """RAC over a queue of texts (id, text, optional context) with vectors ``X``, given the
     :class:`~labelflow.labelspace.LabelSpace` (labels, description vectors, seeds by label,
     descriptions): runs :class:`RAC` with ``retriever`` (None: the one :func:`space_retriever` chooses),
     and returns (result with the text, the RAC object with ``questions_``/``usage_``)."""
@@ -655,6 +660,7 @@ def label_queue(
         space.descriptions,
         space.seed_texts_by_label(),
         space.seed_vectors_by_label(),
+        contexts=queue["context"].fillna("").tolist() if "context" in queue.columns else None,
     )
     return res.merge(queue[["id", "text"]].astype({"id": str}), on="id", how="left"), rac
 

@@ -291,6 +291,7 @@ class _LoopState:
     rounds: list = field(default_factory=list)
     uncertain_hist: list = field(default_factory=list)
     added_hist: list = field(default_factory=list)
+    contexts: list[str] | None = None  # each pool text's previous message (a conversation), else None
 
 
 @dataclass
@@ -520,12 +521,14 @@ class REDLabeler:
         pool_X: np.ndarray,
         descriptions: Mapping[str, str] | None = None,
         seed_texts_by_label: Mapping[str, Sequence[str]] | None = None,
+        pool_contexts: Sequence[str] | None = None,
     ) -> REDResult:
         """Run rounds to saturation; each round is :meth:`_predict` -> :meth:`_stop` -> :meth:`_ask`
         -> :meth:`_absorb` -> :meth:`_record`. ``descriptions``: label -> description (a missing one
         falls back to the label name). ``seed_texts_by_label``: label -> seed texts in the order of that
         label's rows in ``fit``'s ``seed_X`` (only needed when ``fit`` got no ``seed_texts``; they are
-        filled into the training set's missing texts).
+        filled into the training set's missing texts). ``pool_contexts``: each pool text's previous
+        message in a conversation, shown in its questions as "Previous:".
 
         **This updates the fitted model in place**: every expert-accepted pool text is appended to the
         training set (``train_X_`` / ``train_y_`` / ``train_text_``) and the subsets that gained examples
@@ -541,6 +544,7 @@ class REDLabeler:
             texts=list(pool_texts),
             X=np.asarray(pool_X, dtype=np.float32),
             desc={lab: ((descriptions or {}).get(lab) or lab.replace("_", " ")) for lab in self.labels_},
+            contexts=[str(c) for c in pool_contexts] if pool_contexts is not None else None,
         )
         st.verified = np.zeros(len(st.ids), dtype=bool)
         st.tries = np.zeros(len(st.ids), dtype=np.int64)
@@ -622,6 +626,7 @@ class REDLabeler:
                 description=st.desc[self.labels_[lab]],
                 examples=self._evidence(lab, st.X[i], by_label),
                 text_id=st.ids[i],
+                context=st.contexts[i] if st.contexts is not None else "",
             )
             for i, lab in pending
         ]

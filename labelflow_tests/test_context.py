@@ -132,6 +132,30 @@ def test_prompt_shows_the_escaped_previous_message():
     assert cache_key("m", msgs, {}) != cache_key("m", other, {}) != cache_key("m", plain, {})
 
 
+def test_expert_question_shows_the_context_and_caches_by_it(tmp_path, monkeypatch):
+    """ValidationItem.context reaches the HTTP request as the "Previous:" line; the response cache is
+    keyed by the prompt, so the same text after another message is asked again and a repeat is not."""
+    from labelflow.expert import ValidationItem
+    from labelflow.llm.client import LLMExpert
+    from labelflow_tests.fake_openai import FakeOpenAI, last_user, yes_if
+
+    monkeypatch.setenv("LABELFLOW_TEST_KEY", "sk-test")
+    with FakeOpenAI(policy=yes_if("sure")) as srv:
+        ex = LLMExpert("openai/fake", api_base=srv.api_base, api_key_env="LABELFLOW_TEST_KEY", cache_path=tmp_path / "c.duckdb")
+
+        def ask(context):
+            return ex.validate([ValidationItem("Sure .", "commissive", "accepts a request", context=context)])[0]
+
+        assert ask("Could you help ?").outcome == "accept" and srv.count == 1
+        assert last_user(srv.requests[-1]).count("Previous: Could you help ?\n<text>") == 1
+        ask("Is it late ?")
+        assert srv.count == 2 and "Previous: Is it late ?" in last_user(srv.requests[-1])
+        ask("")
+        assert srv.count == 3 and "Previous:" not in last_user(srv.requests[-1])
+        ask("Could you help ?")  # the first question again: from the cache
+        assert srv.count == 3
+
+
 def test_classifier_with_context_features_trains_and_predicts():
     """The label depends on the previous message only: text features alone are at chance, the
     concatenated features learn it."""
@@ -173,3 +197,106 @@ def test_ingest_asset_carries_the_context(tmp_path):
         con.close()
     assert list(pool["context"]) == ["", "Coffee ?"] and pool["id"].iat[1] == message_id("No .", "Coffee ?")
     assert len(seeds) == 6 and pd.Series(seeds["context"]).eq("Is it raining ?").sum() == 1
+
+
+CHAT_TRAIN = [  # (dialogue_id, turn, text, label)
+    ("d1", 0, "Could you pass the salt ?", "question"),
+    ("d1", 1, "Sure .", "commissive"),
+    ("d1", 2, "Thanks , it is tasty .", "inform"),
+    ("d2", 0, "Is it raining outside ?", "question"),
+    ("d2", 1, "Yes , it is pouring .", "inform"),
+    ("d2", 2, "Could you lend me an umbrella ?", "question"),
+    ("d2", 3, "Of course .", "commissive"),
+    ("d3", 0, "Can you help me move on Sunday ?", "question"),
+    ("d3", 1, "Ok , I will come at noon .", "commissive"),
+    ("d3", 2, "The truck is booked already .", "inform"),
+    ("d3", 3, "Will you bring boxes ?", "question"),
+    ("d3", 4, "Sure , I have some .", "commissive"),
+    ("d3", 5, "My brother is coming too .", "inform"),
+]
+CHAT_TEST = [
+    ("t1", 0, "Would you call me later ?", "question"),
+    ("t1", 1, "Ok .", "commissive"),
+    ("t1", 2, "I am busy .", "inform"),
+]
+CHAT_POOL = [
+    ("p1", 0, "Could you close the window ?"),
+    ("p1", 1, "Sure ."),
+    ("p1", 2, "It is cold in here ."),
+    ("p2", 0, "Are you free tomorrow ?"),
+    ("p2", 1, "Ok , see you then ."),
+    ("p2", 2, "The meeting starts at nine ."),
+]
+
+
+def _chat_policy(body: dict):
+    """Yes/no from the text alone: question = ends with '?', commissive = starts with sure/ok/of course."""
+    import re
+
+    from labelflow_tests.fake_openai import Reply, extract_texts, last_user
+
+    texts, user = extract_texts(body), last_user(body)
+    label = re.search(r"^Label: (\S+)", user, re.M)
+    if not texts or label is None:
+        return Reply("Messages of this dialogue act.")
+
+    def yes(t: str) -> bool:
+        t = t.strip().lower()
+        return {"question": t.endswith("?"), "commissive": t.startswith(("sure", "ok", "of course"))}.get(
+            label.group(1), not t.endswith("?") and not t.startswith(("sure", "ok", "of course"))
+        )
+
+    if '<text id="' not in user:
+        return Reply("yes" if yes(texts[1]) else "no")
+    return Reply("\n".join(f"{n}: {'yes' if yes(t) else 'no'}" for n, t in sorted(texts.items())))
+
+
+def test_assets_pass_the_previous_message_on(tmp_path, monkeypatch):
+    """The whole graph on a dialogue dataset (dialogue_id + turn): the context LF votes in
+    weak_label_matrix and the expert's questions (pilot, RAC, R.E.D.) show the "Previous:" line."""
+    import dagster as dg
+    import duckdb
+
+    from labelflow.defs.factory import build_definitions
+    from labelflow_tests.fake_openai import FakeOpenAI, last_user
+    from labelflow_tests.project import temp_project
+
+    folder = tmp_path / "chat"
+    write_csv(folder / "train.csv", [(t, lab, d, n) for d, n, t, lab in CHAT_TRAIN], ["text", "label", "dialogue_id", "turn"])
+    write_csv(folder / "test.csv", [(t, lab, d, n) for d, n, t, lab in CHAT_TEST], ["text", "label", "dialogue_id", "turn"])
+    write_csv(folder / "unlabeled.csv", [(t, d, n) for d, n, t in CHAT_POOL], ["text", "dialogue_id", "turn"])
+    (folder / "lfs.yaml").write_text(
+        "lfs:\n"
+        "  - {name: accept_request, label: commissive, context_keywords: [could you], regex: '^(sure|ok)\\b'}\n"
+        "  - {name: question_mark, label: question, regex: '\\?\\s*$'}\n"
+    )
+    monkeypatch.setenv("LABELFLOW_TEST_KEY", "sk-test")
+    with FakeOpenAI(policy=_chat_policy) as srv:
+        ds = {"name": "chat", "path": str(folder), "pilot_size": 6, "red_top_k": 3, "red_max_rounds": 1}
+        ds["routing"] = {"max_queue": 6, "keep_min_votes": 99, "ambiguous_below": 1.01}
+        llm = {"model": "openai/fake", "api_base": srv.api_base, "api_key_env": "LABELFLOW_TEST_KEY"}
+        cfg = temp_project(tmp_path, [ds], llm=llm)
+        instance = dg.DagsterInstance.ephemeral()
+        assert build_definitions(cfg).resolve_job_def("chat__all").execute_in_process(instance=instance).success
+        prompts_seen = [last_user(b) for b in srv.requests]
+
+    def meta(asset):
+        return instance.get_latest_materialization_event(dg.AssetKey(["chat", asset])).asset_materialization.metadata
+
+    assert meta("weak_label_matrix")["lf_errors"].value == 0
+    con = duckdb.connect(str(cfg.warehouse), read_only=True)
+    try:
+        votes = con.execute("select id, lf, label from chat.weak_label_matrix where lf = 'accept_request'").fetchall()
+        queued = con.execute("select id, context from chat.llm_queue where queued").df()
+    finally:
+        con.close()
+    # "Sure ." after "Could you close ..." is a commissive; "Ok , see you then ." after a question without it is not
+    assert votes == [(message_id("Sure .", "Could you close the window ?"), "accept_request", "commissive")]
+    assert len(queued) and queued["context"].notna().all()
+    # the pool's previous messages reached the expert (RAC / R.E.D. questions), escaped, right before the text
+    asked_pool = [p for p in prompts_seen if "Previous: Could you close the window ?\n<text" in p]
+    assert asked_pool, "no question showed a pool text's previous message"
+    seed_texts = {t for _, _, t, _ in CHAT_TRAIN}  # the pilot asks about seeds: their previous messages too
+    assert any(f"Previous: {t}\n<text" in p for p in prompts_seen for t in seed_texts)
+    # a message without a previous one gets no line
+    assert not any("Previous: \n" in p for p in prompts_seen)

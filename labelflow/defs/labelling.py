@@ -252,10 +252,17 @@ def weak_label_matrix_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
         names = [lf.name for lf in lfs]
         # compute: ray runs the LFs over shards of the pool on the cluster (same votes as one local call)
         pool_X = text_embeddings.lookup(text_pool["id"])
-        votes, errors = apply_lfs_sharded(compute.get(), *lf_inputs, text_pool["id"], text_pool["text"], pool_X)
+        # a conversation dataset: each text's previous message ("" for none) for the LFs that read it
+        contexts = text_pool["context"] if "context" in text_pool.columns else None
+        seed_contexts = seed_labels["context"] if "context" in seed_labels.columns else None
+        votes, errors = apply_lfs_sharded(
+            compute.get(), *lf_inputs, text_pool["id"], text_pool["text"], pool_X, contexts=contexts
+        )
         for _, e in errors.iterrows():
             context.log.warning(f"labelling function {e['lf']} failed on text {e['id']}: {e['error']} (excluded from this run)")
-        seed_votes, _ = weak.apply_lfs(lfs, seed_labels["id"], seed_labels["text"], space.seed_X, labels=space.labels)
+        seed_votes, _ = weak.apply_lfs(
+            lfs, seed_labels["id"], seed_labels["text"], space.seed_X, labels=space.labels, contexts=seed_contexts
+        )
         truth = _hidden_truth(hidden_pool_labels)
         table = weak.lf_report(
             votes, seed_votes, names, len(text_pool), seed_labels.set_index("id")["label"], truth, ds.multilabel
@@ -324,7 +331,8 @@ def llm_queue_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
         from labelflow.routing import bucket_report, route
 
         routed = route(weak_labels, ds.routing, budget=ds.llm_budget_calls)
-        routed = routed.merge(text_pool[["id", "text"]], on="id", how="left")
+        # the previous message travels with the text to the LLM questions (a conversation dataset)
+        routed = routed.merge(text_pool[[c for c in ("id", "text", "context") if c in text_pool.columns]], on="id", how="left")
         truth = _hidden_truth(hidden_pool_labels)
         report = bucket_report(routed, routed["id"].map(truth) if truth is not None else None)
         n_queued = int(routed["queued"].sum())
@@ -452,7 +460,14 @@ def red_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
         red = REDLabeler(exp, top_k_uncertain=ds.red_top_k, max_rounds=ds.red_max_rounds, seed=ds.seed)
         red.fit(space.seed_X, space.seed_labels, label_vectors=space.centroids, seed_texts=space.seed_texts)
         context.log.info(f"R.E.D.: {len(pool)} pool texts, {len(space.labels)} labels, expert {exp.name}")
-        result = red.run(pool["id"].tolist(), pool["text"].tolist(), text_embeddings.lookup(pool["id"]), space.descriptions)
+        contexts = pool["context"].tolist() if "context" in pool.columns else None
+        result = red.run(
+            pool["id"].tolist(),
+            pool["text"].tolist(),
+            text_embeddings.lookup(pool["id"]),
+            space.descriptions,
+            pool_contexts=contexts,
+        )
         out = result.labels.merge(pool[["id", "text"]], on="id", how="left")
         truth = _hidden_truth(hidden_pool_labels)
         meta = {

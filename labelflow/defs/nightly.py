@@ -129,11 +129,15 @@ def _inbox_queue(ds: DatasetConfig):
         lfs = weak.standard_lfs(lf_definitions, labels, label_space.seed_X, label_space.seed_sets, label_space.description_X)
         ids = inbox_texts["id"].astype(str).tolist()
         X = inbox_embeddings.lookup(ids) if ids else np.zeros((0, label_space.seed_X.shape[1]), np.float32)
-        votes, errors = weak.apply_lfs(lfs, ids, inbox_texts["text"].tolist(), X, labels=labels)
+        # inbox files with previous messages (a conversation): the context LFs and the questions read them
+        has_ctx = "context" in inbox_texts.columns
+        contexts = inbox_texts["context"].fillna("").astype(str).tolist() if has_ctx else None
+        votes, errors = weak.apply_lfs(lfs, ids, inbox_texts["text"].tolist(), X, labels=labels, contexts=contexts)
         for _, e in errors.iterrows():
             context.log.warning(f"labelling function {e['lf']} failed on text {e['id']}: {e['error']} (excluded)")
         routed = route(aggregate_votes(votes, ids, labels, ds.label_model, ds.multilabel), ds.routing, budget=ds.llm_budget_calls)
-        routed = routed.merge(inbox_texts[["id", "text", "day"]].astype({"id": str}), on="id", how="left")
+        cols = ["id", "text", "context", "day"] if has_ctx else ["id", "text", "day"]
+        routed = routed.merge(inbox_texts[cols].astype({"id": str}), on="id", how="left")
         meta = {
             "dagster/row_count": len(routed),
             "queued": int(routed["queued"].sum()) if len(routed) else 0,

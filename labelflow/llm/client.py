@@ -301,7 +301,13 @@ class LLMExpert:
     def _unit_messages(self, items: Sequence[ValidationItem], retry: bool) -> list[dict]:
         first = items[0]
         return prompts.validation_messages(
-            first.label, first.description, first.examples, [it.text for it in items], retry=retry, contrast=first.contrast
+            first.label,
+            first.description,
+            first.examples,
+            [it.text for it in items],
+            retry=retry,
+            contrast=first.contrast,
+            contexts=[it.context for it in items],
         )
 
     def _ask_unit(
