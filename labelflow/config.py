@@ -90,6 +90,8 @@ class DatasetConfig:
     f1_drop_warning: float = 0.05
     min_confidence: float | None = 0.5  # labels with a calibrated confidence below it are marked needs_review
     drop_label_issues: bool = False  # drop weak/LLM training labels that label_issues suspects (never gold seeds)
+    # conversations: the classifier reads [embedding(text), embedding(previous message)] (multiclass only)
+    context_features: bool = False
     per_class_f1_min: float = 0.70  # the evaluation check lists classes whose gold F1 is below it
     owners: list[str] = field(default_factory=list)
     label_conflicts: str = "error"  # a text with two gold labels: error | drop | keep_first | merge (multilabel)
@@ -223,6 +225,12 @@ def config_from_dict(raw: dict[str, Any], root: Path) -> ProjectConfig:
         if dc.label_conflicts not in LABEL_CONFLICT_POLICIES:
             raise ConfigError(
                 f"{where}: label_conflicts must be one of {list(LABEL_CONFLICT_POLICIES)}, got {dc.label_conflicts!r}"
+            )
+        if not isinstance(dc.context_features, bool):
+            raise ConfigError(f"{where}: context_features must be true or false, got {dc.context_features!r}")
+        if dc.context_features and dc.multilabel:
+            raise ConfigError(
+                f"{where}: context_features is for task: multiclass (RAPT's case base scores texts without the context)"
             )
         if dc.label_conflicts == "merge" and not dc.multilabel:
             raise ConfigError(

@@ -253,7 +253,8 @@ def _chat_policy(body: dict):
 
 def test_assets_pass_the_previous_message_on(tmp_path, monkeypatch):
     """The whole graph on a dialogue dataset (dialogue_id + turn): the context LF votes in
-    weak_label_matrix and the expert's questions (pilot, RAC, R.E.D.) show the "Previous:" line."""
+    weak_label_matrix, the expert's questions (pilot, RAC, R.E.D.) show the "Previous:" line, and with
+    context_features the model trains and scores on [embedding(text), embedding(previous message)]."""
     import dagster as dg
     import duckdb
 
@@ -273,6 +274,7 @@ def test_assets_pass_the_previous_message_on(tmp_path, monkeypatch):
     monkeypatch.setenv("LABELFLOW_TEST_KEY", "sk-test")
     with FakeOpenAI(policy=_chat_policy) as srv:
         ds = {"name": "chat", "path": str(folder), "pilot_size": 6, "red_top_k": 3, "red_max_rounds": 1}
+        ds["context_features"] = True
         ds["routing"] = {"max_queue": 6, "keep_min_votes": 99, "ambiguous_below": 1.01}
         llm = {"model": "openai/fake", "api_base": srv.api_base, "api_key_env": "LABELFLOW_TEST_KEY"}
         cfg = temp_project(tmp_path, [ds], llm=llm)
@@ -300,3 +302,19 @@ def test_assets_pass_the_previous_message_on(tmp_path, monkeypatch):
     assert any(f"Previous: {t}\n<text" in p for p in prompts_seen for t in seed_texts)
     # a message without a previous one gets no line
     assert not any("Previous: \n" in p for p in prompts_seen)
+    # the model: [text, previous] features (MiniLM: 384 + 384); the seeds after a first turn have a previous message
+    model_meta = meta("svm_model")
+    training = model_meta["rows"].value
+    assert model_meta["features"].value == 2 * 384 and 10 <= model_meta["with_previous_message"].value < training
+    assert (meta("svm_scores")["pool_texts"].value, meta("svm_scores")["gold_texts"].value) == (6, 3)
+
+
+def test_context_features_config(tmp_path):
+    from labelflow.config import ConfigError
+    from labelflow_tests.project import temp_project
+
+    assert temp_project(tmp_path, [{"name": "a", "path": "x"}]).datasets[0].context_features is False
+    with pytest.raises(ConfigError, match="context_features must be true or false"):
+        temp_project(tmp_path, [{"name": "a", "path": "x", "context_features": "yes"}])
+    with pytest.raises(ConfigError, match="context_features is for task: multiclass"):
+        temp_project(tmp_path, [{"name": "a", "path": "x", "task": "multilabel", "context_features": True}])

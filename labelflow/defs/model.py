@@ -9,8 +9,8 @@ import pandas as pd
 from labelflow.config import DatasetConfig
 from labelflow.defs.resources import MLflowResource
 from labelflow.defs.util import OWNERS, md_figure, md_table, rounded
-from labelflow.defs.vectors import all_vectors, vector_ins
-from labelflow.embedding import EmbeddingIndex
+from labelflow.defs.resources import EmbedderResource, StoresResource
+from labelflow.defs.vectors import CONTEXT_SOURCES, all_vectors, model_features, previous_messages, vector_ins
 from labelflow.merge import merge_by_priority
 from labelflow.metrics import drift_metrics, gold_report
 from labelflow.tracking import config_hash, git_commit, scalar_metrics
@@ -138,19 +138,27 @@ def svm_model_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefinitio
         group_name=p,
         kinds={"scikitlearn", "mlflow"},
         owners=ds.owners or OWNERS,
-        ins=vector_ins(p, "inbox_queue" in sources),  # every text the model may see: the dataset's, the inbox's
+        # every text the model may see: the dataset's, the inbox's (and, with context_features, their previous messages)
+        ins={**vector_ins(p, "inbox_queue" in sources), **_context_ins(ds, sources)},
         io_manager_key="model_io_manager",
         description=(
             "One-vs-rest calibrated LinearSVCs"
             if ds.multilabel
             else "LinearSVC, balanced class weights, calibrated probabilities"
         )
-        + " on the text embeddings; logged to MLflow as a model.",
+        + (" on [text, previous message] embeddings" if ds.context_features else " on the text embeddings")
+        + "; logged to MLflow as a model.",
     )
     def svm_model(
-        context: dg.AssetExecutionContext, mlflow: MLflowResource, training_set: pd.DataFrame, **vectors: EmbeddingIndex
+        context: dg.AssetExecutionContext,
+        mlflow: MLflowResource,
+        stores: StoresResource,
+        embedder: EmbedderResource,
+        training_set: pd.DataFrame,
+        **vectors,
     ) -> dg.Output:
-        X = all_vectors(vectors).lookup(training_set["id"])
+        previous = previous_messages(vectors) if ds.context_features else None
+        X = model_features(stores.lancedb_uri, embedder.get(), all_vectors(vectors), training_set["id"], previous)
         weights = training_set["confidence"].astype(float).clip(0.05, 1.0).to_numpy() if not ds.multilabel else None
         # the top-class confidence is calibrated on the out-of-fold predictions of gold seeds and human labels
         model = fit_classifier(
@@ -161,10 +169,12 @@ def svm_model_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefinitio
             confidence_folds=3,
             confidence_rows=training_set["source"].isin(["gold_seed", "human"]).to_numpy(),
         )
+        model.context_features_ = ds.context_features  # svm_scores builds the same features to score with it
         params = {
             "rows": len(training_set),
             "classes": len(model.classes_),
             "multilabel": ds.multilabel,
+            "context_features": ds.context_features,
             "git_commit": git_commit(),
             "config_hash": config_hash(ds),
         }
@@ -186,10 +196,20 @@ def svm_model_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefinitio
                 "rows": len(training_set),
                 "classes": len(model.classes_),
                 "calibration": getattr(model, "calibration_", "per-label sigmoid"),
+                "features": X.shape[1],
+                "with_previous_message": int(sum(1 for i in training_set["id"] if (previous or {}).get(str(i)))),
             },
         )
 
     return svm_model
+
+
+def _context_ins(ds: DatasetConfig, sources: list[str]) -> dict:
+    """With ``context_features``: the tables holding the training texts' previous messages."""
+    if not ds.context_features:
+        return {}
+    names = [n for n in CONTEXT_SOURCES if n != "gold_eval" and (n != "inbox_queue" or "inbox_queue" in sources)]
+    return {n: dg.AssetIn(key=[ds.name, n]) for n in names}
 
 
 def svm_scores_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefinition:
@@ -210,14 +230,28 @@ def svm_scores_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefiniti
         "pool_predictions, evaluation, calibration and the RAPT assets read them.",
     )
     def svm_scores(
-        context: dg.AssetExecutionContext, svm_model, text_pool: pd.DataFrame, gold_eval: pd.DataFrame, **inputs
+        context: dg.AssetExecutionContext,
+        stores: StoresResource,
+        embedder: EmbedderResource,
+        svm_model,
+        text_pool: pd.DataFrame,
+        gold_eval: pd.DataFrame,
+        **inputs,
     ) -> dg.Output:
         vectors = all_vectors(inputs)
         parts = {"pool": text_pool["id"], "gold": gold_eval["id"]}
         if inbox:
             parts["inbox"] = inputs["inbox_queue"].get("id", pd.Series(dtype=str))  # no inbox day yet: no column
+        # a model trained with context_features is scored on the same [text, previous message] features
+        frames = {"text_pool": text_pool, "gold_eval": gold_eval, "inbox_queue": inputs.get("inbox_queue")}
+        previous = previous_messages(frames) if getattr(svm_model, "context_features_", False) else None
         scores = {
-            name: score_texts(svm_model, ids, vectors.lookup(ids) if len(ids) else None, ds.multilabel)
+            name: score_texts(
+                svm_model,
+                ids,
+                model_features(stores.lancedb_uri, embedder.get(), vectors, ids, previous) if len(ids) else None,
+                ds.multilabel,
+            )
             for name, ids in parts.items()
         }
         context.log.info(f"scored {', '.join(f'{len(s)} {name}' for name, s in scores.items())} texts")

@@ -187,3 +187,46 @@ def embed(
 
     progress = progress or Progress("embedding", unit="texts")
     return embed_index(ids, texts, embedder, VectorStore(lancedb_uri), columns=columns, progress=progress)
+
+
+CONTEXT_SOURCES = ("seed_labels", "text_pool", "gold_eval", "inbox_queue")
+
+
+def previous_messages(frames: dict) -> dict[str, str]:
+    """id -> previous message (a conversation dataset's ``context`` column) from the frames among
+    ``frames`` named in :data:`CONTEXT_SOURCES`; a text without one is absent."""
+    out: dict[str, str] = {}
+    for name in CONTEXT_SOURCES:
+        df = frames.get(name)
+        if df is None or not len(df) or "context" not in df.columns:
+            continue
+        for i, c in zip(df["id"].astype(str), df["context"]):
+            if isinstance(c, str) and c and i not in out:
+                out[i] = c
+    return out
+
+
+def model_features(lancedb_uri: str, embedder, vectors: EmbeddingIndex, ids: Sequence, previous: dict | None):
+    """The classifier's features of the texts ``ids``: their embeddings from ``vectors``; with
+    ``previous`` (id -> previous message: a model with ``context_features``),
+    :func:`labelflow.training.context_features` ``[embedding(text), embedding(previous)]`` (zeros for a
+    text without one), the previous messages embedded by :func:`embed` through the same LanceDB
+    embedding cache as the texts (a previous message that is itself a text of the dataset is reused)."""
+    import numpy as np
+
+    from labelflow.progress import Progress
+    from labelflow.training import context_features
+
+    X = vectors.lookup(ids)
+    if previous is None:
+        return X
+    ids = [str(i) for i in ids]
+    rows = [r for r, i in enumerate(ids) if previous.get(i)]
+    C = np.zeros_like(X)
+    if rows:
+        progress = Progress("embedding previous messages", unit="texts")
+        index, _ = embed(lancedb_uri, embedder, [ids[r] for r in rows], [previous[ids[r]] for r in rows], progress=progress)
+        C[rows] = index.lookup([ids[r] for r in rows])
+    has = np.zeros(len(ids), dtype=bool)
+    has[rows] = True
+    return context_features(X, C, has)
