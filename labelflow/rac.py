@@ -363,6 +363,8 @@ def validation_prompt_text(item: ValidationItem) -> str:
     if item.examples:
         lines.append("Examples of texts with this label:")
         lines += [f"- {e}" for e in item.examples]
+    if item.context:
+        lines.append(f"Previous: {item.context}")
     lines += ["Text:", "<<<", item.text, ">>>", f"Does the text belong to the label '{item.label}'? Answer yes or no."]
     return "\n".join(lines)
 
