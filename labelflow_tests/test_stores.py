@@ -484,3 +484,30 @@ def test_partition_run_takes_the_project_lock_only_for_its_unpartitioned_steps(t
 
     assert FragmentStore(tmp_path / "data" / "tables").partitions("ds", "texts") == ["2026-11-18", "2026-11-19"]
     assert holder(lock) is None and holder(tmp_path / "data" / ".labelflow.locks" / "partition=2026-11-19.lock") is None
+
+
+def test_partitioned_vectors_are_fragments_and_a_legacy_lancedb_table_moves_in(tmp_path):
+    from labelflow.defs.vectors import EmbeddingIOManager
+    from labelflow.embedding import EmbeddingIndex, VectorStore
+    from labelflow.fragments import FragmentStore
+
+    uri, root = tmp_path / "lancedb", tmp_path / "tables"
+    old = pd.DataFrame({"id": ["o1", "o2"], "model": "m", "vector": list(np.eye(2, 3, dtype=np.float32)), "day": "2026-11-17"})
+    VectorStore(uri).write("ds__vecs", old)  # what an earlier version kept: one LanceDB table for every day
+    daily = dg.DailyPartitionsDefinition(start_date="2026-11-01")
+
+    @dg.asset(key=["ds", "vecs"], io_manager_key="vectors_io_manager", partitions_def=daily, metadata={"partition_expr": "day"})
+    def vecs(context):
+        return EmbeddingIndex([f"{context.partition_key}-a"], np.ones((1, 3), np.float32), "m")
+
+    @dg.asset(key=["ds", "all_vecs"], io_manager_key="vectors_io_manager")
+    def all_vecs(vecs):
+        return vecs
+
+    res = {"vectors_io_manager": EmbeddingIOManager(lancedb_uri=str(uri), fragments_root=str(root))}
+    for day in ("2026-11-18", "2026-11-18"):
+        assert dg.materialize([vecs], partition_key=day, resources=res).success
+    assert dg.materialize([vecs, all_vecs], selection=[all_vecs.key], resources=res).success
+    assert sorted(VectorStore(uri).read("ds__all_vecs")["id"]) == ["2026-11-18-a", "o1", "o2"]
+    assert FragmentStore(root).partitions("ds", "vecs") == ["2026-11-17", "2026-11-18"]
+    assert not VectorStore(uri).has("ds__vecs"), "the legacy table is dropped once its days are fragments"
