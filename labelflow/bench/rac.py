@@ -11,7 +11,9 @@ table with (a) one prompt listing every label, (b) one top-k few-shot prompt, (c
 truncation, (d) RAC with k in ``--rac-ks``: precision, coverage, micro/macro-F1 (abstain = wrong),
 calls and prompt tokens per text and per labelled text, seconds per labelled text; and, with the
 SimulatedExpert, the EmbeddingSVM retrained on the seeds + RAC labels of the pool next to the
-seed-only SVM.
+seed-only SVM. With ``--refine-descriptions`` an LLM (``--describe-with``) first rewrites each label's
+description once (:func:`labelflow.descriptions.refine_descriptions`) and the rows that use descriptions
+are also reported with the descriptions before refinement.
 """
 
 from __future__ import annotations
