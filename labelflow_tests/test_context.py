@@ -310,7 +310,11 @@ def test_assets_pass_the_previous_message_on(tmp_path, monkeypatch):
         llm = {"model": "openai/fake", "api_base": srv.api_base, "api_key_env": "LABELFLOW_TEST_KEY"}
         cfg = temp_project(tmp_path, [ds], llm=llm)
         instance = dg.DagsterInstance.ephemeral()
-        assert build_definitions(cfg).resolve_job_def("chat__all").execute_in_process(instance=instance).success
+        defs = build_definitions(cfg)
+        # the graph up to the model's scores (LFs, pilot, queue, RAC, R.E.D., training set, model)
+        selection = dg.AssetSelection.assets(dg.AssetKey(["chat", "svm_scores"])).upstream().required_multi_asset_neighbors()
+        keys = selection.resolve(defs.resolve_asset_graph())
+        assert defs.resolve_job_def("chat__all").execute_in_process(instance=instance, asset_selection=list(keys)).success
         prompts_seen = [last_user(b) for b in srv.requests]
 
     def meta(asset):
