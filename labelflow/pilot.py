@@ -43,6 +43,17 @@ def pilot_threshold(pilot: pd.DataFrame) -> float | None:
     return None
 
 
+def pilot_label_thresholds(pilot: pd.DataFrame) -> dict[str, float]:
+    """The per-label thresholds a pilot calibrated (labels with enough answers; the others use
+    :func:`pilot_threshold`), from its one-row summary table's ``label_thresholds`` (JSON); empty when
+    it has none."""
+    import json
+
+    if not len(pilot) or "label_thresholds" not in pilot or pd.isna(pilot["label_thresholds"].iloc[0]):
+        return {}
+    return {str(k): float(v) for k, v in json.loads(pilot["label_thresholds"].iloc[0]).items()}
+
+
 def _stratified_texts(sets: list[set], all_labels: list[str], n_texts: int, rng) -> list[tuple[int, str]]:
     """(row, visited label) pairs: labels in a seeded random order, one random unused seed of each,
     round after round, until ``n_texts`` rows are drawn or none is left."""
@@ -421,13 +432,25 @@ def run_pilot(
     )
 
 
+def apply_thresholds(expert: Expert, threshold: float | None, label_thresholds: Mapping[str, float]) -> None:
+    """Give ``expert`` a pilot's thresholds: the dataset ``threshold`` (None: the expert keeps its own)
+    and ``label_thresholds`` for the labels that have one (an expert without thresholds is left alone)."""
+    if threshold is not None and hasattr(expert, "threshold"):
+        expert.threshold = float(threshold)
+    if hasattr(expert, "label_thresholds"):
+        expert.label_thresholds = {str(k): float(v) for k, v in label_thresholds.items()}
+
+
 def apply_calibration(expert: Expert, result: PilotResult) -> None:
     """Give ``expert`` the thresholds ``result`` calibrated: the dataset threshold and, where the pilot
-    had enough answers for a label, that label's (an expert without thresholds is left alone)."""
-    if hasattr(expert, "threshold"):
-        expert.threshold = float(result.threshold)
-    if hasattr(expert, "label_thresholds"):
-        expert.label_thresholds = dict(result.label_thresholds)
+    had enough answers for a label, that label's."""
+    apply_thresholds(expert, result.threshold, result.label_thresholds)
+
+
+def apply_pilot(expert: Expert, pilot: pd.DataFrame) -> None:
+    """Give ``expert`` the thresholds recorded in a pilot's summary table (the pilot_validation asset):
+    :func:`pilot_threshold` and :func:`pilot_label_thresholds`."""
+    apply_thresholds(expert, pilot_threshold(pilot), pilot_label_thresholds(pilot))
 
 
 def calibrate_on_seeds(

@@ -247,3 +247,60 @@ def test_calibrate_on_seeds_asks_as_rac_does_and_sets_the_experts_thresholds():
     assert -3.0 < exp.threshold < -1.0 and exp.threshold == res.threshold and exp.label_thresholds == res.label_thresholds
     assert {it.description for it in exp.asked if it.label != "a"} == {"b", "c", "d"}  # the name without a description
     assert all(it.contrast and len(it.examples) == 3 for it in exp.asked)
+
+
+def _refund_shy_policy(body: dict):
+    """The whole-graph fake LLM (keyword answers per label) with one expert bias: it doubts "refund"
+    (its yes margin is -2, below the other labels' no margin of -1), so only a threshold of its own lets
+    it say yes to refund texts."""
+    from labelflow_tests.fake_openai import Reply, extract_texts
+    from labelflow_tests.pipeline_llm import _LABEL, KEYWORDS
+
+    prompt = "\n".join(str(m.get("content", "")) for m in body["messages"])
+    texts, label = extract_texts(body), _LABEL.search(prompt)
+    if not texts or label is None:
+        return Reply("Messages where the customer asks about this topic; not other account questions.")
+    yes = any(w in next(iter(texts.values())).lower() for w in KEYWORDS.get(label.group(1), ()))
+    margin = (-2.0 if yes else -15.0) if label.group(1) == "refund" else (3.0 if yes else -1.0)
+    top = {"yes": -0.05, "no": -0.05 - margin} if margin > 0 else {"no": -0.05, "yes": -0.05 + margin}
+    return Reply("yes" if margin > 0 else "no", top=top)
+
+
+def test_product_pilot_hands_its_label_thresholds_to_rac(tiny_dataset, tmp_path):
+    """Through the assets: pilot_validation calibrates refund's own threshold (its answers are scored
+    lower than the others') and records it; rac_labels decides refund questions with it, so the refund
+    texts of the pool get their label (with the dataset threshold alone the expert rejects them)."""
+    import dagster as dg
+
+    from labelflow.defs.factory import build_definitions
+    from labelflow_tests.fake_openai import FakeOpenAI
+    from labelflow_tests.project import temp_project
+
+    with FakeOpenAI(policy=_refund_shy_policy) as srv:
+        ds = {
+            "name": "tiny",
+            "path": str(tiny_dataset),
+            "pilot_size": 24,
+            "routing": {"keep_confidence": 1.01, "ambiguous_below": 1.01},
+        }
+        defs = build_definitions(temp_project(tmp_path, [ds], llm={"model": "openai/fake", "api_base": srv.api_base}))
+        rac_key = dg.AssetKey(["tiny", "rac_labels"])
+        keys = dg.AssetSelection.assets(rac_key).upstream().required_multi_asset_neighbors().resolve(defs.resolve_asset_graph())
+        instance = dg.DagsterInstance.ephemeral()
+        assert (
+            defs.resolve_implicit_global_asset_job_def().execute_in_process(asset_selection=list(keys), instance=instance).success
+        )
+    pilot_meta = instance.get_latest_materialization_event(
+        dg.AssetKey(["tiny", "pilot_validation"])
+    ).asset_materialization.metadata
+    with defs.get_asset_value_loader(instance) as loader:
+        pilot = loader.load_asset_value(dg.AssetKey(["tiny", "pilot_validation"]))
+        rac = loader.load_asset_value(rac_key)
+    from labelflow.pilot import pilot_label_thresholds, pilot_threshold
+
+    own = pilot_label_thresholds(pilot)
+    assert pilot_meta["labels_with_own_threshold"].value == len(own) >= 1
+    assert own["refund"] < -2.0 < -1.0 < pilot_threshold(pilot)  # refund's own accepts its -2; the dataset's would not
+    got = dict(zip(rac["text"], rac["label"]))
+    assert got["give me my money back"] == got["refund for order 1234"] == "refund"
+    assert got["change my password"] == "password_reset" and got["is the card shipped yet"] == "card_arrival"

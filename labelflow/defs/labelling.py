@@ -4,6 +4,8 @@ weak_label_matrix, weak_labels, llm_queue, rac_labels, red_labels. One module-le
 Each asset loads its inputs, calls the library, writes the result and attaches metadata; every asset
 that spends LLM calls records calls, tokens, cost and time."""
 
+import json
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -23,7 +25,7 @@ from labelflow.defs.util import OWNERS, md_figure, md_table, usage_metadata, rou
 from labelflow.defs.vectors import embed
 from labelflow.embedding import EmbeddingIndex
 from labelflow.labelspace import LabelSpace
-from labelflow.pilot import pilot_threshold
+from labelflow.pilot import apply_pilot
 
 # the pilot's figures in its table row, metadata and MLflow metrics
 PILOT_SUMMARY = (
@@ -36,6 +38,7 @@ PILOT_SUMMARY = (
     "threshold",
     "accuracy_calibrated",
     "accuracy_calibrated_cv",
+    "accuracy_label_calibrated_cv",
     "gate_accuracy",
     "unparseable",
     "calls",
@@ -168,8 +171,9 @@ def pilot_validation_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
         "pilot_validation",
         {"duckdb", "pandas"},
         "The pipeline's first gate: the expert answers yes/no on seed examples paired with their "
-        "true label and a confusable wrong one; accuracy, precision/recall of yes, and the calibrated "
-        "yes/no threshold used by later stages.",
+        "true label and a confusable wrong one, asked as RAC asks (the label's seeds nearest to the text); "
+        "accuracy, precision/recall of yes, and the calibrated yes/no thresholds (the dataset's, and per "
+        "label where the pilot has enough answers) used by later stages.",
         check_specs=[check],
     )
     def pilot_validation(
@@ -189,6 +193,7 @@ def pilot_validation_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
             seed=ds.seed,
             multilabel=ds.multilabel,
             descriptions=space.descriptions,
+            seed_vectors=space.seed_X,  # the seeds shown are the label's nearest to the text, as in RAC
         )
         budget = expert.run_budget(context.run.run_id, ds.name, ds.llm_budget_calls)
         exp = expert.get(budget=budget)
@@ -197,6 +202,9 @@ def pilot_validation_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
         summary = {k: getattr(r, k) for k in PILOT_SUMMARY}
         meta = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in summary.items()}
         meta["confusions"] = md_table(r.confusions, 30)
+        # RAC, R.E.D. and the inbox use a label's own threshold where the pilot had enough answers for it
+        meta["labels_with_own_threshold"] = len(r.label_thresholds)
+        meta["label_thresholds"] = dg.MetadataValue.json({k: round(v, 3) for k, v in sorted(r.label_thresholds.items())})
         meta.update(usage_metadata(exp.usage))
         meta.update(budget_metadata(budget))
         meta["unanswered"] = int(r.unanswered)  # past the run's LLM budget: no answer, not a wrong one
@@ -210,7 +218,8 @@ def pilot_validation_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
         )
         # the answers (asked label, truth, outcome, margin) are the evidence that calibrates LLM label confidence
         answers = r.answers[["asked_label", "truth", "outcome", "score"]].to_json(orient="records") if len(r.answers) else "[]"
-        yield dg.Output(pd.DataFrame([summary]).assign(answers=answers), metadata=rounded(meta))
+        table = pd.DataFrame([summary]).assign(answers=answers, label_thresholds=json.dumps(r.label_thresholds))
+        yield dg.Output(table, metadata=rounded(meta))
         check_meta = {"gate_accuracy": float(r.gate_accuracy), "min_accuracy": ds.pilot_min_accuracy}
         yield dg.AssetCheckResult(
             check_name="pilot_accuracy",
@@ -388,7 +397,8 @@ def rac_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
 
         queue = llm_queue[llm_queue["queued"].astype(bool)].reset_index(drop=True)
         budget = expert.run_budget(context.run.run_id, ds.name, ds.llm_budget_calls)
-        exp = expert.get(threshold=pilot_threshold(pilot_validation), budget=budget)
+        exp = expert.get(budget=budget)
+        apply_pilot(exp, pilot_validation)  # the pilot's thresholds: per label where calibrated, else the dataset's
         # the retriever's signals are chosen on the seeds as `labelflow bench rac` chooses them
         retriever, choice, cv = space_retriever(label_space)
         retr = _retriever_metadata(choice, cv)
@@ -456,7 +466,8 @@ def red_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
         pool = text_pool[~text_pool["id"].isin(done)].reset_index(drop=True)
         # the run's one LLM budget; red_budget_calls is a cap for this stage inside it
         budget = expert.run_budget(context.run.run_id, ds.name, ds.llm_budget_calls)
-        exp = expert.get(threshold=pilot_threshold(pilot_validation), budget=budget, budget_calls=ds.red_budget_calls)
+        exp = expert.get(budget=budget, budget_calls=ds.red_budget_calls)
+        apply_pilot(exp, pilot_validation)  # the pilot's thresholds: per label where calibrated, else the dataset's
         red = REDLabeler(exp, top_k_uncertain=ds.red_top_k, max_rounds=ds.red_max_rounds, seed=ds.seed)
         red.fit(space.seed_X, space.seed_labels, label_vectors=space.centroids, seed_texts=space.seed_texts)
         context.log.info(f"R.E.D.: {len(pool)} pool texts, {len(space.labels)} labels, expert {exp.name}")
