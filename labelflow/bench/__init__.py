@@ -2,4 +2,17 @@
 ``add_arguments(parser)`` (optional extra flags) and ``run(args) -> list[pandas.DataFrame]``.
 They print what they measured and write CSV + Markdown tables under ``--out``."""
 
-METHODS = ["baseline", "pilot", "weak", "context", "rac", "red", "rapt", "labelmodel_scale", "red_scale", "trust", "review", "scale"]
+METHODS = [
+    "baseline",
+    "pilot",
+    "weak",
+    "context",
+    "rac",
+    "red",
+    "rapt",
+    "labelmodel_scale",
+    "red_scale",
+    "trust",
+    "review",
+    "scale",
+]

@@ -63,7 +63,9 @@ def resources(cfg: ProjectConfig) -> dict:
         "model_io_manager": ModelIOManager(models_dir=str(cfg.models_dir)),
         # EmbeddingIndex values (text/label/inbox embeddings) as LanceDB tables; other Python values
         # (the label space) pickled per asset key
-        "vectors_io_manager": EmbeddingIOManager(lancedb_uri=str(cfg.lancedb), fragments_root=str(fragments_root_for(cfg.warehouse))),
+        "vectors_io_manager": EmbeddingIOManager(
+            lancedb_uri=str(cfg.lancedb), fragments_root=str(fragments_root_for(cfg.warehouse))
+        ),
         "values_io_manager": dg.FilesystemIOManager(base_dir=str(cfg.lancedb.parent / "values")),
         "review": ReviewResource(warehouse=str(cfg.warehouse), review_dir=str(cfg.root / "data" / "review")),
         "stores": StoresResource(lancedb_uri=str(cfg.lancedb), models_dir=str(cfg.models_dir)),
