@@ -30,6 +30,8 @@ from typing import Iterable
 
 import pandas as pd
 
+from labelflow.modelstore import fsync_dir
+
 FILE = "part.parquet"
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+\- ]*$")
 
@@ -96,7 +98,7 @@ class FragmentStore:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return path
 
     # -- read ---------------------------------------------------------------------------------------
@@ -123,11 +125,3 @@ class FragmentStore:
             return con.sql(f"SELECT * FROM read_parquet({listing}, hive_partitioning = true, union_by_name = true)").df()
         finally:
             con.close()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -33,7 +33,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder, so a rename inside it survives a crash."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -66,7 +67,7 @@ def save_model(model, path: str | os.PathLike) -> str:
     _atomic_write_bytes(path, lambda f: joblib.dump(model, f))
     digest = file_sha256(path)
     _atomic_write_bytes(checksum_path(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return digest
 
 
