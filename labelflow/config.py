@@ -92,6 +92,9 @@ class DatasetConfig:
     drop_label_issues: bool = False  # drop weak/LLM training labels that label_issues suspects (never gold seeds)
     # conversations: the classifier reads [embedding(text), embedding(previous message)] (multiclass only)
     context_features: bool = False
+    # the expert rewrites each label's description once, short and discriminative, from its seeds and its
+    # nearest confusable labels (user descriptions kept); RAC/R.E.D. then retrieve and ask with it
+    refine_descriptions: bool = False
     per_class_f1_min: float = 0.70  # the evaluation check lists classes whose gold F1 is below it
     owners: list[str] = field(default_factory=list)
     label_conflicts: str = "error"  # a text with two gold labels: error | drop | keep_first | merge (multilabel)
@@ -226,8 +229,9 @@ def config_from_dict(raw: dict[str, Any], root: Path) -> ProjectConfig:
             raise ConfigError(
                 f"{where}: label_conflicts must be one of {list(LABEL_CONFLICT_POLICIES)}, got {dc.label_conflicts!r}"
             )
-        if not isinstance(dc.context_features, bool):
-            raise ConfigError(f"{where}: context_features must be true or false, got {dc.context_features!r}")
+        for flag in ("context_features", "refine_descriptions"):
+            if not isinstance(getattr(dc, flag), bool):
+                raise ConfigError(f"{where}: {flag} must be true or false, got {getattr(dc, flag)!r}")
         if dc.context_features and dc.multilabel:
             raise ConfigError(
                 f"{where}: context_features is for task: multiclass (RAPT's case base scores texts without the context)"

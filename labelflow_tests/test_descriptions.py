@@ -18,6 +18,7 @@ from labelflow.descriptions import (
     seed_examples,
 )
 from labelflow.expert import Usage
+from labelflow_tests.fake_openai import FakeOpenAI, Reply
 
 SEEDS = pd.DataFrame(
     {
@@ -225,3 +226,52 @@ def test_refine_keeps_a_description_on_an_empty_or_echoed_answer_and_needs_a_com
         refine_descriptions(BASE, SEEDS, RecordingExpert(), VECS)
     with pytest.raises(ValueError, match="source"):
         refine_descriptions(BASE[["label", "description"]], SEEDS, CompletingExpert(), VECS)
+
+
+def _refining_policy(body: dict):
+    """Describe and refine prompts get different answers; the refine answer names which label it was for."""
+    prompt = "\n".join(str(m.get("content", "")) for m in body["messages"])
+    if "Write one sentence" in prompt:
+        label = prompt.split('Label: "', 1)[1].split('"', 1)[0]
+        return Reply(f"Refined: texts about {label.replace('_', ' ')}.")
+    return Reply("A first description from the label name and seeds.")
+
+
+def test_label_descriptions_asset_refines_once_with_refine_descriptions(tiny_dataset, tmp_path):
+    """Through the asset: with refine_descriptions the expert rewrites every description it wrote
+    (source llm_refined), the user's description stays as given, and a re-run asks nothing (cache)."""
+    import dagster as dg
+
+    from labelflow.defs.factory import build_definitions
+    from labelflow_tests.project import temp_project
+
+    key = dg.AssetKey(["tiny", "label_descriptions"])
+    with FakeOpenAI(policy=_refining_policy) as srv:
+        ds = {"name": "tiny", "path": str(tiny_dataset), "refine_descriptions": True}
+        defs = build_definitions(temp_project(tmp_path, [ds], llm={"model": "openai/fake", "api_base": srv.api_base}))
+        keys = dg.AssetSelection.assets(key).upstream().required_multi_asset_neighbors().resolve(defs.resolve_asset_graph())
+        instance = dg.DagsterInstance.ephemeral()
+        job = defs.resolve_implicit_global_asset_job_def()
+        assert job.execute_in_process(asset_selection=list(keys), instance=instance).success
+        asked = srv.count
+        with defs.get_asset_value_loader(instance) as loader:
+            out = loader.load_asset_value(key)
+        assert job.execute_in_process(asset_selection=[key], instance=instance).success
+        assert srv.count == asked  # describe and refine answers come from the cache
+    by_label = out.set_index("label")
+    assert by_label.loc["refund", "source"] == "user"
+    assert by_label.loc["refund", "description"] == "The customer asks for their money back."
+    others = by_label.drop(index="refund")
+    assert len(others) >= 2 and set(others["source"]) == {SOURCE_REFINED}
+    assert all(d == f"Refined: texts about {lab.replace('_', ' ')}." for lab, d in others["description"].items())
+    meta = instance.get_latest_materialization_event(key).asset_materialization.metadata
+    assert meta["by_source"].value == {SOURCE_REFINED: len(others), "user": 1}
+
+
+def test_refine_descriptions_config_must_be_a_bool(tiny_dataset, tmp_path):
+    from labelflow.config import ConfigError
+    from labelflow.defs.factory import build_definitions
+    from labelflow_tests.project import temp_project
+
+    with pytest.raises(ConfigError, match="refine_descriptions must be true or false"):
+        build_definitions(temp_project(tmp_path, [{"name": "tiny", "path": str(tiny_dataset), "refine_descriptions": "yes"}]))

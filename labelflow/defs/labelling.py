@@ -71,7 +71,9 @@ def label_descriptions_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
         "label_descriptions",
         {"duckdb", "pandas"},
         "One description per label: the user's from labels.csv (source=user) or written by the "
-        "LLM from the label name, seed examples and its nearest labels (source=llm).",
+        "LLM from the label name, seed examples and its nearest labels (source=llm); with refine_descriptions "
+        "the expert then rewrites each non-user description to tell it apart from its confusable labels "
+        "(source=llm_refined).",
     )
     def label_descriptions(
         context: dg.AssetExecutionContext,
@@ -80,7 +82,7 @@ def label_descriptions_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
         text_embeddings: EmbeddingIndex,
         user_label_descriptions: pd.DataFrame,
     ) -> dg.Output:
-        from labelflow.descriptions import describe_labels
+        from labelflow.descriptions import describe_labels, refine_descriptions
 
         labels = sorted({lab for labs in label_lists(seed_labels["label"], ds.multilabel) for lab in labs})
         user = user_label_descriptions[["label", "description"]]  # validated at ingestion
@@ -88,22 +90,26 @@ def label_descriptions_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
         missing = len(set(labels) - set(user["label"]))
         context.log.info(f"{len(user)} user descriptions; writing {missing} with the expert")
         budget = expert.run_budget(context.run.run_id, ds.name, ds.llm_budget_calls)
-        exp = DescribeWithinBudget(expert.get(budget=budget)) if missing else None
+        llm = expert.get(budget=budget) if missing or ds.refine_descriptions else None
+        exp = DescribeWithinBudget(llm) if missing else None
         out = (
             describe_labels(labels, seed_labels, user, exp, label_vectors=centroids, multilabel=ds.multilabel)
             if missing
             else user.assign(source="user", model="")
         )
+        if ds.refine_descriptions:
+            out = refine_descriptions(out, seed_labels, llm, label_vectors=centroids, multilabel=ds.multilabel)
         meta = {
             "dagster/row_count": len(out),
             "by_source": dg.MetadataValue.json(out["source"].value_counts().to_dict()),
             "descriptions": md_table(out[["label", "source", "description"]], 100),
         }
-        if exp is not None:
-            meta.update(usage_metadata(exp.usage))
+        if llm is not None:
+            meta.update(usage_metadata(llm.usage))
             meta.update(budget_metadata(budget))
-            # past the run's LLM budget a description falls back to the label name (source label_name)
-            meta["past_budget"] = dg.MetadataValue.json(exp.past_budget)
+            # past the run's LLM budget a description falls back to the label name (source label_name),
+            # and a refinement keeps the description it had
+            meta["past_budget"] = dg.MetadataValue.json((exp.past_budget if exp else []) + out.attrs.get("past_budget", []))
         return dg.Output(out, metadata=rounded(meta))
 
     return label_descriptions
