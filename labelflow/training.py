@@ -92,7 +92,10 @@ class EmbeddingSVM(BaseEstimator, ClassifierMixin):
         if isinstance(self.model_, CalibratedClassifierCV):
             p = self.model_.predict_proba(X)
         else:
-            p = _softmax(self.model_.decision_function(X) * 5.0)
+            d = self.model_.decision_function(X)
+            if d.ndim == 1:  # two classes: sklearn returns the positive class's margin only
+                d = np.column_stack([-d, d])
+            p = _softmax(d * 5.0)
         return p
 
     def predict(self, X) -> np.ndarray:
