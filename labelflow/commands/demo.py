@@ -2,7 +2,8 @@
 and where to look next. Runs are recorded in the Dagster instance under $DAGSTER_HOME (the Makefile sets
 it to the project folder, storage in .dagster/), so they show in `make ui`.
 
-The terminal shows one line per asset as it finishes (its time and key figures), a progress bar while
+The terminal shows one line per asset as it finishes (its time and key figures; a step that writes
+several tables, ingestion, shows one line with each table's row count), a progress bar while
 texts are embedded or the LLM is asked, and a closing table. Dagster's event stream, library warnings and
 the local LLM server's output go to the run logs instead: the Dagster instance (`make ui`), its compute
 logs under .dagster/logs/, and one log file per demo (named on the first line)."""
@@ -33,6 +34,7 @@ FIGURES = {
     "label_issues": ("seeds_suspect", "training_set_suspect"),
     "training_set": ("dagster/row_count", "rows_gold_seed", "rows_llm"),
     "svm_model": ("rows", "classes"),
+    "svm_scores": ("pool_texts", "gold_texts", "inbox_texts"),
     "pool_predictions": ("dagster/row_count", "low_confidence_share"),
     "calibration": ("gold_ece", "gold_brier", "gold_accuracy"),
     "evaluation": ("accuracy", "macro_f1", "micro_f1", "coverage"),
@@ -68,6 +70,9 @@ NAMES = {
     "new_rows": "new",
     "stop_reason": "stop",
     "mean_labels_avgcount": "labels per text (AvgCount)",
+    "pool_texts": "pool",
+    "gold_texts": "gold",
+    "inbox_texts": "inbox",
 }
 # the closing table: (row name, asset, metadata key)
 SUMMARY = (
@@ -217,11 +222,14 @@ class RunReport:
 
             close_bars()
             seconds = entry.timestamp - self.started.get(step, entry.timestamp)
-            shown = False
-            for name, meta in self.assets.pop(step, []):
+            assets = self.assets.pop(step, [])
+            if len(assets) > 1:  # a multi-asset step (ingest): one line, each table's row count
+                name = step.split("__", 1)[-1]
+                rows = ", ".join(f"{a} {m.get('dagster/row_count', '-')}" for a, m in assets)
+                self._print(f"  {name:<{self.width}} {seconds:6.1f} s  rows: {rows}")
+            for name, meta in assets if len(assets) == 1 else []:
                 figures = _figures(meta, FIGURES.get(name, GENERIC))
-                self._print(f"  {name:<{self.width}} {'' if shown else f'{seconds:6.1f} s':>8}  {figures}".rstrip())
-                shown = True
+                self._print(f"  {name:<{self.width}} {seconds:6.1f} s  {figures}".rstrip())
             if kind == "STEP_FAILURE":
                 error = event.step_failure_data.error
                 while error is not None and error.cause is not None:  # the user code's error, not Dagster's wrapper
