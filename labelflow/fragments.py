@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterable
@@ -119,9 +121,30 @@ class FragmentStore:
             files = [f for f in files if f.parent.name.split("=", 1)[1] in wanted]
         if not files:
             return pd.DataFrame()
-        listing = "[" + ", ".join(_sql_string(str(f)) for f in files) + "]"
-        con = duckdb.connect()
+        # DuckDB opens a file more than once per query (schema at bind, row groups at execution), so a
+        # day replaced in between would pair the old file's footer with the new file's bytes. Reading a
+        # snapshot of hard links (one link per file, each pinning the file it found) sees every day
+        # either as it was or as it is now.
+        snapshot = Path(tempfile.mkdtemp(prefix=".read-", dir=self.root))
         try:
-            return con.sql(f"SELECT * FROM read_parquet({listing}, hive_partitioning = true, union_by_name = true)").df()
+            listing = "[" + ", ".join(_sql_string(str(_pin(f, snapshot))) for f in files) + "]"
+            con = duckdb.connect()
+            try:
+                return con.sql(f"SELECT * FROM read_parquet({listing}, hive_partitioning = true, union_by_name = true)").df()
+            finally:
+                con.close()
         finally:
-            con.close()
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+
+def _pin(fragment: Path, snapshot: Path) -> Path:
+    """A hard link (a copy through one open handle where links are not possible) of ``fragment`` under
+    ``snapshot``, keeping its partition folder name."""
+    pinned = snapshot / fragment.parent.name / fragment.name
+    pinned.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(fragment, pinned)
+    except OSError:
+        with open(fragment, "rb") as src, open(pinned, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return pinned
