@@ -259,6 +259,16 @@ def cross_validated_accuracy(
     scores = np.asarray(scores, dtype=float)
     truth = np.asarray(truth, dtype=bool)
     parsed = np.ones(len(scores), dtype=bool) if parsed is None else np.asarray(parsed, dtype=bool)
+
+    def thresholds(train: np.ndarray, test: np.ndarray) -> np.ndarray | float:
+        return calibrate_threshold(scores[train], truth[train], parsed[train], default)[0]
+
+    return _cross_validated(scores, truth, parsed, default, folds, seed, thresholds)
+
+
+def _cross_validated(scores, truth, parsed, default: float, folds: int, seed: int, thresholds) -> float:
+    """Accuracy over ``folds`` seeded folds, each fold's rows decided by ``thresholds(train, test)``
+    (a threshold, or one per test row) chosen on the other folds; ``default`` with fewer than 2 rows."""
     n = len(scores)
     if n < 2:
         return _accuracy_at(scores, parsed, truth, default) if n else 0.0
@@ -267,8 +277,7 @@ def cross_validated_accuracy(
     correct = 0
     for f in range(folds):
         test = fold_of == f
-        t, _ = calibrate_threshold(scores[~test], truth[~test], parsed[~test], default)
-        pred = (scores[test] >= t) & parsed[test]
+        pred = (scores[test] >= thresholds(~test, test)) & parsed[test]
         correct += int(((pred == truth[test]) & parsed[test]).sum())
     return correct / n
 
@@ -325,19 +334,12 @@ def cross_validated_label_accuracy(
     truth = np.asarray(truth, dtype=bool)
     labels = np.asarray([str(v) for v in labels], dtype=object)
     parsed = np.ones(len(scores), dtype=bool) if parsed is None else np.asarray(parsed, dtype=bool)
-    n = len(scores)
-    if n < 2:
-        return _accuracy_at(scores, parsed, truth, default) if n else 0.0
-    folds = min(folds, n)
-    fold_of = np.random.default_rng(seed).permutation(n) % folds
-    correct = 0
-    for f in range(folds):
-        test = fold_of == f
-        t, per = calibrate_label_thresholds(scores[~test], truth[~test], labels[~test], parsed[~test], default, **calibration)
-        thr = np.array([per.get(lab, t) for lab in labels[test]])
-        pred = (scores[test] >= thr) & parsed[test]
-        correct += int(((pred == truth[test]) & parsed[test]).sum())
-    return correct / n
+
+    def thresholds(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        t, per = calibrate_label_thresholds(scores[train], truth[train], labels[train], parsed[train], default, **calibration)
+        return np.array([per.get(lab, t) for lab in labels[test]])
+
+    return _cross_validated(scores, truth, parsed, default, folds, seed, thresholds)
 
 
 def _answer_tables(items, truth, outcomes, scores, correct) -> tuple[pd.DataFrame, pd.DataFrame]:
