@@ -8,7 +8,7 @@ import pandas as pd
 from labelflow.config import DatasetConfig
 from labelflow.data import load_dataset
 from labelflow.defs.resources import EmbedderResource, StoresResource
-from labelflow.defs.util import OWNERS, md_table, rounded
+from labelflow.defs.util import asset_spec, dataset_asset, md_table, rounded
 from labelflow.defs.vectors import embed
 
 
@@ -25,11 +25,8 @@ def _ingest_outs(ds: DatasetConfig) -> dict[str, dg.AssetOut]:
         "lf_definitions": "The dataset's lfs.yaml, validated (labels known, RE2 regexes compiled): "
         "one row per labelling function (name, label, kind, keywords, regex, pattern, case_sensitive).",
     }
-    owners = ds.owners or OWNERS
     return {
-        name: dg.AssetOut(
-            key=[ds.name, name], description=text, kinds={"duckdb", "pandas"}, owners=owners, group_name=ds.name, is_required=True
-        )
+        name: dg.AssetOut(**asset_spec(ds, name, description=text, kinds={"duckdb", "pandas"}, is_required=True))
         for name, text in descriptions.items()
     }
 
@@ -114,11 +111,10 @@ def ingest_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
 
 
 def text_embeddings_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=[ds.name, "text_embeddings"],
-        group_name=ds.name,
+    @dataset_asset(
+        ds,
+        "text_embeddings",
         kinds={"lancedb"},
-        owners=ds.owners or OWNERS,
         io_manager_key="vectors_io_manager",
         description="Unit embeddings of every seed, pool and gold text (an EmbeddingIndex stored in LanceDB as "
         "id, split, text_hash, model, vector); texts already embedded with the same model are reused.",

@@ -21,7 +21,7 @@ from labelflow.defs.resources import (
     budget_metadata,
 )
 from labelflow.expert import DescribeWithinBudget
-from labelflow.defs.util import OWNERS, md_figure, md_table, usage_metadata, rounded
+from labelflow.defs.util import dataset_asset, md_figure, md_table, rounded, usage_metadata
 from labelflow.defs.vectors import embed
 from labelflow.embedding import EmbeddingIndex
 from labelflow.labelspace import LabelSpace
@@ -53,20 +53,8 @@ def _hidden_truth(hidden_pool_labels: pd.DataFrame) -> pd.Series | None:
     return hidden_pool_labels.set_index("id")["label"] if len(hidden_pool_labels) else None
 
 
-def _asset(ds: DatasetConfig, name: str, kinds: set, description: str, **options):
-    """``dg.asset`` with the dataset's key prefix, group and owners."""
-    return dg.asset(
-        key=dg.AssetKey([ds.name, name]),
-        group_name=ds.name,
-        kinds=kinds,
-        owners=ds.owners or OWNERS,
-        description=description,
-        **options,
-    )
-
-
 def label_descriptions_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
-    @_asset(
+    @dataset_asset(
         ds,
         "label_descriptions",
         {"duckdb", "pandas"},
@@ -116,7 +104,7 @@ def label_descriptions_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
 
 
 def label_embeddings_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
-    @_asset(
+    @dataset_asset(
         ds,
         "label_embeddings",
         {"lancedb"},
@@ -136,7 +124,7 @@ def label_embeddings_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
 
 
 def label_space_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
-    @_asset(
+    @dataset_asset(
         ds,
         "label_space",
         {"python"},
@@ -172,7 +160,7 @@ def pilot_validation_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
         "pilot_accuracy", asset=key, description=f"The expert's pilot accuracy is at least {ds.pilot_min_accuracy}."
     )
 
-    @_asset(
+    @dataset_asset(
         ds,
         "pilot_validation",
         {"duckdb", "pandas"},
@@ -238,7 +226,7 @@ def pilot_validation_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
 
 
 def weak_label_matrix_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
-    @_asset(
+    @dataset_asset(
         ds,
         "weak_label_matrix",
         {"duckdb", "pandas"},
@@ -299,7 +287,7 @@ def weak_label_matrix_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
 
 
 def weak_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
-    @_asset(
+    @dataset_asset(
         ds,
         "weak_labels",
         {"duckdb", "pandas"},
@@ -333,7 +321,7 @@ def weak_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
 
 
 def llm_queue_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
-    @_asset(
+    @dataset_asset(
         ds,
         "llm_queue",
         {"duckdb", "pandas"},
@@ -379,7 +367,7 @@ def _retriever_metadata(choice: str, cv: pd.DataFrame) -> dict:
 
 
 def rac_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
-    @_asset(
+    @dataset_asset(
         ds,
         "rac_labels",
         {"duckdb", "pandas", "mlflow"},
@@ -445,7 +433,7 @@ def rac_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
 
 
 def red_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
-    @_asset(
+    @dataset_asset(
         ds,
         "red_labels",
         {"duckdb", "pandas", "mlflow"},

@@ -8,7 +8,7 @@ import pandas as pd
 
 from labelflow.config import DatasetConfig
 from labelflow.defs.resources import MLflowResource
-from labelflow.defs.util import OWNERS, md_figure, md_table, rounded
+from labelflow.defs.util import dataset_asset, md_figure, md_table, rounded
 from labelflow.defs.resources import EmbedderResource, StoresResource
 from labelflow.defs.vectors import CONTEXT_SOURCES, all_vectors, model_features, previous_messages, vector_ins
 from labelflow.merge import merge_by_priority
@@ -66,11 +66,10 @@ def training_set_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefini
         name: dg.AssetIn(key=[p, name]) for name in ("pilot_validation", "label_issues", "label_space", "lf_definitions")
     }
 
-    @dg.asset(
-        key=[p, "training_set"],
-        group_name=p,
+    @dataset_asset(
+        ds,
+        "training_set",
         kinds={"duckdb", "pandas"},
-        owners=ds.owners or OWNERS,
         ins={**ins, **trust_ins},
         description="Merged training labels by source priority (human review > gold seed > LLM-verified (RAC, R.E.D.) > "
         "weak-confident), one row per text: id, text, label, source (= label_source), confidence "
@@ -133,11 +132,10 @@ def drop_suspect_labels(ds: DatasetConfig, merged: pd.DataFrame, label_issues: p
 def svm_model_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefinition:
     p = ds.name
 
-    @dg.asset(
-        key=[p, "svm_model"],
-        group_name=p,
+    @dataset_asset(
+        ds,
+        "svm_model",
         kinds={"scikitlearn", "mlflow"},
-        owners=ds.owners or OWNERS,
         # every text the model may see: the dataset's, the inbox's (and, with context_features, their previous messages)
         ins={**vector_ins(p, "inbox_queue" in sources), **_context_ins(ds, sources)},
         io_manager_key="model_io_manager",
@@ -217,11 +215,10 @@ def svm_scores_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefiniti
     inbox = "inbox_queue" in sources
     ins = {**vector_ins(p, inbox), **({"inbox_queue": dg.AssetIn(key=[p, "inbox_queue"])} if inbox else {})}
 
-    @dg.asset(
-        key=[p, "svm_scores"],
-        group_name=p,
+    @dataset_asset(
+        ds,
+        "svm_scores",
         kinds={"scikitlearn"},
-        owners=ds.owners or OWNERS,
         ins=ins,
         io_manager_key="values_io_manager",
         description="The model's scores, computed once per run: for the pool, the gold set"
@@ -264,13 +261,11 @@ def svm_scores_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefiniti
 
 
 def pool_predictions_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
-    p = ds.name
 
-    @dg.asset(
-        key=[p, "pool_predictions"],
-        group_name=p,
+    @dataset_asset(
+        ds,
+        "pool_predictions",
         kinds={"duckdb", "pandas"},
-        owners=ds.owners or OWNERS,
         description="The labelled dataset, one row per pool text: the training label where one exists "
         "(label_source llm / llm-red / weak-confident), else the model's (label_source model); "
         "confidence = calibrated P(label right), confidence_raw, needs_review (below min_confidence), "
@@ -326,11 +321,10 @@ def evaluation_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefiniti
     review_ins = [n for n in ("human_labels", "rac_labels", "red_labels", "llm_queue") if n in sources]  # sources vs humans
     eval_ins.update({n: dg.AssetIn(key=[p, n]) for n in review_ins})
 
-    @dg.asset(
-        key=[p, "evaluation"],
-        group_name=p,
+    @dataset_asset(
+        ds,
+        "evaluation",
         kinds={"mlflow"},
-        owners=ds.owners or OWNERS,
         ins=eval_ins,
         check_specs=evaluation_check_specs(ds),
         description="The model scored on gold_eval (accuracy, micro/macro-F1, per-class F1, confusion matrix), "

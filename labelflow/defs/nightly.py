@@ -14,7 +14,7 @@ from labelflow.config import DatasetConfig, ProjectConfig
 from labelflow.data import read_inbox_file
 from labelflow.defs.io import PARTITION_RUN_TAGS
 from labelflow.defs.resources import EmbedderResource, ExpertResource, StoresResource, budget_metadata
-from labelflow.defs.util import OWNERS, usage_metadata, rounded
+from labelflow.defs.util import asset_spec, rounded, usage_metadata
 from labelflow.defs.vectors import embed
 from labelflow.embedding import EmbeddingIndex
 from labelflow.labelspace import LabelSpace
@@ -44,15 +44,8 @@ def partitions(ds: DatasetConfig) -> dg.DailyPartitionsDefinition:
 def _spec(ds: DatasetConfig, name: str, kinds: set, description: str, **extra) -> dict:
     """The decorator arguments every per-day asset shares (key prefix, group, owners, daily partitions;
     the partition column ``day`` names each fragment folder, see :mod:`labelflow.fragments`)."""
-    return dict(
-        key=dg.AssetKey([ds.name, name]),
-        group_name=ds.name,
-        kinds=kinds,
-        owners=ds.owners or OWNERS,
-        partitions_def=partitions(ds),
-        metadata={"partition_expr": "day"},
-        description=description,
-        **extra,
+    return asset_spec(
+        ds, name, kinds=kinds, description=description, partitions_def=partitions(ds), metadata={"partition_expr": "day"}, **extra
     )
 
 

@@ -7,19 +7,17 @@ import pandas as pd
 
 from labelflow.config import DatasetConfig
 from labelflow.defs.resources import ExpertResource
-from labelflow.defs.util import OWNERS, md_table, rounded
+from labelflow.defs.util import dataset_asset, md_table, rounded
 from labelflow.labelspace import LabelSpace
 
 
 def plan_assets(ds: DatasetConfig) -> list:
     p = ds.name
-    key = lambda name: dg.AssetKey([p, name])  # noqa: E731
 
-    @dg.asset(
-        key=key("llm_plan"),
-        group_name=p,
+    @dataset_asset(
+        ds,
+        "llm_plan",
         kinds={"pandas"},
-        owners=ds.owners or OWNERS,
         description="Expected LLM calls, prompt tokens, cost and time of RAC and R.E.D. (upstream of both), "
         "from the queue, rac_k, the pilot's measured answer rates and the run's budget left.",
     )

@@ -9,7 +9,7 @@ import pandas as pd
 from labelflow.config import DatasetConfig
 from labelflow.data import label_lists
 from labelflow.defs.resources import MLflowResource
-from labelflow.defs.util import OWNERS, md_figure, md_table, rounded
+from labelflow.defs.util import dataset_asset, md_figure, md_table, rounded
 from labelflow.defs.vectors import all_vectors, vector_ins
 from labelflow.embedding import EmbeddingIndex, unit_rows
 
@@ -17,11 +17,10 @@ from labelflow.embedding import EmbeddingIndex, unit_rows
 def rapt_case_base_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
     p = ds.name
 
-    @dg.asset(
-        key=[p, "rapt_case_base"],
-        group_name=p,
+    @dataset_asset(
+        ds,
+        "rapt_case_base",
         kinds={"lancedb"},
-        owners=ds.owners or OWNERS,
         ins=vector_ins(p, ds.inbox is not None),  # training texts may include nightly inbox texts
         io_manager_key="vectors_io_manager",
         description="One case per labelled training text (a RAPT CaseBase in LanceDB): id, embedding z, "
@@ -50,13 +49,11 @@ def rapt_case_base_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
 
 
 def rapt_predictions_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
-    p = ds.name
 
-    @dg.asset(
-        key=[p, "rapt_predictions"],
-        group_name=p,
+    @dataset_asset(
+        ds,
+        "rapt_predictions",
         kinds={"duckdb", "pandas"},
-        owners=ds.owners or OWNERS,
         description="Label sets for every pool text: RAPT-AvgCount (the default), RAPT-RankCal and the fixed 0.5 "
         "threshold side by side, with the adapted scores' top labels.",
     )
@@ -95,11 +92,10 @@ def rapt_predictions_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
 def rapt_evaluation_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
     p = ds.name
 
-    @dg.asset(
-        key=[p, "rapt_evaluation"],
-        group_name=p,
+    @dataset_asset(
+        ds,
+        "rapt_evaluation",
         kinds={"mlflow"},
-        owners=ds.owners or OWNERS,
         description="Base0.5, Base* (one tuned threshold), Base*_l (per-label thresholds), RAPT-AvgCount and "
         "RAPT-RankCal on gold_eval: micro/macro-F1, precision, recall, Hamming loss, ms per text. "
         "Thresholds are tuned on the case base's out-of-fold scores (never on gold).",

@@ -10,7 +10,7 @@ import dagster as dg
 import pandas as pd
 
 from labelflow.config import DatasetConfig
-from labelflow.defs.util import OWNERS, md_table, rounded
+from labelflow.defs.util import dataset_asset, md_table, rounded
 
 REVIEW_SUFFIXES = (".json", ".csv")
 
@@ -59,11 +59,10 @@ def review_batch_asset(ds: DatasetConfig, graph: list) -> dg.AssetsDefinition:
     ``label_issues`` when the graph has it)."""
     p = ds.name
 
-    @dg.asset(
-        key=dg.AssetKey([p, "review_batch"]),
-        group_name=p,
+    @dataset_asset(
+        ds,
+        "review_batch",
         kinds={"json", "csv"},
-        owners=ds.owners or OWNERS,
         ins=_review_inputs(ds, graph),
         description="A batch of texts for people to review, written under data/review/<dataset>/ for Label Studio "
         "(tasks + labelling config), Argilla (records + settings) or a spreadsheet (CSV); strategy "
@@ -111,11 +110,10 @@ def review_batch_asset(ds: DatasetConfig, graph: list) -> dg.AssetsDefinition:
 def human_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
     p = ds.name
 
-    @dg.asset(
-        key=dg.AssetKey([p, "human_labels"]),
-        group_name=p,
+    @dataset_asset(
+        ds,
+        "human_labels",
         kinds={"duckdb"},
-        owners=ds.owners or OWNERS,
         description="Labels given by people (append-only: id, text, label, reviewer, reviewed_at, file sha256, and the "
         "suggestion they saw). `labelflow review import` appends to it; materialising it imports every "
         "new file in data/review/inbox/<dataset>/ (a file imported before is skipped by its sha256).",

@@ -8,7 +8,7 @@ import pandas as pd
 
 from labelflow.config import DatasetConfig
 from labelflow.defs.resources import MLflowResource
-from labelflow.defs.util import OWNERS, md_figure, md_table, rounded
+from labelflow.defs.util import dataset_asset, md_figure, md_table, rounded
 from labelflow.defs.vectors import all_vectors, vector_ins
 from labelflow.embedding import EmbeddingIndex
 from labelflow.tracking import log_figure, log_table, scalar_metrics
@@ -22,11 +22,10 @@ def label_issues_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefini
     p = ds.name
     key = dg.AssetKey([p, "label_issues"])
 
-    @dg.asset(
-        key=key,
-        group_name=p,
+    @dataset_asset(
+        ds,
+        "label_issues",
         kinds={"duckdb", "pandas", "mlflow"},
-        owners=ds.owners or OWNERS,
         ins={**{name: dg.AssetIn(key=[p, name]) for name in sources}, **vector_ins(p, "inbox_queue" in sources)},
         check_specs=[
             dg.AssetCheckSpec(
@@ -111,11 +110,10 @@ def calibration_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
     p = ds.name
     key = dg.AssetKey([p, "calibration"])
 
-    @dg.asset(
-        key=key,
-        group_name=p,
+    @dataset_asset(
+        ds,
+        "calibration",
         kinds={"mlflow"},
-        owners=ds.owners or OWNERS,
         check_specs=[
             dg.AssetCheckSpec(
                 "ece",

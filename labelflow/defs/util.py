@@ -1,4 +1,4 @@
-"""Small Dagster-side helpers: metadata formatting."""
+"""Small Dagster-side helpers: the shared asset arguments, metadata formatting."""
 
 from __future__ import annotations
 
@@ -12,6 +12,17 @@ from labelflow.metrics import markdown_table
 from labelflow.tracking import figure_markdown
 
 OWNERS = ["team:labelflow"]
+
+
+def asset_spec(ds, name: str, **options) -> dict:
+    """The arguments every dataset asset (or ``dg.AssetOut``) shares: key ``[dataset, name]``, the dataset's
+    group and owners; ``options`` add the rest (kinds, description, ins, ...)."""
+    return dict(key=dg.AssetKey([ds.name, name]), group_name=ds.name, owners=ds.owners or OWNERS, **options)
+
+
+def dataset_asset(ds, name: str, kinds: set | None = None, description: str | None = None, **options):
+    """``dg.asset`` with the dataset's key prefix, group and owners (:func:`asset_spec`)."""
+    return dg.asset(**asset_spec(ds, name, kinds=kinds, description=description, **options))
 
 
 def md_table(df: pd.DataFrame, max_rows: int = 30) -> dg.MetadataValue:
