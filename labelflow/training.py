@@ -39,7 +39,10 @@ class EmbeddingSVM(BaseEstimator, ClassifierMixin):
         self.confidence_folds = confidence_folds
 
     def _svc(self):
-        return LinearSVC(C=self.C, class_weight="balanced", random_state=self.random_state, max_iter=self.max_iter)
+        # dual=True: on unit-norm 384-d embeddings with tens of classes liblinear's dual solver is 2-3x faster
+        # than the primal one sklearn's "auto" picks when rows outnumber features (banking77, 77 classes:
+        # 0.46 vs 1.09 CPU-s for 770 rows, 12.2 vs 37.9 for 10 003), with the same test accuracy.
+        return LinearSVC(C=self.C, class_weight="balanced", random_state=self.random_state, max_iter=self.max_iter, dual=True)
 
     def fit(self, X, y, sample_weight=None, confidence_rows=None):
         """``confidence_rows`` (bool per row, e.g. the gold seeds of a merged training set): fit the
