@@ -53,10 +53,17 @@ def add_arguments(p) -> None:
         "--speed",
         action="store_true",
         help="instead of accuracy: seconds per yes/no validation of the local LLM, one slot asked one question "
-        "at a time (the previous default) against --speed-slots parallel slots, on the same questions in one run",
+        "at a time (the previous default) against --speed-slots parallel slots and against one slot asked "
+        "--speed-batch texts per request with fixed examples, on the same texts in one run",
     )
     g.add_argument("--speed-slots", type=int, default=2, help="parallel server slots (and requests in flight) of --speed")
     g.add_argument("--speed-labels", type=int, default=3, help="--speed: labels asked about (a label and its nearest)")
+    g.add_argument(
+        "--speed-batch",
+        type=int,
+        default=8,
+        help="--speed: texts per request of the third set-up (one slot, the same examples for every text of a label)",
+    )
     # --describe (have an LLM expert write the missing descriptions first) is shared with the RAC benchmark
 
 
