@@ -285,8 +285,11 @@ def select_retriever(
     (each fold's seeds are the queries, the other folds' seeds the retriever's seeds and classifier
     training set), scoring each of ``choices`` (default :data:`RETRIEVER_CHOICES`) by mean recall@k.
     Returns (chosen name, its LabelRetriever keyword arguments, a table name / recall@k per choice).
-    Ties go to the earlier choice. ``common``: further LabelRetriever arguments (seed_agg, rrf_k)."""
+    ``k`` is capped at the label count minus one (with 4 labels every retriever has recall@5 = 1, so
+    recall@3 decides). Ties go to the earlier choice. ``common``: further LabelRetriever arguments (seed_agg, rrf_k)."""
     from sklearn.model_selection import KFold
+
+    k = max(1, min(k, len(label_names) - 1))
 
     choices = dict(choices or RETRIEVER_CHOICES)
     if label_vectors is None:
@@ -320,7 +323,7 @@ def space_retriever(space, k: int = 5, folds: int = 3, seed: int = 0) -> tuple[L
     chooses by ``folds``-fold cross-validation on its seeds (recall@``k``; the defaults are those of
     ``labelflow bench rac``), fitted on all its seeds. Returns (retriever, chosen name, the CV table).
     With fewer seeds than folds there is nothing to cross-validate: descriptions + seeds (score
-    fusion) and an empty table."""
+    fusion) and an empty table. The table's column names the recall@k used (``k`` capped as there)."""
     if len(space.seed_X) >= folds:
         name, kw, table = select_retriever(
             space.labels, space.description_X, space.seed_X, space.seed_labels, k=k, folds=folds, seed=seed

@@ -305,6 +305,20 @@ def test_select_retriever_chooses_on_the_seeds_and_drops_useless_descriptions():
     assert name2.startswith("descriptions")
 
 
+def test_select_retriever_caps_k_below_the_label_count():
+    """With 4 labels recall@5 is 1 for every retriever (a tie, whatever the signals); the CV scores
+    recall@3 instead, which separates useless descriptions from the seeds."""
+    from labelflow.rac import select_retriever
+
+    labels, centres, Xs, ids, truth, _ = _sim_setup(n=120, L=4, seed=3)
+    seed_y = [truth[i] for i in ids]
+    useless = np.random.default_rng(9).normal(size=centres.shape).astype(np.float32)
+    name, _, table = select_retriever(labels, useless, Xs, seed_y, k=5, folds=3)
+    assert list(table.columns) == ["retriever", "cv recall@3"]
+    recall = table.set_index("retriever")["cv recall@3"]
+    assert recall["descriptions only"] < 0.9 and name != "descriptions only"
+
+
 def test_rac_labels_asset_uses_the_retriever_chosen_on_the_seeds(tiny_dataset, tmp_path):
     """The product's rac_labels asset chooses its retriever as `labelflow bench rac` does
     (select_retriever's cross-validation on the seeds) and records the choice and its CV recall."""
@@ -330,7 +344,8 @@ def test_rac_labels_asset_uses_the_retriever_chosen_on_the_seeds(tiny_dataset, t
         space = loader.load_asset_value(dg.AssetKey(["tiny", "label_space"]))
     name, _, table = select_retriever(space.labels, space.description_X, space.seed_X, space.seed_labels)
     assert meta["retriever"].value == name
-    recall = table.set_index("retriever").loc[name, "cv recall@5"]
+    k = min(5, len(space.labels) - 1)
+    recall = table.set_index("retriever").loc[name, f"cv recall@{k}"]
     assert meta["retriever_cv_recall"].value == pytest.approx(recall, abs=1e-3)
-    assert meta["retriever_cv_k"].value == 5
+    assert meta["retriever_cv_k"].value == k
     assert name in meta["retriever_cv"].value  # the CV table of every choice
