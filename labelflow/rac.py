@@ -248,6 +248,12 @@ def recall_at_k(
 ) -> dict[int, float]:
     """Recall@k of a ranking ``order`` ((n, >= max(ks)) label indices into ``labels``, best first): the
     share of texts with a gold label (multi-label: any of its gold labels) among the top k."""
+    gold_rank = gold_ranks(order, labels, true_labels)
+    return {int(k): float((gold_rank < k).mean()) if len(gold_rank) else 0.0 for k in ks}
+
+
+def gold_ranks(order: np.ndarray, labels: Sequence[str], true_labels: Sequence[str | Sequence[str]]) -> np.ndarray:
+    """Per text, the 0-based rank of its best-placed gold label in ``order`` (inf when none is ranked)."""
     index = {lab: i for i, lab in enumerate(labels)}
     gold_rank = np.full(len(order), np.inf)
     for i, labs in enumerate(true_labels):
@@ -256,7 +262,7 @@ def recall_at_k(
         hits = [int(p[0]) for p in pos if len(p)]
         if hits:
             gold_rank[i] = min(hits)
-    return {int(k): float((gold_rank < k).mean()) if len(gold_rank) else 0.0 for k in ks}
+    return gold_rank
 
 
 RETRIEVER_CHOICES = {
@@ -286,18 +292,38 @@ def select_retriever(
     training set), scoring each of ``choices`` (default :data:`RETRIEVER_CHOICES`) by mean recall@k.
     Returns (chosen name, its LabelRetriever keyword arguments, a table name / recall@k per choice).
     ``k`` is capped at the label count minus one (with 4 labels every retriever has recall@5 = 1, so
-    recall@3 decides). Ties go to the earlier choice. ``common``: further LabelRetriever arguments (seed_agg, rrf_k)."""
-    from sklearn.model_selection import KFold
-
-    k = max(1, min(k, len(label_names) - 1))
-
+    recall@3 decides). The first choice (the default) is kept unless the best beats it by more than one
+    standard error of their paired per-seed difference (the one-standard-error rule: few seeds give
+    noisy CV figures); otherwise ties go to the earlier choice. ``common``: further LabelRetriever
+    arguments (seed_agg, rrf_k)."""
     choices = dict(choices or RETRIEVER_CHOICES)
     if label_vectors is None:
         choices = {n: kw for n, kw in choices.items() if kw["seed_weight"] > 0 or kw["clf_weight"] > 0}
         choices = {n: {**kw, "desc_weight": 0.0} for n, kw in choices.items()}
-    seed_vectors = np.asarray(seed_vectors, dtype=np.float32)
-    seed_labels = list(seed_labels)
-    hits = {n: [] for n in choices}
+    k = max(1, min(k, len(label_names) - 1))
+    hits = _cv_hits(
+        label_names, label_vectors, np.asarray(seed_vectors, dtype=np.float32), list(seed_labels), k, folds, seed, choices, common
+    )
+    table = pd.DataFrame(
+        [{"retriever": n, f"cv recall@{k}": float(h[~np.isnan(h)].mean())} for n, h in hits.items() if (~np.isnan(h)).any()]
+    )
+    best = table.iloc[int(np.argmax(table[f"cv recall@{k}"].to_numpy()))]["retriever"]
+    default = next(iter(choices))
+    if best != default and default in set(table["retriever"]):
+        both = ~np.isnan(hits[best]) & ~np.isnan(hits[default])
+        d = hits[best][both] - hits[default][both]
+        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.inf
+        if not d.mean() > se:
+            best = default
+    return best, {**common, **choices[best]}, table
+
+
+def _cv_hits(label_names, label_vectors, seed_vectors, seed_labels, k, folds, seed, choices, common) -> dict[str, np.ndarray]:
+    """Per choice, 1/0 per seed: its gold label within the top ``k`` when the seed's fold was held out
+    (NaN where the choice could not be built for that fold)."""
+    from sklearn.model_selection import KFold
+
+    hits = {n: np.full(len(seed_labels), np.nan) for n in choices}
     for train_idx, held_idx in KFold(n_splits=folds, shuffle=True, random_state=seed).split(seed_vectors):
         tr_X, tr_y = seed_vectors[train_idx], [seed_labels[i] for i in train_idx]
         clf = None
@@ -310,12 +336,9 @@ def select_retriever(
                 continue
             if kw["clf_weight"] > 0 and r.classifier_ is not None:
                 clf = r.classifier_  # one classifier per fold, shared by the choices that use it
-            rec = r.recall_at_k(seed_vectors[held_idx], [seed_labels[i] for i in held_idx], (k,))[k]
-            hits[name].append((rec, len(held_idx)))
-    rows = [{"retriever": n, f"cv recall@{k}": sum(r * m for r, m in h) / sum(m for _, m in h)} for n, h in hits.items() if h]
-    table = pd.DataFrame(rows)
-    best = table.iloc[int(np.argmax(table[f"cv recall@{k}"].to_numpy()))]["retriever"]
-    return best, {**common, **choices[best]}, table
+            order, _ = r.rank(seed_vectors[held_idx], k)
+            hits[name][held_idx] = gold_ranks(order, r.labels_, [seed_labels[i] for i in held_idx]) < k
+    return hits
 
 
 def space_retriever(space, k: int = 5, folds: int = 3, seed: int = 0) -> tuple[LabelRetriever, str, pd.DataFrame]:

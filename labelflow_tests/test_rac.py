@@ -349,3 +349,26 @@ def test_rac_labels_asset_uses_the_retriever_chosen_on_the_seeds(tiny_dataset, t
     assert meta["retriever_cv_recall"].value == pytest.approx(recall, abs=1e-3)
     assert meta["retriever_cv_k"].value == k
     assert name in meta["retriever_cv"].value  # the CV table of every choice
+
+
+def test_select_retriever_keeps_the_default_unless_the_best_is_clearly_better(monkeypatch):
+    """The one-standard-error rule on the per-seed CV hits: a gain of one seed in 40 keeps the default,
+    a gain of eight switches."""
+    import labelflow.rac as rac
+
+    choices = {"default": dict(rac.RETRIEVER_CHOICES["seeds only"]), "other": dict(rac.RETRIEVER_CHOICES["classifier only"])}
+    base = np.array([1.0] * 30 + [0.0] * 10)
+
+    def fake_hits(gain):
+        other = base.copy()
+        other[30 : 30 + gain + 1] = 1.0  # gain + 1 more hits ...
+        other[0] = 0.0  # ... and one fewer: a net gain of `gain` seeds
+        return lambda *a, **kw: {"default": base, "other": other}
+
+    labels = ["a", "b", "c", "d", "e", "f"]
+    args = (labels, None, np.zeros((40, 4)), ["a"] * 40)
+    monkeypatch.setattr(rac, "_cv_hits", fake_hits(1))
+    name, _, table = rac.select_retriever(*args, choices=choices)
+    assert name == "default" and table.set_index("retriever").loc["other", "cv recall@5"] > 0.75
+    monkeypatch.setattr(rac, "_cv_hits", fake_hits(8))
+    assert rac.select_retriever(*args, choices=choices)[0] == "other"
