@@ -61,6 +61,10 @@ def test_a_file_ledger_is_shared_by_budgets_in_several_processes(tmp_path):
     ctx = mp.get_context("spawn")
     with ctx.Pool(3) as pool:
         sent = pool.starmap(_spend_from_ledger, [(str(ledger), 25, 20)] * 3)
+        # workers exit on their own: leaving the block would SIGTERM them, and a worker that ignores
+        # SIGTERM (inherited from a parent that does) and waits on the task queue's lock hangs the join
+        pool.close()
+        pool.join()
     assert sum(sent) == 25 and Budget(25, ledger=ledger).used.calls == 25
 
 
