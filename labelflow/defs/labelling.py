@@ -25,7 +25,6 @@ from labelflow.defs.util import dataset_asset, md_figure, md_table, rounded, usa
 from labelflow.defs.vectors import embed
 from labelflow.embedding import EmbeddingIndex
 from labelflow.labelspace import LabelSpace
-from labelflow.pilot import apply_pilot
 
 # the pilot's figures in its table row, metadata and MLflow metrics
 PILOT_SUMMARY = (
@@ -391,8 +390,7 @@ def rac_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
 
         queue = llm_queue[llm_queue["queued"].astype(bool)].reset_index(drop=True)
         budget = expert.run_budget(context.run.run_id, ds.name, ds.llm_budget_calls)
-        exp = expert.get(budget=budget)
-        apply_pilot(exp, pilot_validation)  # the pilot's thresholds: per label where calibrated, else the dataset's
+        exp = expert.get(pilot=pilot_validation, budget=budget)
         # the retriever's signals are chosen on the seeds as `labelflow bench rac` chooses them
         retriever, choice, cv = space_retriever(label_space)
         retr = _retriever_metadata(choice, cv)
@@ -460,8 +458,7 @@ def red_labels_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
         pool = text_pool[~text_pool["id"].isin(done)].reset_index(drop=True)
         # the run's one LLM budget; red_budget_calls is a cap for this stage inside it
         budget = expert.run_budget(context.run.run_id, ds.name, ds.llm_budget_calls)
-        exp = expert.get(budget=budget, budget_calls=ds.red_budget_calls)
-        apply_pilot(exp, pilot_validation)  # the pilot's thresholds: per label where calibrated, else the dataset's
+        exp = expert.get(pilot=pilot_validation, budget=budget, budget_calls=ds.red_budget_calls)
         red = REDLabeler(exp, top_k_uncertain=ds.red_top_k, max_rounds=ds.red_max_rounds, seed=ds.seed)
         red.fit(space.seed_X, space.seed_labels, label_vectors=space.centroids, seed_texts=space.seed_texts)
         context.log.info(f"R.E.D.: {len(pool)} pool texts, {len(space.labels)} labels, expert {exp.name}")

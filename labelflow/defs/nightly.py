@@ -18,7 +18,6 @@ from labelflow.defs.util import asset_spec, rounded, usage_metadata
 from labelflow.defs.vectors import embed
 from labelflow.embedding import EmbeddingIndex
 from labelflow.labelspace import LabelSpace
-from labelflow.pilot import apply_pilot
 
 INBOX_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2}).*\.(csv|parquet|jsonl)$")
 NIGHTLY_ASSETS = ["inbox_texts", "inbox_embeddings", "inbox_queue", "inbox_rac_labels"]
@@ -167,8 +166,7 @@ def _inbox_rac_labels(ds: DatasetConfig):
             )
             return dg.Output(empty, metadata={"dagster/row_count": 0, "llm_calls": 0})
         budget = expert.run_budget(context.run.run_id, ds.name, ds.llm_budget_calls)  # the nightly run's own budget
-        exp = expert.get(budget=budget)
-        apply_pilot(exp, pilot_validation)  # the pilot's thresholds: per label where calibrated, else the dataset's
+        exp = expert.get(pilot=pilot_validation, budget=budget)
         res, _ = label_queue(exp, queue, inbox_embeddings.lookup(queue["id"]), label_space, ds.rac_k)
         res["day"] = pd.Timestamp(context.partition_key)
         meta = {"dagster/row_count": len(res), "labelled": int((res["label"] != "").sum()), "expert": exp.name}

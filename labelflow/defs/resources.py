@@ -141,10 +141,12 @@ class ExpertResource(dg.ConfigurableResource):
             self._budgets[key] = Budget(calls, name="llm_budget", ledger=ledger)
         return self._budgets[key]
 
-    def get(self, threshold: float | None = None, budget=None, budget_calls: int | None = None, name: str | None = None):
+    def get(self, pilot=None, budget=None, budget_calls: int | None = None, name: str | None = None):
         """An expert from :func:`labelflow.expert.make_expert` (starting the local server once per run).
         ``budget``: the run's budget (:meth:`run_budget`); ``budget_calls``: a cap for this stage inside
-        it (R.E.D.'s ``red_budget_calls``); ``threshold``: the pilot's calibrated one."""
+        it (R.E.D.'s ``red_budget_calls``); ``pilot``: the pilot_validation table, whose calibrated
+        thresholds the expert then uses (per label where calibrated, else the dataset's;
+        :func:`labelflow.pilot.apply_pilot`)."""
         from labelflow.expert import make_expert
         from labelflow.progress import Progress
 
@@ -161,11 +163,15 @@ class ExpertResource(dg.ConfigurableResource):
             self.llm_config(),
             cache_path=self.cache_path,
             budget=budget,
-            threshold=self.threshold if threshold is None else threshold,
+            threshold=self.threshold,
             server=self._server,
             **options,
         )
         exp = _backend(self).attach_llm(exp, self.llm_config())
+        if pilot is not None:
+            from labelflow.pilot import apply_pilot
+
+            apply_pilot(exp, pilot)
         self._experts.append(exp)
         return exp
 
