@@ -227,7 +227,8 @@ class RunReport:
                 name = step.split("__", 1)[-1]
                 rows = ", ".join(f"{a} {m.get('dagster/row_count', '-')}" for a, m in assets)
                 self._print(f"  {name:<{self.width}} {seconds:6.1f} s  rows: {rows}")
-            for name, meta in assets if len(assets) == 1 else []:
+            elif assets:
+                name, meta = assets[0]
                 figures = _figures(meta, FIGURES.get(name, GENERIC))
                 self._print(f"  {name:<{self.width}} {seconds:6.1f} s  {figures}".rstrip())
             if kind == "STEP_FAILURE":

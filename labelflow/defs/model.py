@@ -7,9 +7,8 @@ import numpy as np
 import pandas as pd
 
 from labelflow.config import DatasetConfig
-from labelflow.defs.resources import MLflowResource
+from labelflow.defs.resources import EmbedderResource, MLflowResource, StoresResource
 from labelflow.defs.util import dataset_asset, md_figure, md_table, rounded
-from labelflow.defs.resources import EmbedderResource, StoresResource
 from labelflow.defs.vectors import CONTEXT_SOURCES, all_vectors, model_features, previous_messages, vector_ins
 from labelflow.merge import merge_by_priority
 from labelflow.metrics import drift_metrics, gold_report
@@ -261,7 +260,6 @@ def svm_scores_asset(ds: DatasetConfig, sources: list[str]) -> dg.AssetsDefiniti
 
 
 def pool_predictions_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
-
     @dataset_asset(
         ds,
         "pool_predictions",

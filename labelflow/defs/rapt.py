@@ -49,7 +49,6 @@ def rapt_case_base_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
 
 
 def rapt_predictions_asset(ds: DatasetConfig) -> dg.AssetsDefinition:
-
     @dataset_asset(
         ds,
         "rapt_predictions",
