@@ -291,7 +291,7 @@ def test_assets_pass_the_previous_message_on(tmp_path, monkeypatch):
 
     from labelflow.defs.factory import build_definitions
     from labelflow_tests.fake_openai import FakeOpenAI, last_user
-    from labelflow_tests.project import temp_project
+    from labelflow_tests.project import materialise_upstream, temp_project
 
     folder = tmp_path / "chat"
     write_csv(folder / "train.csv", [(t, lab, d, n) for d, n, t, lab in CHAT_TRAIN], ["text", "label", "dialogue_id", "turn"])
@@ -312,9 +312,7 @@ def test_assets_pass_the_previous_message_on(tmp_path, monkeypatch):
         instance = dg.DagsterInstance.ephemeral()
         defs = build_definitions(cfg)
         # the graph up to the model's scores (LFs, pilot, queue, RAC, R.E.D., training set, model)
-        selection = dg.AssetSelection.assets(dg.AssetKey(["chat", "svm_scores"])).upstream().required_multi_asset_neighbors()
-        keys = selection.resolve(defs.resolve_asset_graph())
-        assert defs.resolve_job_def("chat__all").execute_in_process(instance=instance, asset_selection=list(keys)).success
+        assert materialise_upstream(defs, dg.AssetKey(["chat", "svm_scores"]), instance, job="chat__all")
         prompts_seen = [last_user(b) for b in srv.requests]
 
     def meta(asset):

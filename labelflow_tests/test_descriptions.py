@@ -243,19 +243,18 @@ def test_label_descriptions_asset_refines_once_with_refine_descriptions(tiny_dat
     import dagster as dg
 
     from labelflow.defs.factory import build_definitions
-    from labelflow_tests.project import temp_project
+    from labelflow_tests.project import materialise_upstream, temp_project
 
     key = dg.AssetKey(["tiny", "label_descriptions"])
     with FakeOpenAI(policy=_refining_policy) as srv:
         ds = {"name": "tiny", "path": str(tiny_dataset), "refine_descriptions": True}
         defs = build_definitions(temp_project(tmp_path, [ds], llm={"model": "openai/fake", "api_base": srv.api_base}))
-        keys = dg.AssetSelection.assets(key).upstream().required_multi_asset_neighbors().resolve(defs.resolve_asset_graph())
         instance = dg.DagsterInstance.ephemeral()
-        job = defs.resolve_implicit_global_asset_job_def()
-        assert job.execute_in_process(asset_selection=list(keys), instance=instance).success
+        assert materialise_upstream(defs, key, instance)
         asked = srv.count
         with defs.get_asset_value_loader(instance) as loader:
             out = loader.load_asset_value(key)
+        job = defs.resolve_implicit_global_asset_job_def()
         assert job.execute_in_process(asset_selection=[key], instance=instance).success
         assert srv.count == asked  # describe and refine answers come from the cache
     by_label = out.set_index("label")

@@ -15,7 +15,7 @@ from labelflow.defs.factory import build_definitions
 from labelflow_tests.conftest import write_csv
 from labelflow_tests.fake_openai import FakeOpenAI, extract_texts
 from labelflow_tests.pipeline_llm import keyword_policy
-from labelflow_tests.project import temp_project
+from labelflow_tests.project import nightly_dataset, temp_project
 
 DAY1 = ["my card never arrived", "I want a refund for the late parcel", "password reset email missing"]
 DAY2 = ["card delivery taking ages", "refund my subscription fee"]
@@ -26,22 +26,7 @@ DAY3 = ["where is my replacement card", "money back for the damaged order"]
 def _project(tmp_path, tiny_dataset, srv):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    cfg = temp_project(
-        tmp_path,
-        [
-            {
-                "name": "tiny",
-                "path": str(tiny_dataset),
-                "inbox": str(inbox),
-                "inbox_start": "2026-11-01",
-                "pilot_size": 6,
-                "red_top_k": 2,
-                "red_max_rounds": 1,
-                "routing": {"max_queue": 10, "keep_min_votes": 99, "ambiguous_below": 1.01},
-            }
-        ],
-        llm={"model": "openai/fake", "api_base": srv.api_base},
-    )
+    cfg = temp_project(tmp_path, [nightly_dataset(tiny_dataset, inbox)], llm={"model": "openai/fake", "api_base": srv.api_base})
     return cfg, inbox
 
 

@@ -27,7 +27,7 @@ from labelflow.fragments import FragmentStore, fragments_root_for
 from labelflow_tests.conftest import REPO, write_csv
 from labelflow_tests.fake_openai import FakeOpenAI
 from labelflow_tests.pipeline_llm import keyword_policy
-from labelflow_tests.project import TEMP_STORES
+from labelflow_tests.project import TEMP_STORES, nightly_dataset
 
 DAYS = {
     "2026-11-18": ["my card never arrived", "I want a refund for the late parcel", "password reset email missing"],
@@ -76,19 +76,7 @@ def _write_project(root: Path, dataset: Path, api_base: str) -> Path:
         "stores": dict(TEMP_STORES),
         "embedding_model": "minilm-int8",
         "llm": {"model": "openai/fake", "api_base": api_base},
-        "datasets": [
-            {
-                "name": "tiny",
-                "path": str(dataset),
-                "inbox": str(inbox),
-                "inbox_start": "2026-11-01",
-                "pilot_size": 6,
-                "red_top_k": 2,
-                "red_max_rounds": 1,
-                # every inbox text goes to the LLM, so each per-day table holds every inbox id
-                "routing": {"max_queue": 10, "keep_min_votes": 99, "ambiguous_below": 1.01},
-            }
-        ],
+        "datasets": [nightly_dataset(dataset, inbox)],  # every inbox text goes to the LLM
     }
     path = root / "labelflow.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -274,7 +274,7 @@ def test_product_pilot_hands_its_label_thresholds_to_rac(tiny_dataset, tmp_path)
 
     from labelflow.defs.factory import build_definitions
     from labelflow_tests.fake_openai import FakeOpenAI
-    from labelflow_tests.project import temp_project
+    from labelflow_tests.project import materialise_upstream, temp_project
 
     with FakeOpenAI(policy=_refund_shy_policy) as srv:
         ds = {
@@ -285,11 +285,8 @@ def test_product_pilot_hands_its_label_thresholds_to_rac(tiny_dataset, tmp_path)
         }
         defs = build_definitions(temp_project(tmp_path, [ds], llm={"model": "openai/fake", "api_base": srv.api_base}))
         rac_key = dg.AssetKey(["tiny", "rac_labels"])
-        keys = dg.AssetSelection.assets(rac_key).upstream().required_multi_asset_neighbors().resolve(defs.resolve_asset_graph())
         instance = dg.DagsterInstance.ephemeral()
-        assert (
-            defs.resolve_implicit_global_asset_job_def().execute_in_process(asset_selection=list(keys), instance=instance).success
-        )
+        assert materialise_upstream(defs, rac_key, instance)
     pilot_meta = instance.get_latest_materialization_event(
         dg.AssetKey(["tiny", "pilot_validation"])
     ).asset_materialization.metadata

@@ -328,17 +328,14 @@ def test_rac_labels_asset_uses_the_retriever_chosen_on_the_seeds(tiny_dataset, t
     from labelflow.rac import select_retriever
     from labelflow_tests.fake_openai import FakeOpenAI
     from labelflow_tests.pipeline_llm import keyword_policy
-    from labelflow_tests.project import temp_project
+    from labelflow_tests.project import materialise_upstream, temp_project
 
     with FakeOpenAI(policy=keyword_policy) as srv:
         ds = {"name": "tiny", "path": str(tiny_dataset), "pilot_size": 6, "routing": {"max_queue": 6, "ambiguous_below": 1.01}}
         defs = build_definitions(temp_project(tmp_path, [ds], llm={"model": "openai/fake", "api_base": srv.api_base}))
         rac_key = dg.AssetKey(["tiny", "rac_labels"])
-        upstream = dg.AssetSelection.assets(rac_key).upstream().required_multi_asset_neighbors()
-        keys = upstream.resolve(defs.resolve_asset_graph())
         instance = dg.DagsterInstance.ephemeral()
-        job = defs.resolve_implicit_global_asset_job_def()
-        assert job.execute_in_process(asset_selection=list(keys), instance=instance).success
+        assert materialise_upstream(defs, rac_key, instance)
     meta = instance.get_latest_materialization_event(rac_key).asset_materialization.metadata
     with defs.get_asset_value_loader(instance) as loader:
         space = loader.load_asset_value(dg.AssetKey(["tiny", "label_space"]))
